@@ -1,0 +1,492 @@
+"""The `campaign-runner` command: parsing, wiring and exit codes; the rules live elsewhere.
+
+Exit codes: 0 done, 1 stopped by a fatal API condition (401), 2 bad input or configuration,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import sys
+import tempfile
+import traceback
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+from rich.console import Console
+
+from . import __version__, client, sandbox
+from .clock import SystemClock, iso
+from .config import Campaign, account_label, load_campaign
+from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
+from .render import LiveView, LogLines, describe_wait
+from .report import FORMATS, write_report
+from .scheduler import RunResult, Scheduler
+from .store import STATUSES, CampaignSettings, Store, resolve_db_path
+
+EXIT_OK, EXIT_FATAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _State:
+    debug = False
+
+
+# --- shared options ------------------------------------------------------------------------
+
+
+def db_option(f: F) -> F:
+    return click.option(
+        "--db",
+        "db",
+        envvar="CAMPAIGN_RUNNER_DB",
+        default="campaign-runner.db",
+        show_default=True,
+        type=click.Path(dir_okay=False),
+        help="SQLite database file (env CAMPAIGN_RUNNER_DB).",
+    )(f)
+
+
+def sending_options(f: F) -> F:
+    for option in reversed(
+        [
+            click.option(
+                "--base-url",
+                envvar="CONNECTSAFELY_BASE_URL",
+                default=client.DEFAULT_BASE_URL,
+                show_default=True,
+                help="API base URL (env CONNECTSAFELY_BASE_URL).",
+            ),
+            click.option(
+                "--timeout",
+                envvar="CONNECTSAFELY_TIMEOUT",
+                type=click.FloatRange(min=1),
+                default=client.DEFAULT_TIMEOUT,
+                show_default=True,
+                help="Seconds to wait for one answer (env CONNECTSAFELY_TIMEOUT).",
+            ),
+            click.option("--sandbox", "use_sandbox", is_flag=True, help="Send to a built-in sandbox in this process."),
+            click.option("--no-wait", is_flag=True, help="Send what the limits allow now, then exit 0 (for cron)."),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(__version__, prog_name="campaign-runner")
+def cli(debug: bool) -> None:
+    """Run LinkedIn group-outreach campaigns through the ConnectSafely API, at most once per recipient."""
+    _State.debug = debug
+
+
+# --- validate --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+def validate(file: str) -> int:
+    """Check a campaign file without sending or writing anything.
+
+    \b
+    Example:
+        campaign-runner validate campaigns/example.yaml
+    """
+    campaign = _load([file])[0]
+    accounts = ", ".join(f"{account_label(a.id)} {a.limit}" for a in campaign.accounts)
+    click.echo(
+        f"{file}: ok: campaign {campaign.name}, {len(campaign.recipients)} recipients"
+        f" ({campaign.duplicates} duplicates dropped), endpoint {campaign.endpoint}, accounts: {accounts}"
+    )
+    return EXIT_OK
+
+
+# --- run / resume ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@db_option
+@sending_options
+@click.option("--accept-changes", is_flag=True, help="Apply a changed message/group/endpoint to unsent recipients.")
+def run(files: tuple[str, ...], db: str, base_url: str, timeout: float, use_sandbox: bool, no_wait: bool,
+        accept_changes: bool) -> int:  # fmt: skip
+    """Load campaign files and send until every recipient is done.
+
+    Sleeps while the accounts' limits refill. Running the same file again adds new recipients
+    and sends nothing twice.
+
+    \b
+    Example:
+        export CONNECTSAFELY_API_KEY=...
+        campaign-runner run campaigns/example.yaml
+    """
+    campaigns = _load(list(files))
+    names = [c.name for c in campaigns]
+    if len(set(names)) != len(names):
+        raise ConfigError("two of the files name the same campaign")
+    connection = _connection(base_url, use_sandbox)
+    return anyio.run(_run, db, campaigns, connection, timeout, no_wait, accept_changes)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@db_option
+@sending_options
+def resume(name: str | None, db: str, base_url: str, timeout: float, use_sandbox: bool, no_wait: bool) -> int:
+    """Continue a campaign from the database (all unfinished ones when NAME is left out).
+
+    \b
+    Example:
+        campaign-runner resume spring-meetup-invite
+    """
+    connection = _connection(base_url, use_sandbox)
+    return anyio.run(_resume, db, name, connection, timeout, no_wait)
+
+
+class _Connection:
+    def __init__(self, base_url: str, api_key: str, use_sandbox: bool):
+        self.base_url = base_url
+        self.api_key = api_key
+        self.use_sandbox = use_sandbox
+
+    def __repr__(self) -> str:  # never show the key
+        return f"_Connection(base_url={self.base_url!r}, sandbox={self.use_sandbox})"
+
+
+def _connection(base_url: str, use_sandbox: bool) -> _Connection:
+    if use_sandbox:
+        return _Connection("", secrets.token_urlsafe(16), True)
+    base_url = client.check_base_url(base_url)
+    key = os.environ.get("CONNECTSAFELY_API_KEY", "").strip()
+    if not key:
+        raise ConfigError("CONNECTSAFELY_API_KEY is not set: export your API key, or try --sandbox")
+    if any(ch.isspace() for ch in key) or not key.isprintable():
+        raise ConfigError("CONNECTSAFELY_API_KEY contains spaces or control characters")
+    return _Connection(base_url, key, False)
+
+
+async def _run(db: str, campaigns: list[Campaign], connection: _Connection, timeout: float, no_wait: bool,
+               accept_changes: bool) -> int:  # fmt: skip
+    clock = SystemClock()
+    async with _open_store(db, clock, create=True) as store:
+        for campaign in campaigns:
+            summary = await store.load(campaign, clock.now(), accept_changes)
+            note = f"; {', '.join(summary.changed)} changed for {summary.rewritten} unsent" if summary.changed else ""
+            click.echo(
+                f"loaded {summary.campaign}: {summary.added} new, {summary.known} already known,"
+                f" {summary.duplicates} duplicates dropped, {summary.skipped} no longer in the file (skipped),"
+                f" {summary.restored} back in the file{note}"
+            )
+        settings = [await store.campaign(c.name) for c in campaigns]
+        return await _send(store, clock, settings, connection, timeout, no_wait, "run")
+
+
+async def _resume(db: str, name: str | None, connection: _Connection, timeout: float, no_wait: bool) -> int:
+    clock = SystemClock()
+    async with _open_store(db, clock, create=False) as store:
+        names = [name] if name else await store.campaign_names(unfinished_only=True)
+        settings = [await store.campaign(n) for n in names]
+        if not settings:
+            click.echo("nothing to resume: every campaign is finished")
+            return EXIT_OK
+        return await _send(store, clock, settings, connection, timeout, no_wait, "resume")
+
+
+async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettings], connection: _Connection,
+                timeout: float, no_wait: bool, command: str) -> int:  # fmt: skip
+    run_id = await store.begin_run(command, clock.now())
+    try:
+        for lost in await store.recover(run_id, clock.now()):
+            click.echo(
+                f"{lost.campaign}: {lost.profile_urn} was in flight when an earlier run stopped;"
+                " marked unknown (see `retry --status unknown`)"
+            )
+        names = [c.name for c in campaigns]
+        accounts = sorted({a for c in campaigns for a in c.accounts})
+        pacing = await store.pacing(accounts, names)
+        async with anyio.create_task_group() as tg:
+            base_url = connection.base_url
+            if connection.use_sandbox:
+                config = sandbox.SandboxConfig(api_key=connection.api_key, typing_delay=0.2)
+                base_url = await tg.start(sandbox.serve, sandbox.Sandbox(config, clock))
+            http = client.make_http_client(base_url, connection.api_key, timeout, len(accounts))
+            async with http, _renderer(clock) as emit:
+                scheduler = Scheduler(
+                    store, client.ApiClient(http), clock, run_id=run_id, campaigns=campaigns, pacing=pacing,
+                    emit=emit, no_wait=no_wait, handle_signals=True,
+                )  # fmt: skip
+                result = await scheduler.run()
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.end_run(run_id, clock.now())
+    for campaign in campaigns:
+        counts = await store.counts(campaign.name)
+        click.echo(f"{campaign.name}: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]))
+    return _exit_code(result)
+
+
+def _exit_code(result: RunResult) -> int:
+    if result.reason == "fatal":
+        click.echo(f"error: {result.message}", err=True)
+        return EXIT_FATAL
+    if result.reason == "interrupted":
+        click.echo("interrupted: run `campaign-runner resume` to continue", err=True)
+        return EXIT_INTERRUPTED
+    if result.reason == "deferred":
+        click.echo("stopped for now (--no-wait): the limits allow nothing more yet; run again later")
+    return EXIT_OK
+
+
+@contextlib.asynccontextmanager
+async def _renderer(clock: SystemClock) -> AsyncIterator[Callable[..., None]]:
+    if sys.stdout.isatty():
+        with LiveView(Console(), clock) as view:
+            yield view
+    else:
+        yield LogLines(sys.stdout, clock)
+
+
+@contextlib.asynccontextmanager
+async def _open_store(db: str, clock: SystemClock, *, create: bool) -> AsyncIterator[Store]:
+    path = resolve_db_path(db)
+    if not create and not path.exists():
+        raise StoreError(f"no database at {path} (give --db, or run a campaign first)")
+    store = await Store.open(path, clock.now())
+    try:
+        yield store
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
+
+
+# --- status / report / retry -----------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("name", required=False)
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(name: str | None, db: str, as_json: bool) -> int:
+    """Counts by status per campaign, and per account its window and next allowed send.
+
+    \b
+    Example:
+        campaign-runner status spring-meetup-invite --json
+    """
+    return anyio.run(_status, db, name, as_json)
+
+
+async def _status(db: str, name: str | None, as_json: bool) -> int:
+    clock = SystemClock()
+    async with _open_store(db, clock, create=False) as store:
+        names = [name] if name else await store.campaign_names()
+        settings = [await store.campaign(n) for n in names]
+        campaigns = [{"name": c.name, "counts": await store.counts(c.name)} for c in settings]
+        account_ids = sorted({a for c in settings for a in c.accounts})
+        pacing = await store.pacing(account_ids, names)
+        now = clock.now()
+        accounts = []
+        for account_id in account_ids:
+            state = await store.account_status(account_id, pacing[account_id], now)
+            accounts.append({
+                "account_id": account_id or None,
+                "limits": str(state.pacing),
+                "window_used": state.window_used,
+                "window_cap": state.window_cap,
+                "next_send_at": iso(max(state.next_at, now)),
+                "waiting_for": None if state.reason == "ready" else describe_wait(state.reason),
+                "hold_until": iso(state.hold_until) if state.hold_until > now else None,
+            })  # fmt: skip
+    if as_json:
+        click.echo(json.dumps({"campaigns": campaigns, "accounts": accounts}, indent=2))
+        return EXIT_OK
+    for c in campaigns:
+        counts = c["counts"]
+        total = sum(counts.values())
+        click.echo(f"{c['name']}: {total} recipients: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES))
+    for a in accounts:
+        wait = f" ({a['waiting_for']})" if a["waiting_for"] else ""
+        click.echo(
+            f"account {account_label(a['account_id'] or '')}: limits {a['limits']},"
+            f" {a['window_used']}/{a['window_cap']} used in the current window, next send {a['next_send_at']}{wait}"
+        )
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("name")
+@db_option
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), help="Write to this file instead of standard output.")
+@click.option("--status", "only", type=click.Choice(STATUSES), help="Only recipients with this status.")
+def report(name: str, db: str, fmt: str, output: str | None, only: str | None) -> int:
+    """Who was sent what, and who failed and why.
+
+    \b
+    Example:
+        campaign-runner report spring-meetup-invite --format json --output report.json
+    """
+    return anyio.run(_report, db, name, fmt, output, only)
+
+
+async def _report(db: str, name: str, fmt: str, output: str | None, only: str | None) -> int:
+    async with _open_store(db, SystemClock(), create=False) as store:
+        if output is None:
+            await write_report(store, name, sys.stdout, fmt, only)
+            return EXIT_OK
+        target = Path(output)
+        # Write beside the target and rename, so a failure never leaves half a report behind.
+        fd, temp = tempfile.mkstemp(dir=target.parent or Path("."), prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+                count = await write_report(store, name, out, fmt, only)
+            os.replace(temp, target)
+        except BaseException:
+            os.unlink(temp)
+            raise
+    click.echo(f"wrote {count} recipients to {target}", err=True)
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--status", "which", type=click.Choice(["unknown", "failed"]), required=True)
+@db_option
+def retry(name: str, which: str, db: str) -> int:
+    """Put a campaign's unknown or failed recipients back to pending.
+
+    An unknown recipient may already have received the message: retrying it risks a second one.
+
+    \b
+    Example:
+        campaign-runner retry spring-meetup-invite --status failed
+    """
+    return anyio.run(_retry, db, name, which)
+
+
+async def _retry(db: str, name: str, which: str) -> int:
+    clock = SystemClock()
+    async with _open_store(db, clock, create=False) as store:
+        count = await store.retry(name, which, clock.now())
+    click.echo(f"{name}: {count} {which} recipients put back to pending")
+    if which == "unknown" and count:
+        click.echo("warning: unknown recipients may already have received the message", err=True)
+    return EXIT_OK
+
+
+# --- sandbox ---------------------------------------------------------------------------------
+
+
+@cli.command(name="sandbox")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--api-key", default="sandbox-key", show_default=True, help="The key it accepts.")
+@click.option("--typing-delay", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Seconds the -with-typing endpoint takes.")  # fmt: skip
+@click.option("--quota", default="150/day", show_default=True, help="Messages per account, e.g. 150/day or 5/3s.")
+@click.option("--non-member", multiple=True, help="A recipient URN to refuse with 403 (repeatable).")
+def sandbox_command(host: str, port: int, api_key: str, typing_delay: float, quota: str,
+                    non_member: tuple[str, ...]) -> int:  # fmt: skip
+    """Serve a local emulator of the ConnectSafely API, for trying campaigns without sending.
+
+    \b
+    Example:
+        campaign-runner sandbox --port 8765 &
+        CONNECTSAFELY_API_KEY=sandbox-key campaign-runner run campaigns/demo.yaml \\
+            --base-url http://127.0.0.1:8765/linkedin
+    """
+    from .config import Limit
+
+    try:
+        limit = Limit.parse(quota)
+    except ValueError as exc:
+        raise ConfigError(f"--quota: {exc}") from None
+    config = sandbox.SandboxConfig(
+        api_key=api_key, typing_delay=typing_delay, quota=limit.cap, quota_window=limit.window,
+        non_members=set(non_member),
+    )  # fmt: skip
+
+    async def serve() -> None:
+        async with anyio.create_task_group() as tg:
+            url = await tg.start(sandbox.serve, sandbox.Sandbox(config), host, port)
+            click.echo(f"sandbox listening on {url} (API key {api_key!r}); Ctrl-C stops it", err=True)
+
+    try:
+        anyio.run(serve)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+def _load(files: Sequence[str]) -> list[Campaign]:
+    campaigns: list[Campaign] = []
+    failures: list[CampaignFileError] = []
+    for file in files:
+        try:
+            campaign = load_campaign(file)
+        except CampaignFileError as exc:
+            failures.append(exc)
+            continue
+        for warning in campaign.warnings:
+            click.echo(f"warning: {file}: {warning}", err=True)
+        campaigns.append(campaign)
+    if failures:
+        for failure in failures:
+            for problem in failure.errors:
+                click.echo(f"error: {failure.path}: {problem}", err=True)
+            for warning in failure.warnings:
+                click.echo(f"warning: {failure.path}: {warning}", err=True)
+        count = sum(len(f.errors) for f in failures)
+        raise ConfigError(f"{count} error{'s' if count != 1 else ''} in campaign files; nothing was sent or written")
+    return campaigns
+
+
+def run_cli(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code instead of exiting (tests call this)."""
+    _State.debug = False
+    try:
+        result = cli.main(args=list(argv) if argv is not None else None, prog_name="campaign-runner",
+                          standalone_mode=False)  # fmt: skip
+    except BaseException as raised:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        exc = _unwrap(raised)
+        if isinstance(exc, click.exceptions.Exit):
+            return exc.exit_code
+        if isinstance(exc, (click.exceptions.Abort, KeyboardInterrupt)):
+            return EXIT_INTERRUPTED
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if not isinstance(exc, Exception):
+            raise
+        if _State.debug:
+            traceback.print_exception(raised)
+        if isinstance(exc, CampaignRunnerError):
+            click.echo(f"error: {exc}", err=True)
+            return exc.exit_code
+        if not _State.debug:
+            click.echo(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for details)", err=True)
+        return EXIT_FATAL
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one error inside task-group exception groups, so it is reported as itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def main() -> None:
+    sys.exit(run_cli())

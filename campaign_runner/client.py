@@ -1,0 +1,184 @@
+"""The ConnectSafely client: one request in, one typed `Outcome` out, whatever happens.
+
+It never raises for an HTTP status, never sleeps and never retries: deciding what an outcome means
+for a recipient is the scheduler's job. httpx's errors are translated here and only here, split by
+whether the request can have reached the server:
+
+* it never left (`ConnectError`, `ConnectTimeout`, `PoolTimeout`): safe to try again;
+* it may have arrived (read/write errors and timeouts, `RemoteProtocolError`, anything else):
+  the outcome is `unknown`, because the API has no idempotency key to ask again with.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from .clock import parse_iso
+from .errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api.connectsafely.ai/linkedin"
+DEFAULT_TIMEOUT = 60.0  # seconds: the -with-typing endpoint types before it answers
+CONNECT_TIMEOUT = 10.0
+MAX_BODY_KEPT = 4000  # characters of a response body stored with an attempt
+USER_AGENT = "campaign-runner"
+
+
+class Kind(enum.StrEnum):
+    SENT = "sent"  # 200
+    REJECTED = "rejected"  # 400, 403, other 4xx: this recipient failed, never retried
+    RATE_LIMITED = "rate_limited"  # 429: not a failure, the account pauses
+    UNAUTHORIZED = "unauthorized"  # 401: the key is refused; stop the run
+    MISROUTED = "misrouted"  # 404, 405, 3xx: the base URL is wrong; stop the run
+    SERVER_ERROR = "server_error"  # 500, 503: not delivered, retry with backoff
+    NOT_SENT = "not_sent"  # the request never left: retry with backoff
+    UNKNOWN = "unknown"  # may have been delivered: never re-sent by itself
+
+
+@dataclass(frozen=True)
+class RateLimitHeaders:
+    """The X-RateLimit-* headers exactly as they came (None when absent)."""
+
+    action: str | None = None
+    limit: str | None = None
+    used: str | None = None
+    remaining: str | None = None
+    reset: str | None = None
+
+    @classmethod
+    def from_response(cls, headers: httpx.Headers) -> RateLimitHeaders:
+        return cls(
+            action=headers.get("x-ratelimit-action"),
+            limit=headers.get("x-ratelimit-limit"),
+            used=headers.get("x-ratelimit-used"),
+            remaining=headers.get("x-ratelimit-remaining"),
+            reset=headers.get("x-ratelimit-reset"),
+        )
+
+    @property
+    def remaining_count(self) -> int | None:
+        try:
+            return int(self.remaining) if self.remaining is not None else None
+        except ValueError:
+            return None
+
+    @property
+    def reset_at(self) -> float | None:
+        return parse_iso(self.reset) if self.reset else None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: Kind
+    http_status: int | None = None
+    error: str | None = None  # one readable line
+    body: str | None = None  # the response body as it came, truncated
+    rate_limit: RateLimitHeaders = field(default_factory=RateLimitHeaders)
+    hold_until: float | None = None  # the 429 body's holdUntil, when given
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    endpoint: str  # one of config.ENDPOINTS
+    recipient: str
+    group_id: str
+    message: str
+    account_id: str | None  # None: the API key's default account
+
+    def body(self) -> dict[str, Any]:
+        body = {"recipientProfileUrn": self.recipient, "groupId": self.group_id, "message": self.message}
+        if self.account_id:
+            body["accountId"] = self.account_id
+        return body
+
+
+def check_base_url(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"invalid base URL {base_url!r}: expected http(s)://host/path")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError("invalid base URL: it must not carry a query, a fragment or credentials")
+    return base_url.rstrip("/")
+
+
+def make_http_client(base_url: str, api_key: str, timeout: float, connections: int) -> httpx.AsyncClient:
+    """The run's one AsyncClient. `connections`: how many requests may be in flight at once."""
+    return httpx.AsyncClient(
+        base_url=check_base_url(base_url) + "/",
+        headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
+        timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
+        limits=httpx.Limits(max_connections=max(connections, 1), max_keepalive_connections=max(connections, 1)),
+        follow_redirects=False,  # a redirected POST could be replayed elsewhere: treat as misrouted
+    )
+
+
+class ApiClient:
+    def __init__(self, http: httpx.AsyncClient):
+        self._http = http
+
+    async def send(self, request: SendRequest) -> Outcome:
+        try:
+            response = await self._http.post(f"messaging/{request.endpoint}", json=request.body())
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            return Outcome(Kind.NOT_SENT, error=f"no connection: {_describe(exc)}")
+        except httpx.TimeoutException as exc:
+            return Outcome(Kind.UNKNOWN, error=f"no answer in time ({_describe(exc)}); the message may have been sent")
+        except httpx.TransportError as exc:
+            return Outcome(Kind.UNKNOWN, error=f"connection lost ({_describe(exc)}); the message may have been sent")
+        return classify(response)
+
+    def __repr__(self) -> str:
+        return f"ApiClient(base_url={str(self._http.base_url)!r})"
+
+
+def classify(response: httpx.Response) -> Outcome:
+    status = response.status_code
+    text = response.text
+    payload = _json(text)
+    rate_limit = RateLimitHeaders.from_response(response.headers)
+    common = {"http_status": status, "body": text[:MAX_BODY_KEPT], "rate_limit": rate_limit}
+    if status == 200:
+        return Outcome(Kind.SENT, **common)
+    error = _error_text(payload, text, response.reason_phrase)
+    if status == 429:
+        hold = parse_iso(payload["holdUntil"]) if isinstance(payload.get("holdUntil"), str) else None
+        return Outcome(Kind.RATE_LIMITED, error=error, hold_until=hold, **common)
+    if status == 401:
+        return Outcome(Kind.UNAUTHORIZED, error=error, **common)
+    if status in (404, 405) or 300 <= status < 400:
+        return Outcome(Kind.MISROUTED, error=f"HTTP {status} {response.reason_phrase} at {response.url}", **common)
+    if status in (500, 503):
+        return Outcome(Kind.SERVER_ERROR, error=error, **common)
+    if 400 <= status < 500:
+        return Outcome(Kind.REJECTED, error=error, **common)
+    # 502, 504 and other answers from something in between: the API may have sent the message
+    # before the answer was lost.
+    return Outcome(Kind.UNKNOWN, error=f"HTTP {status}: {error}; the message may have been sent", **common)
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _error_text(payload: dict[str, Any], text: str, reason: str) -> str:
+    for key in ("error", "message"):
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            return value
+        if value:
+            return json.dumps(value, separators=(",", ":"))[:500]
+    snippet = " ".join(text.split())[:200]
+    return snippet or reason
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

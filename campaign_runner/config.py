@@ -1,0 +1,411 @@
+"""Campaign files: the schema (v1), limit and duration parsing, YAML/CSV loading, message rendering.
+
+`load_campaign(path)` returns a `Campaign` ready to store, or raises `CampaignFileError` listing
+every problem it found, each with its place (a field path, `recipients[i]`, or `file.csv line n`).
+Nothing here touches the database, the network or the clock.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import CampaignFileError, Problem
+
+ENDPOINTS = ("send-group", "send-group-with-typing", "send-group-with-ack")
+DEFAULT_ENDPOINT = "send-group-with-typing"
+DEFAULT_LIMIT = "150/day"
+MAX_MESSAGE_CHARS = 8000
+URN_PATTERN = re.compile(r"^urn:li:fsd_profile:[A-Za-z0-9_-]+$")
+URN_COLUMN = "profile_urn"
+DEFAULT_ACCOUNT = ""  # stored id of "the API key's default account": no accountId is sent
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_NAMED_WINDOWS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0, "week": 604800.0}
+_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(?:(second|minute|hour|day|week)|(\d+(?:\.\d+)?)\s*([smhd]))\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|[smhd])?\s*$")
+
+# libyaml's loader is several times faster on big inline recipient lists; same safe semantics.
+_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass(frozen=True, order=True)
+class Limit:
+    """At most `cap` requests in any window of `window` seconds."""
+
+    cap: int
+    window: float
+
+    @classmethod
+    def parse(cls, text: str) -> Limit:
+        match = _LIMIT.match(str(text))
+        if not match:
+            raise ValueError(
+                f"{text!r} is not a limit: use N/day, N/hour, N/week, N/minute or N/<number><s|m|h|d>"
+            )
+        cap = int(match.group(1))
+        if match.group(2):
+            window = _NAMED_WINDOWS[match.group(2)]
+        else:
+            window = float(match.group(3)) * _UNITS[match.group(4)]
+        if cap < 1 or window <= 0:
+            raise ValueError(f"{text!r}: the count and the window must both be above zero")
+        return cls(cap, window)
+
+    def __str__(self) -> str:
+        for name, seconds in _NAMED_WINDOWS.items():
+            if self.window == seconds:
+                return f"{self.cap}/{name}"
+        return f"{self.cap}/{self.window:g}s"
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as `500ms`, `2s`, `1.5m`."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration: use a number of seconds or e.g. 500ms, 2s, 5m")
+        unit = match.group(2) or "s"
+        seconds = float(match.group(1)) * (0.001 if unit == "ms" else _UNITS[unit])
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+# --- the file schema ------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class AccountEntry(_Strict):
+    id: str = Field(min_length=1, max_length=200)
+    limit: str | None = None
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            Limit.parse(value)
+        return value
+
+
+class RetryPolicy(_Strict):
+    attempts: int = Field(default=3, ge=1, le=20)
+    backoff: float = 2.0
+
+    @field_validator("backoff", mode="before")
+    @classmethod
+    def _backoff(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class CampaignFile(_Strict):
+    """Schema v1 of a campaign file."""
+
+    version: Literal[1] = 1
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
+    group_id: str = Field(min_length=1)
+    endpoint: Literal["send-group", "send-group-with-typing", "send-group-with-ack"] = DEFAULT_ENDPOINT
+    accounts: list[str | AccountEntry] = Field(default_factory=list)
+    limit: str = DEFAULT_LIMIT
+    burst: int = Field(default=1, ge=1)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    message: str = Field(min_length=1)
+    recipients: list[dict[str, Any]] = Field(default_factory=list)
+    recipients_file: str | None = None
+
+    @field_validator("group_id", mode="before")
+    @classmethod
+    def _group_id(cls, value: Any) -> Any:
+        # YAML reads `group_id: 12345678` as a number; the API wants its decimal string.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, value: str) -> str:
+        Limit.parse(value)
+        return value
+
+
+# --- what the rest of the program uses ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str  # DEFAULT_ACCOUNT for the key's default account
+    limit: Limit
+
+
+@dataclass(frozen=True)
+class Recipient:
+    profile_urn: str
+    message: str  # rendered
+    place: str  # where it came from, for messages
+
+
+@dataclass
+class Campaign:
+    name: str
+    group_id: str
+    endpoint: str
+    message_template: str
+    limit: Limit
+    burst: int
+    retry: RetryPolicy
+    accounts: list[Account]
+    recipients: list[Recipient]
+    source: str
+    duplicates: int = 0
+    warnings: list[Problem] = field(default_factory=list)
+
+
+def account_label(account_id: str) -> str:
+    return account_id or "(default account)"
+
+
+def make_environment() -> SandboxedEnvironment:
+    # The sandbox refuses attribute access to Python internals from templates; StrictUndefined
+    # makes a missing variable an error instead of an empty string in someone's inbox.
+    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+
+
+def render(template: Any, variables: dict[str, Any]) -> str:
+    """The message a recipient receives; surrounding whitespace is dropped."""
+    return template.render(**variables).strip()
+
+
+def load_campaign(path: str | Path) -> Campaign:
+    path = Path(path)
+    problems: list[Problem] = []
+    raw = _read_yaml(path)
+    try:
+        spec = CampaignFile.model_validate(raw)
+    except ValidationError as exc:
+        raise CampaignFileError(str(path), [_pydantic_problem(err) for err in exc.errors()]) from None
+
+    limit = Limit.parse(spec.limit)
+    accounts = _accounts(spec, limit, problems)
+
+    env = make_environment()
+    try:
+        template = env.from_string(spec.message)
+    except TemplateError as exc:
+        line = getattr(exc, "lineno", None)
+        place = f"message line {line}" if line else "message"
+        raise CampaignFileError(str(path), [Problem(place, f"template syntax: {exc}")]) from None
+
+    rows = list(_inline_rows(spec.recipients, problems))
+    if spec.recipients_file:
+        rows.extend(_csv_rows(path.parent / spec.recipients_file, spec.recipients_file, problems))
+    if not rows and not problems:
+        problems.append(Problem("recipients", "no recipients: give `recipients`, `recipients_file`, or both"))
+
+    recipients: list[Recipient] = []
+    first_place: dict[str, str] = {}
+    warnings: list[Problem] = []
+    duplicates = 0
+    for place, urn, values in rows:
+        if urn in first_place:
+            duplicates += 1
+            warnings.append(Problem(place, f"{urn} is listed twice (first at {first_place[urn]}); kept once"))
+            continue
+        first_place[urn] = place
+        message = _render_checked(template, values, place, problems)
+        if message is not None:
+            recipients.append(Recipient(urn, message, place))
+
+    if problems:
+        raise CampaignFileError(str(path), problems, warnings)
+    return Campaign(
+        name=spec.name,
+        group_id=spec.group_id,
+        endpoint=spec.endpoint,
+        message_template=spec.message,
+        limit=limit,
+        burst=spec.burst,
+        retry=spec.retry,
+        accounts=accounts,
+        recipients=recipients,
+        source=str(path),
+        duplicates=duplicates,
+        warnings=warnings,
+    )
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CampaignFileError(str(path), [Problem("", f"cannot read the file: {exc.strerror}")]) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CampaignFileError(str(path), [Problem("", f"not UTF-8 text (byte {exc.start})")]) from None
+    try:
+        raw = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a safe loader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        place = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise CampaignFileError(str(path), [Problem(place, f"YAML syntax: {reason}")]) from None
+    if not isinstance(raw, dict):
+        raise CampaignFileError(str(path), [Problem("", "expected a mapping of campaign settings at the top")])
+    return raw
+
+
+def _pydantic_problem(err: Any) -> Problem:
+    place = ".".join(str(part) if not isinstance(part, int) else f"[{part}]" for part in err["loc"])
+    place = place.replace(".[", "[")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return Problem(place, "unknown key (check its spelling)")
+    if kind == "missing":
+        return Problem(place, "required")
+    message = err["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    return Problem(place, message)
+
+
+def _accounts(spec: CampaignFile, limit: Limit, problems: list[Problem]) -> list[Account]:
+    if not spec.accounts:
+        return [Account(DEFAULT_ACCOUNT, limit)]
+    accounts: list[Account] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(spec.accounts):
+        if isinstance(entry, str):
+            entry = AccountEntry(id=entry)
+        if not entry.id:
+            problems.append(Problem(f"accounts[{index}]", "an account id cannot be empty"))
+            continue
+        if entry.id in seen:
+            problems.append(Problem(f"accounts[{index}]", f"account {entry.id!r} is listed twice"))
+            continue
+        seen.add(entry.id)
+        accounts.append(Account(entry.id, Limit.parse(entry.limit) if entry.limit else limit))
+    return accounts
+
+
+Row = tuple[str, str, dict[str, Any]]  # place, urn, template variables
+
+
+def _check_urn(value: Any, place: str, problems: list[Problem]) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        problems.append(Problem(place, f"missing {URN_COLUMN}"))
+        return None
+    urn = value.strip()
+    if not URN_PATTERN.match(urn):
+        problems.append(Problem(place, f"invalid {URN_COLUMN} {urn!r}: expected urn:li:fsd_profile:<id>"))
+        return None
+    return urn
+
+
+def _present(values: dict[str, Any]) -> dict[str, Any]:
+    # A blank cell or a null is "no value": `default(...)` applies, and a variable the template
+    # needs without a default is reported instead of rendering "Hi ,".
+    return {
+        key: value
+        for key, value in values.items()
+        if value is not None and not (isinstance(value, str) and not value.strip())
+    }
+
+
+def _inline_rows(items: list[dict[str, Any]], problems: list[Problem]) -> list[Row]:
+    rows: list[Row] = []
+    for index, item in enumerate(items):
+        place = f"recipients[{index}]"
+        urn = _check_urn(item.get(URN_COLUMN), f"{place}.{URN_COLUMN}", problems)
+        bad_keys = [key for key in item if not isinstance(key, str) or not key.isidentifier()]
+        if bad_keys:
+            problems.append(Problem(place, f"variable names must be identifiers: {bad_keys!r}"))
+            continue
+        if urn:
+            values = _present({k: v for k, v in item.items() if k != URN_COLUMN})
+            rows.append((place, urn, values))
+    return rows
+
+
+def _csv_rows(path: Path, shown: str, problems: list[Problem]) -> list[Row]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        problems.append(Problem("recipients_file", f"cannot read {shown}: {exc.strerror}"))
+        return []
+    try:
+        text = data.decode("utf-8-sig")  # spreadsheets start UTF-8 CSVs with a BOM
+    except UnicodeDecodeError as exc:
+        problems.append(Problem(shown, f"not UTF-8 text (byte {exc.start}); save the CSV as UTF-8"))
+        return []
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        problems.append(Problem(f"{shown} line 1", f"CSV: {exc}"))
+        return []
+    if not header or not any(cell.strip() for cell in header):
+        problems.append(Problem(shown, "empty CSV: expected a header row with a profile_urn column"))
+        return []
+    header = [cell.strip() for cell in header]
+    repeated = sorted({cell for cell in header if header.count(cell) > 1})
+    if repeated:
+        problems.append(Problem(f"{shown} line 1", f"duplicate column names: {', '.join(repeated)}"))
+        return []
+    if URN_COLUMN not in header:
+        problems.append(Problem(f"{shown} line 1", f"no {URN_COLUMN} column (columns: {', '.join(header)})"))
+        return []
+    bad = [cell for cell in header if not cell.isidentifier()]
+    if bad:
+        problems.append(Problem(f"{shown} line 1", f"column names must be identifiers to use in templates: {bad!r}"))
+        return []
+    rows: list[Row] = []
+    try:
+        for cells in reader:
+            place = f"{shown} line {reader.line_num}"
+            if not cells or not any(cell.strip() for cell in cells):
+                continue
+            if len(cells) != len(header):
+                problems.append(Problem(place, f"{len(cells)} fields where the header has {len(header)}"))
+                continue
+            values = dict(zip(header, cells))
+            urn = _check_urn(values.pop(URN_COLUMN), place, problems)
+            if urn:
+                rows.append((place, urn, _present(values)))
+    except csv.Error as exc:
+        problems.append(Problem(f"{shown} line {reader.line_num}", f"CSV: {exc}"))
+    if not rows and not problems:
+        problems.append(Problem(shown, "the CSV has a header but no recipients"))
+    return rows
+
+
+def _render_checked(template: Any, values: dict[str, Any], place: str, problems: list[Problem]) -> str | None:
+    try:
+        message = render(template, values)
+    except TemplateError as exc:
+        # UndefinedError, SecurityError (sandbox) and friends all carry a readable message.
+        problems.append(Problem(place, f"message does not render: {exc.message or exc}"))
+        return None
+    except Exception as exc:  # noqa: BLE001 - a template can raise anything (e.g. 1/0); report it here
+        problems.append(Problem(place, f"message does not render: {type(exc).__name__}: {exc}"))
+        return None
+    if not message:
+        problems.append(Problem(place, "message renders empty"))
+        return None
+    if len(message) > MAX_MESSAGE_CHARS:
+        problems.append(Problem(place, f"message renders to {len(message)} characters (at most {MAX_MESSAGE_CHARS})"))
+        return None
+    return message

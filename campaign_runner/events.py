@@ -1,0 +1,63 @@
+"""What the scheduler tells the outside world while it runs. The CLI renders these; tests read them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .client import Kind
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    counts: dict[str, dict[str, int]]  # campaign -> status -> recipients
+    accounts: dict[str, str]  # account id -> the limits in force, as text
+
+
+@dataclass(frozen=True)
+class Attempted:
+    campaign: str
+    account_id: str
+    profile_urn: str
+    attempt: int
+    outcome: Kind
+    http_status: int | None
+    error: str | None
+    status: str  # the recipient's status after this attempt
+    latency: float
+    window_used: int
+    window_cap: int
+
+
+@dataclass(frozen=True)
+class AccountWaiting:
+    account_id: str
+    until: float
+    reason: str  # hold, pace, window, in_flight, backoff, elsewhere
+
+
+@dataclass(frozen=True)
+class AccountHeld:
+    account_id: str
+    until: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class AccountFinished:
+    account_id: str
+    reason: str  # drained: nothing left; deferred: --no-wait and the next send must wait; stopped
+
+
+@dataclass(frozen=True)
+class Stopping:
+    reason: str  # interrupted, fatal
+    message: str
+
+
+Event = RunStarted | Attempted | AccountWaiting | AccountHeld | AccountFinished | Stopping
+EventSink = Callable[[Event], None]
+
+
+def ignore(event: Event) -> None:
+    pass

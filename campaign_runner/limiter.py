@@ -1,0 +1,92 @@
+"""Pacing math for one account: state and `now` in, "go" or "wait until t" out. No I/O, no awaits.
+
+Two rules hold together for every account:
+
+* a token bucket (GCRA form) refilling at cap/window with a small burst (default 1), so sends are
+  spread across the window instead of bunched at its start;
+* a sliding-window check: a bucket alone admits its burst on top of the rate, so it could pass
+  cap + burst requests in one window. A new request is admitted only when the cap-th most recent
+  request of the account lies more than `window` in the past, for every limit in force.
+
+Invariant: for every limit (cap, window) in force and every closed interval of length `window`,
+the account starts at most `cap` requests in it.
+
+Request times are "slot times": when a request is claimed its slot time is `IN_FLIGHT`; when its
+outcome is known it becomes the moment the response arrived (the latest moment the server can
+have received it). Measuring windows from those moments keeps the invariant true as the server
+sees it, whatever the latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Limit
+
+EPSILON = 0.001  # seconds added past a window's edge, so two requests never share an edge
+IN_FLIGHT = 1e18  # slot time of a request whose outcome is not known yet
+IN_FLIGHT_POLL = 1.0  # how soon to look again when another process's request holds the window
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """Every limit in force on one account (the smallest of all campaigns that use it wins)."""
+
+    limits: tuple[Limit, ...]
+    burst: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.limits:
+            raise ValueError("an account needs at least one limit")
+        if self.burst < 1:
+            raise ValueError("burst must be at least 1")
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two tokens: the slowest rate in force."""
+        return max(limit.window / limit.cap for limit in self.limits)
+
+    def __str__(self) -> str:
+        return ", ".join(str(limit) for limit in sorted(set(self.limits)))
+
+
+@dataclass(frozen=True)
+class AccountState:
+    tat: float = 0.0  # GCRA "theoretical arrival time" of the next token
+    hold_until: float = 0.0  # the server asked us to pause until then (429, Remaining: 0)
+    # Per limit of the Pacing, in the same order: slot time of the cap-th most recent request,
+    # or None when the account has fewer than cap requests on record.
+    kth_recent: tuple[float | None, ...] = ()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    at: float  # earliest moment a request may start; <= now means "go"
+    reason: str  # "ready", "hold", "pace", "window" or "in_flight"
+
+    def go(self, now: float) -> bool:
+        return self.at <= now
+
+
+def decide(pacing: Pacing, state: AccountState, now: float) -> Verdict:
+    candidates = [
+        (now, "ready"),
+        (state.hold_until, "hold"),
+        (state.tat - (pacing.burst - 1) * pacing.interval, "pace"),
+    ]
+    for limit, kth in zip(pacing.limits, state.kth_recent, strict=True):
+        if kth is None:
+            continue
+        if kth >= IN_FLIGHT:
+            # Another process has `cap` requests of this account on the wire: their times are
+            # not known yet, so look again shortly.
+            candidates.append((now + IN_FLIGHT_POLL, "in_flight"))
+        else:
+            candidates.append((kth + limit.window + EPSILON, "window"))
+    at, reason = max(candidates, key=lambda item: item[0])
+    return Verdict(at, reason if at > now else "ready")
+
+
+def advance(pacing: Pacing, tat: float, now: float) -> float:
+    """The bucket's state after a request starts at `now`."""
+    return max(tat, now) + pacing.interval

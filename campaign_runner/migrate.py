@@ -1,0 +1,109 @@
+"""Schema migrations: `migrations/NNN_name.sql`, applied in order, each exactly once.
+
+Strict on purpose: a stray file, a duplicate or missing version, or a database that has seen a
+newer version than this code knows is an error, never something to skip past.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from importlib import resources
+from importlib.abc import Traversable
+
+import aiosqlite
+
+from .errors import SchemaTooNewError, StoreError
+
+FILENAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def discover(folder: Traversable | None = None) -> list[Migration]:
+    folder = folder or resources.files("campaign_runner").joinpath("migrations")
+    found: dict[int, Migration] = {}
+    for entry in folder.iterdir():
+        if entry.name.startswith(("__", ".")) or entry.name.endswith(".py"):
+            continue
+        match = FILENAME.match(entry.name)
+        if not match:
+            raise StoreError(f"stray file among migrations: {entry.name} (expected NNN_name.sql)")
+        version = int(match.group(1))
+        if version in found:
+            raise StoreError(f"two migrations have version {version:03d}")
+        found[version] = Migration(version, match.group(2), entry.read_text(encoding="utf-8"))
+    migrations = [found[v] for v in sorted(found)]
+    for expected, migration in enumerate(migrations, start=1):
+        if migration.version != expected:
+            raise StoreError(f"migration {expected:03d} is missing (found {migration.version:03d})")
+    return migrations
+
+
+def statements(sql: str) -> list[str]:
+    """Split a script into complete statements (so they run inside our own transaction)."""
+    out: list[str] = []
+    current = ""
+    for line in sql.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            out.append(current.strip())
+            current = ""
+    if current.strip() and not all(
+        part.strip().startswith("--") or not part.strip() for part in current.splitlines()
+    ):
+        raise StoreError(f"unterminated SQL statement in a migration: {current.strip()[:60]}")
+    return out
+
+
+async def migrate(db: aiosqlite.Connection, now: float, migrations: list[Migration] | None = None) -> list[int]:
+    """Apply what is missing; return the versions applied. `db` must be in autocommit mode."""
+    migrations = discover() if migrations is None else migrations
+    known = migrations[-1].version if migrations else 0
+    await db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    applied: list[int] = []
+    for migration in migrations:
+        # One transaction per migration, re-checking inside it: another process may be
+        # migrating the same file at the same moment.
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            newest = await _newest(db)
+            if newest > known:
+                raise SchemaTooNewError(
+                    f"the database has schema version {newest}, newer than this campaign-runner"
+                    f" knows ({known}); upgrade campaign-runner to use it"
+                )
+            if migration.version > newest:
+                for statement in statements(migration.sql):
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, now),
+                )
+                applied.append(migration.version)
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+    newest = await _newest(db)
+    if newest > known:
+        raise SchemaTooNewError(
+            f"the database has schema version {newest}, newer than this campaign-runner knows ({known});"
+            " upgrade campaign-runner to use it"
+        )
+    return applied
+
+
+async def _newest(db: aiosqlite.Connection) -> int:
+    async with db.execute("SELECT coalesce(max(version), 0) FROM schema_migrations") as cursor:
+        row = await cursor.fetchone()
+    return int(row[0])

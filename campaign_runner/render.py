@@ -1,0 +1,151 @@
+"""Turning scheduler events into what a person reads: a live table on a terminal, log lines elsewhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from . import events
+from .clock import Clock, iso
+from .config import account_label
+from .store import STATUSES
+
+
+def describe_wait(reason: str) -> str:
+    return {
+        "hold": "on hold (rate limit)",
+        "pace": "pacing",
+        "window": "limit reached for this window",
+        "in_flight": "another process is sending",
+        "backoff": "retry backoff",
+        "elsewhere": "waiting for other accounts",
+    }.get(reason, reason)
+
+
+class LogLines:
+    """One plain line per event, for logs, cron mail and pipes."""
+
+    def __init__(self, out: TextIO, clock: Clock):
+        self._out = out
+        self._clock = clock
+
+    def __call__(self, event: events.Event) -> None:
+        line = self.line(event)
+        if line:
+            print(f"{iso(self._clock.now())} {line}", file=self._out, flush=True)
+
+    def line(self, event: events.Event) -> str | None:
+        match event:
+            case events.RunStarted(counts=counts, accounts=accounts):
+                parts = [f"{name}: {c['pending']} pending of {sum(c.values())}" for name, c in counts.items()]
+                limits = [f"{account_label(a)} {limits}" for a, limits in accounts.items()]
+                return f"run started; {'; '.join(parts)}; accounts: {', '.join(limits)}"
+            case events.Attempted() as e:
+                detail = f"HTTP {e.http_status}" if e.http_status else e.outcome.value
+                if e.error and e.status != "sent":
+                    detail += f": {e.error}"
+                return (
+                    f"{e.campaign} {e.status} {e.profile_urn} via {account_label(e.account_id)}"
+                    f" (attempt {e.attempt}, {detail}, {e.latency:.2f}s, window {e.window_used}/{e.window_cap})"
+                )
+            case events.AccountWaiting(account_id=account, until=until, reason=reason):
+                return f"{account_label(account)} {describe_wait(reason)}: next send at {iso(until)}"
+            case events.AccountHeld(account_id=account, until=until, reason=reason):
+                return f"{account_label(account)} held by the API until {iso(until)} ({reason})"
+            case events.AccountFinished(account_id=account, reason=reason):
+                return f"{account_label(account)} {'has nothing left to send' if reason == 'drained' else reason}"
+            case events.Stopping(message=message):
+                return message
+        return None
+
+
+@dataclass
+class _AccountRow:
+    sent: int = 0
+    failed: int = 0
+    other: int = 0
+    window: str = ""
+    state: str = "starting"
+
+
+@dataclass
+class LiveView:
+    """A table of campaigns and accounts, redrawn as events arrive."""
+
+    console: Console
+    clock: Clock
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    accounts: dict[str, _AccountRow] = field(default_factory=dict)
+    limits: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    _live: Live | None = None
+
+    def __enter__(self) -> LiveView:
+        self._live = Live(self, console=self.console, refresh_per_second=4, transient=False)
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)  # type: ignore[arg-type]
+
+    def __call__(self, event: events.Event) -> None:
+        match event:
+            case events.RunStarted(counts=counts, accounts=limits):
+                self.counts = {name: dict(c) for name, c in counts.items()}
+                self.limits = dict(limits)
+                self.accounts = {a: _AccountRow() for a in limits}
+            case events.Attempted() as e:
+                row = self.accounts.setdefault(e.account_id, _AccountRow())
+                counts = self.counts.setdefault(e.campaign, dict.fromkeys(STATUSES, 0))
+                if e.status != "pending":
+                    counts["pending"] -= 1
+                    counts[e.status] = counts.get(e.status, 0) + 1
+                if e.status == "sent":
+                    row.sent += 1
+                elif e.status == "failed":
+                    row.failed += 1
+                else:
+                    row.other += 1
+                row.window = f"{e.window_used}/{e.window_cap}"
+                row.state = f"{e.status} {e.profile_urn.rsplit(':', 1)[-1][:12]}"
+            case events.AccountWaiting(account_id=account, until=until, reason=reason):
+                self.accounts.setdefault(account, _AccountRow()).state = (
+                    f"{describe_wait(reason)}, next {iso(until)[11:19]}"
+                )
+            case events.AccountHeld(account_id=account, until=until):
+                self.accounts.setdefault(account, _AccountRow()).state = f"held until {iso(until)}"
+            case events.AccountFinished(account_id=account, reason=reason):
+                self.accounts.setdefault(account, _AccountRow()).state = reason
+            case events.Stopping(message=message):
+                self.notes.append(message)
+        if self._live is not None:
+            self._live.refresh()
+
+    def __rich__(self) -> Group:
+        campaigns = Table(title="campaigns", title_justify="left")
+        campaigns.add_column("campaign")
+        for status in ("sent", "failed", "unknown", "skipped", "pending"):
+            campaigns.add_column(status, justify="right")
+        campaigns.add_column("done", justify="right")
+        for name, counts in self.counts.items():
+            total = sum(counts.values()) or 1
+            done = total - counts.get("pending", 0) - counts.get("in_flight", 0)
+            campaigns.add_row(
+                name,
+                *(str(counts.get(s, 0)) for s in ("sent", "failed", "unknown", "skipped", "pending")),
+                f"{100 * done / total:.0f}%",
+            )
+        accounts = Table(title=f"accounts at {iso(self.clock.now())[11:19]} UTC", title_justify="left")
+        for column in ("account", "limits", "sent", "failed", "other", "window", "state"):
+            accounts.add_column(column, justify="right" if column in ("sent", "failed", "other") else "left")
+        for account, row in self.accounts.items():
+            accounts.add_row(
+                account_label(account), self.limits.get(account, ""), str(row.sent), str(row.failed),
+                str(row.other), row.window, row.state,
+            )  # fmt: skip
+        return Group(campaigns, accounts, *self.notes)

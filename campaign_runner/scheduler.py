@@ -1,0 +1,242 @@
+"""The run loop: one worker per account, all accounts at once, inside one anyio task group.
+
+A worker claims a recipient (store), sends it (client), records the outcome (store) and repeats,
+sleeping through the clock when its account's limits or the backoff say so. Recipients are not
+assigned to accounts up front: whichever account of a campaign has quota first claims the next one.
+
+Stopping: the first SIGINT/SIGTERM (or a fatal API answer) stops new claims, lets each request in
+flight finish or time out and records it; a second signal cancels what is in flight, and those
+outcomes are recorded as `unknown`.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import anyio
+
+from . import events
+from .client import ApiClient, Kind, Outcome, SendRequest
+from .clock import Clock
+from .limiter import Pacing
+from .store import CampaignSettings, Claimed, Drained, Store, Waiting
+
+DEFAULT_HOLD = 3600.0  # a rate-limit answer that says nothing of when to come back: wait an hour
+MIN_HOLD = 1.0  # never come straight back after a 429, whatever the server's clock says
+MAX_BACKOFF = 300.0
+INTERRUPTED = "the request was interrupted in flight; it may have been delivered"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    reason: str  # done, deferred (--no-wait left work for later), interrupted, fatal
+    message: str | None = None
+
+
+def hold_for(outcome: Outcome, now: float) -> float | None:
+    """Until when the account must send nothing, from a 429 or a `Remaining: 0` header."""
+    headers = outcome.rate_limit
+    if outcome.kind is Kind.RATE_LIMITED:
+        until = outcome.hold_until or headers.reset_at
+    elif headers.remaining_count == 0:
+        until = headers.reset_at
+    else:
+        return None
+    if until is None:
+        return now + DEFAULT_HOLD
+    return max(until, now + MIN_HOLD)
+
+
+def backoff(failures: int, initial: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: initial, 2x, 4x... plus up to `initial` of noise."""
+    return min(MAX_BACKOFF, initial * 2 ** max(failures - 1, 0)) + rng.uniform(0, initial)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        api: ApiClient,
+        clock: Clock,
+        *,
+        run_id: int,
+        campaigns: Sequence[CampaignSettings],
+        pacing: dict[str, Pacing],
+        emit: events.EventSink = events.ignore,
+        no_wait: bool = False,
+        handle_signals: bool = False,
+        rng: random.Random | None = None,
+    ):
+        self._store = store
+        self._api = api
+        self._clock = clock
+        self._run_id = run_id
+        self._campaigns = {c.name: c for c in campaigns}
+        self._pacing = pacing
+        self._emit = emit
+        self._no_wait = no_wait
+        self._handle_signals = handle_signals
+        self._rng = rng or random.Random()
+        self._stop = anyio.Event()
+        self._wake = anyio.Event()
+        self._result: RunResult | None = None
+        self._deferred = False
+        self._idle = 0  # workers waiting only for other workers' requests to end
+        self._workers_scope: anyio.CancelScope | None = None
+
+    def accounts(self) -> dict[str, list[str]]:
+        """Account id -> the campaigns it sends for, in the order given."""
+        found: dict[str, list[str]] = {}
+        for campaign in self._campaigns.values():
+            for account in campaign.accounts:
+                found.setdefault(account, []).append(campaign.name)
+        return found
+
+    def stop(self, reason: str = "interrupted", message: str = "stopping: no new sends; waiting for requests in flight") -> None:
+        if self._result is None:
+            self._result = RunResult(reason, message)
+            self._emit(events.Stopping(reason, message))
+        self._stop.set()
+
+    async def run(self) -> RunResult:
+        accounts = self.accounts()
+        counts = {name: await self._store.counts(name) for name in self._campaigns}
+        self._emit(events.RunStarted(counts, {a: str(self._pacing[a]) for a in accounts}))
+        async with anyio.create_task_group() as outer:
+            if self._handle_signals:
+                outer.start_soon(self._watch_signals)
+            with anyio.CancelScope() as scope:
+                self._workers_scope = scope
+                async with anyio.create_task_group() as workers:
+                    for account, names in accounts.items():
+                        workers.start_soon(self._worker, account, names)
+            outer.cancel_scope.cancel()
+        if self._result is not None:
+            return self._result
+        return RunResult("deferred") if self._deferred else RunResult("done")
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                if not self._stop.is_set():
+                    self.stop()
+                elif self._workers_scope is not None:
+                    self._emit(events.Stopping("interrupted", "stopping now: requests in flight are recorded as unknown"))
+                    self._workers_scope.cancel()
+
+    def _notify(self) -> None:
+        self._wake.set()
+        self._wake = anyio.Event()
+
+    async def _worker(self, account: str, names: list[str]) -> None:
+        order = deque(names)
+        pacing = self._pacing[account]
+        endpoint_of = {name: self._campaigns[name].endpoint for name in names}
+        announced: tuple[float, str] | None = None
+        while not self._stop.is_set():
+            wake = self._wake  # taken before the claim, so a notify in between is not lost
+            with anyio.CancelScope(shield=True):
+                now = self._clock.now()
+                decision = await self._store.claim(self._run_id, account, list(order), pacing, endpoint_of, now)
+            if isinstance(decision, Drained):
+                self._emit(events.AccountFinished(account, "drained"))
+                return
+            if isinstance(decision, Waiting):
+                if self._no_wait:
+                    self._deferred = True
+                    self._emit(events.AccountFinished(account, "deferred"))
+                    return
+                if announced != (decision.until, decision.reason) and decision.reason != "elsewhere":
+                    self._emit(events.AccountWaiting(account, decision.until, decision.reason))
+                announced = (decision.until, decision.reason)
+                idle = decision.reason == "elsewhere"
+                self._idle += idle
+                try:
+                    await self._sleep(decision.until, wake)
+                finally:
+                    self._idle -= idle
+                continue
+            announced = None
+            status = await self._send(decision)
+            order.rotate(-1)  # campaigns sharing an account take turns
+            if status == "pending" or self._idle:
+                # Work was handed back, or someone waits to learn that the last request ended.
+                self._notify()
+        self._emit(events.AccountFinished(account, "stopped"))
+
+    async def _send(self, claim: Claimed) -> str:
+        """Send one claimed recipient; return its status after the outcome is recorded."""
+        campaign = self._campaigns[claim.campaign]
+        request = SendRequest(
+            endpoint=campaign.endpoint,
+            recipient=claim.profile_urn,
+            group_id=campaign.group_id,
+            message=claim.message,
+            account_id=claim.account_id or None,
+        )
+        started = self._clock.now()
+        try:
+            outcome = await self._api.send(request)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._record(claim, Outcome(Kind.UNKNOWN, error=INTERRUPTED), started)
+            raise
+        with anyio.CancelScope(shield=True):
+            status = await self._record(claim, outcome, started)
+        if outcome.kind is Kind.UNAUTHORIZED:
+            self.stop("fatal", f"the API refused the key (401: {outcome.error}); nothing was marked failed")
+        elif outcome.kind is Kind.MISROUTED:
+            self.stop("fatal", f"the API address looks wrong ({outcome.error}); check --base-url")
+        return status
+
+    async def _record(self, claim: Claimed, outcome: Outcome, started: float) -> str:
+        campaign = self._campaigns[claim.campaign]
+        now = self._clock.now()
+        hold = hold_for(outcome, now)
+        status = await self._store.record(
+            claim,
+            outcome,
+            now,
+            latency=max(now - started, 0.0),
+            max_attempts=campaign.max_attempts,
+            retry_at=now + backoff(claim.retries + 1, campaign.backoff, self._rng),
+            hold_until=hold,
+        )
+        self._emit(
+            events.Attempted(
+                campaign=claim.campaign,
+                account_id=claim.account_id,
+                profile_urn=claim.profile_urn,
+                attempt=claim.attempt,
+                outcome=outcome.kind,
+                http_status=outcome.http_status,
+                error=outcome.error,
+                status=status,
+                latency=max(now - started, 0.0),
+                window_used=claim.window_used,
+                window_cap=claim.window_cap,
+            )
+        )
+        if hold is not None:
+            self._emit(events.AccountHeld(claim.account_id, hold, outcome.error or "X-RateLimit-Remaining: 0"))
+        return status
+
+    async def _sleep(self, until: float, wake: anyio.Event) -> None:
+        """Sleep until `until`, or until stopped, or until another worker hands work back."""
+        async with anyio.create_task_group() as tg:
+
+            async def timer() -> None:
+                await self._clock.sleep_until(until)
+                tg.cancel_scope.cancel()
+
+            async def wait_for(event: anyio.Event) -> None:
+                await event.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(timer)
+            tg.start_soon(wait_for, wake)
+            tg.start_soon(wait_for, self._stop)
