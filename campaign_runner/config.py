@@ -119,13 +119,21 @@ class CampaignFile(_Strict):
     name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
     group_id: str = Field(min_length=1)
     endpoint: Literal["send-group", "send-group-with-typing", "send-group-with-ack"] = DEFAULT_ENDPOINT
-    accounts: list[str | AccountEntry] = Field(default_factory=list)
+    accounts: list[AccountEntry] = Field(default_factory=list)
     limit: str = DEFAULT_LIMIT
     burst: int = Field(default=1, ge=1)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     message: str = Field(min_length=1)
     recipients: list[dict[str, Any]] = Field(default_factory=list)
     recipients_file: str | None = None
+
+    @field_validator("accounts", mode="before")
+    @classmethod
+    def _account_ids(cls, value: Any) -> Any:
+        # `accounts: [acc_1, {id: acc_2, limit: 50/day}]`: a bare string is an id.
+        if isinstance(value, list):
+            return [{"id": item} if isinstance(item, str) else item for item in value]
+        return value
 
     @field_validator("group_id", mode="before")
     @classmethod
@@ -288,11 +296,6 @@ def _accounts(spec: CampaignFile, limit: Limit, problems: list[Problem]) -> list
     accounts: list[Account] = []
     seen: set[str] = set()
     for index, entry in enumerate(spec.accounts):
-        if isinstance(entry, str):
-            entry = AccountEntry(id=entry)
-        if not entry.id:
-            problems.append(Problem(f"accounts[{index}]", "an account id cannot be empty"))
-            continue
         if entry.id in seen:
             problems.append(Problem(f"accounts[{index}]", f"account {entry.id!r} is listed twice"))
             continue

@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from campaign_runner.config import DEFAULT_ACCOUNT, Limit, load_campaign, parse_duration
+from campaign_runner.errors import CampaignFileError
+from conftest import urn, write_campaign, write_text
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("text", "cap", "window"),
+    [
+        ("150/day", 150, 86400),
+        ("10/hour", 10, 3600),
+        ("700/week", 700, 604800),
+        ("60/minute", 60, 60),
+        ("5/3s", 5, 3),
+        ("3/2s", 3, 2),
+        ("20/1.5m", 20, 90),
+        ("1/2h", 1, 7200),
+        (" 150 / 1d ", 150, 86400),
+    ],
+)
+def test_limit_forms(text: str, cap: int, window: float) -> None:
+    assert Limit.parse(text) == Limit(cap, window)
+
+
+@pytest.mark.parametrize("text", ["150", "0/day", "150/fortnight", "5/0s", "-1/day", "5/3x", "many/day", ""])
+def test_bad_limits(text: str) -> None:
+    with pytest.raises(ValueError):
+        Limit.parse(text)
+
+
+def test_durations() -> None:
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("2s") == 2
+    assert parse_duration("1.5m") == 90
+    assert parse_duration(3) == 3
+    with pytest.raises(ValueError):
+        parse_duration("soon")
+
+
+def test_example_campaign_validates() -> None:
+    campaign = load_campaign(REPO / "campaigns" / "example.yaml")
+    assert campaign.name == "spring-meetup-invite"
+    assert [(a.id, a.limit) for a in campaign.accounts] == [("acc_1", Limit(150, 86400)), ("acc_2", Limit(100, 86400))]
+    assert len(campaign.recipients) == 5
+    # Blank cells fall back to the template's defaults instead of rendering "Hi ,".
+    nameless = next(r for r in campaign.recipients if "Nordic Data" in r.message)
+    assert nameless.message.startswith("Hi there,")
+    assert "spring meetup in town" in nameless.message
+    assert all(r.message == r.message.strip() for r in campaign.recipients)
+
+
+def test_demo_campaign_validates() -> None:
+    campaign = load_campaign(REPO / "campaigns" / "demo.yaml")
+    assert campaign.limit == Limit(5, 3)
+    assert len(campaign.recipients) >= 10
+
+
+def test_defaults(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, accounts=None, limit=None, endpoint=None, retry=None)
+    campaign = load_campaign(path)
+    assert campaign.endpoint == "send-group-with-typing"
+    assert campaign.accounts[0].id == DEFAULT_ACCOUNT
+    assert campaign.limit == Limit(150, 86400)
+    assert campaign.retry.attempts == 3
+    assert campaign.recipients[0].message == "Hi Person0!"
+
+
+def test_numeric_group_id_becomes_its_decimal_string(tmp_path: Path) -> None:
+    path = write_text(
+        tmp_path / "c.yaml",
+        f"""
+        name: numeric
+        group_id: 12345678
+        message: hello
+        recipients: [{{profile_urn: "{urn(1)}"}}]
+        """,
+    )
+    assert load_campaign(path).group_id == "12345678"
+
+
+def test_csv_with_bom_and_inline_recipients_merge(tmp_path: Path) -> None:
+    (tmp_path / "leads.csv").write_bytes(
+        ("\ufeffprofile_urn,first_name\r\n" f"{urn(1)},Ada\r\n" f"{urn(2)},\r\n").encode("utf-8")
+    )
+    path = write_campaign(tmp_path, recipients=[{"profile_urn": urn(0), "first_name": "Inline"}],
+                          recipients_file="leads.csv")  # fmt: skip
+    campaign = load_campaign(path)
+    assert [(r.profile_urn, r.message) for r in campaign.recipients] == [
+        (urn(0), "Hi Inline!"),
+        (urn(1), "Hi Ada!"),
+        (urn(2), "Hi there!"),
+    ]
+    assert campaign.recipients[1].place == "leads.csv line 2"
+
+
+def test_duplicates_are_warnings_and_kept_once(tmp_path: Path) -> None:
+    (tmp_path / "leads.csv").write_text(f"profile_urn\n{urn(1)}\n{urn(2)}\n", encoding="utf-8")
+    path = write_campaign(tmp_path, recipients=[{"profile_urn": urn(1)}, {"profile_urn": urn(1)}],
+                          recipients_file="leads.csv")  # fmt: skip
+    campaign = load_campaign(path)
+    assert [r.profile_urn for r in campaign.recipients] == [urn(1), urn(2)]
+    assert campaign.duplicates == 2
+    assert [str(w) for w in campaign.warnings] == [
+        f"recipients[1]: {urn(1)} is listed twice (first at recipients[0]); kept once",
+        f"leads.csv line 2: {urn(1)} is listed twice (first at recipients[0]); kept once",
+    ]
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(CampaignFileError) as caught:
+        load_campaign(path)
+    return [str(p) for p in caught.value.errors]
+
+
+def test_every_problem_is_listed_with_its_place(tmp_path: Path) -> None:
+    path = write_campaign(
+        tmp_path,
+        message="Hi {{ first_name }} from {{ company }}",
+        recipients=[
+            {"profile_urn": urn(0), "first_name": "A", "company": "C"},
+            {"profile_urn": "urn:li:member:123", "first_name": "B", "company": "C"},
+            {"profile_urn": urn(2), "first_name": "C"},
+        ],
+    )
+    assert problems(path) == [
+        "recipients[1].profile_urn: invalid profile_urn 'urn:li:member:123': expected urn:li:fsd_profile:<id>",
+        "recipients[2]: message does not render: 'company' is undefined",
+    ]
+
+
+def test_unknown_keys_are_errors(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, recipents=[{"profile_urn": urn(0)}])
+    assert problems(path) == ["recipents: unknown key (check its spelling)"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"name": "Bad Name"}, "name: String should match pattern '^[a-z0-9_-]{1,64}$'"),
+        ({"name": None}, "name: required"),
+        ({"limit": "lots"}, "limit: 'lots' is not a limit"),
+        ({"endpoint": "send-inmail"}, "endpoint: Input should be 'send-group', 'send-group-with-typing' or"),
+        ({"accounts": ["a", "a"]}, "accounts[1]: account 'a' is listed twice"),
+        ({"accounts": [{"id": "a", "limt": "1/day"}]}, "accounts[0].limt: unknown key"),
+        ({"accounts": [""]}, "accounts[0].id: String should have at least 1 character"),
+        ({"message": "   "}, "message: String should have at least 1 character"),
+        ({"message": "{% if false %}x{% endif %}"}, "recipients[0]: message renders empty"),
+        ({"message": "x" * 8001}, "recipients[0]: message renders to 8001 characters (at most 8000)"),
+        ({"message": "{{ ''.__class__.__mro__ }}"}, "recipients[0]: message does not render: access to attribute"),
+        ({"message": "{% if %}"}, "message line 1: template syntax"),
+        ({"recipients": []}, "recipients: no recipients"),
+        ({"recipients": [{"first_name": "x"}]}, "recipients[0].profile_urn: missing profile_urn"),
+        ({"group_id": True}, "group_id: Input should be a valid string"),
+    ],
+)
+def test_schema_problems(tmp_path: Path, fields: dict, expected: str) -> None:
+    found = problems(write_campaign(tmp_path, **fields))
+    assert any(p.startswith(expected) for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"first_name\nAda\n", "leads.csv line 1: no profile_urn column (columns: first_name)"),
+        (b"profile_urn,x,x\n", "leads.csv line 1: duplicate column names: x"),
+        (b"", "leads.csv: empty CSV"),
+        (b"profile_urn\n", "leads.csv: the CSV has a header but no recipients"),
+        ("profile_urn,name\nurn:li:fsd_profile:A,J\xf6rg\n".encode("latin-1"), "leads.csv: not UTF-8 text"),
+        (b"profile_urn,name\nurn:li:fsd_profile:A,a,b\n", "leads.csv line 2: 3 fields where the header has 2"),
+        (b"profile_urn,first name\n", "leads.csv line 1: column names must be identifiers"),
+    ],
+)
+def test_csv_problems(tmp_path: Path, content: bytes, expected: str) -> None:
+    (tmp_path / "leads.csv").write_bytes(content)
+    found = problems(write_campaign(tmp_path, recipients=None, recipients_file="leads.csv"))
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_yaml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "c.yaml", "name: x\nmessage: [unclosed\n")
+    (found,) = problems(path)
+    assert found.startswith("line 3, column 1: YAML syntax")
+
+
+def test_non_utf8_campaign_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    assert problems(path) == ["not UTF-8 text (byte 9)"]

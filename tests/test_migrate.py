@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from campaign_runner.errors import SchemaTooNewError, StoreError
+from campaign_runner.migrate import Migration, discover, migrate, statements
+from campaign_runner.store import Store
+
+pytestmark = pytest.mark.anyio
+
+
+def test_shipped_migrations_are_numbered_from_one() -> None:
+    versions = [m.version for m in discover()]
+    assert versions == list(range(1, len(versions) + 1))
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"001_a.sql": "", "README.txt": ""}, "stray file among migrations: README.txt"),
+        ({"001_a.sql": "", "001_b.sql": ""}, "two migrations have version 001"),
+        ({"001_a.sql": "", "003_c.sql": ""}, "migration 002 is missing"),
+    ],
+)
+def test_discovery_is_strict(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(StoreError, match=message):
+        discover(tmp_path)
+
+
+def test_statements_split_on_complete_sql() -> None:
+    sql = "-- a comment\nCREATE TABLE a (x TEXT DEFAULT ';');\nCREATE TABLE b (y);\n"
+    assert statements(sql) == ["-- a comment\nCREATE TABLE a (x TEXT DEFAULT ';');", "CREATE TABLE b (y);"]
+
+
+async def test_each_migration_runs_once_and_is_recorded(tmp_path: Path) -> None:
+    migrations = [Migration(1, "one", "CREATE TABLE one (x);"), Migration(2, "two", "INSERT INTO one VALUES (1);")]
+    async with aiosqlite.connect(tmp_path / "m.db", isolation_level=None) as db:
+        assert await migrate(db, 1.0, migrations) == [1, 2]
+        assert await migrate(db, 2.0, migrations) == []
+        async with db.execute("SELECT count(*) FROM one") as cursor:
+            assert (await cursor.fetchone())[0] == 1
+        async with db.execute("SELECT version, name, applied_at FROM schema_migrations") as cursor:
+            assert await cursor.fetchall() == [(1, "one", 1.0), (2, "two", 1.0)]
+
+
+async def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path) -> None:
+    migrations = [Migration(1, "bad", "CREATE TABLE t (x);\nINSERT INTO missing VALUES (1);")]
+    async with aiosqlite.connect(tmp_path / "m.db", isolation_level=None) as db:
+        with pytest.raises(sqlite3.OperationalError):
+            await migrate(db, 1.0, migrations)
+        async with db.execute("SELECT name FROM sqlite_master WHERE name = 't'") as cursor:
+            assert await cursor.fetchall() == []
+
+
+async def test_a_newer_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    store = await Store.open(path, 1.0)
+    await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO schema_migrations VALUES (999, 'future', 2.0)")
+    with pytest.raises(SchemaTooNewError, match="schema version 999, newer than this campaign-runner knows"):
+        await Store.open(path, 3.0)
+
+
+async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot use the database"):
+        await Store.open(path, 1.0)
+
+
+async def test_database_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "private.db"
+    store = await Store.open(path, 1.0)
+    await store.close()
+    assert path.stat().st_mode & 0o777 == 0o600
