@@ -1,0 +1,380 @@
+"""A local emulator of the ConnectSafely group-messaging API, with fault switches.
+
+It answers the three send endpoints under `/linkedin` as the API contract documents them: bearer
+auth, the documented 200/400/401/403/429/500 bodies, the five `X-RateLimit-*` headers, schema checks
+(no unknown fields), and a MESSAGE quota per account (`accountId`, or the key's default account)
+over a sliding window of delivered messages. `SandboxConfig` switches on the faults a runner must
+survive: non-members (403), invalid recipients (400), transient server errors (500), a revoked key
+(401), account holds (429 with `holdUntil`) and a slow typing indicator. Each accepted message is
+kept as a `Delivery`; `GET /linkedin/_sandbox/log` serves them to other processes.
+
+A plain ASGI app, served by uvicorn via `serve()` (an anyio task group on asyncio) or
+`serve_in_thread()` (tests). It reads time only through its `Clock`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import socket
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import uvicorn
+
+from campaign_runner.clock import Clock, SystemClock, iso
+
+__all__ = ["Delivery", "RequestRecord", "Sandbox", "SandboxConfig", "serve", "serve_in_thread"]
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/linkedin"
+MAX_BODY = 64 * 1024  # a larger body is drained and refused with a 400, never buffered
+SHUTDOWN_GRACE = 2  # seconds in-flight requests (a long typing delay) may take once serving stops
+REQUIRED = ("recipientProfileUrn", "groupId", "message")
+REQUIRED_ERROR = {"success": False, "error": "recipientProfileUrn, groupId, and message are required"}
+LOG_PATH = f"{PREFIX}/_sandbox/log"
+SEND_PATHS = {f"{PREFIX}/messaging/{name}": name for name in ("send-group", "send-group-with-typing",
+                                                                "send-group-with-ack")}
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _is_text_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+# Optional fields per endpoint, with their type check (the OpenAPI schemas forbid any other field).
+OPTIONAL: dict[str, dict[str, Callable[[object], bool]]] = {
+    "send-group": {"accountId": _is_text},
+    "send-group-with-typing": {"accountId": _is_text, "conversationUrn": _is_text},
+    "send-group-with-ack": {"accountId": _is_text, "messageUrns": _is_text_list},
+}
+
+
+@dataclass
+class SandboxConfig:
+    api_key: str = "sandbox-key"
+    typing_delay: float = 0.0  # seconds send-group-with-typing waits before it delivers (real time)
+    quota: int = 150  # accepted messages per account in any sliding window of quota_window seconds
+    quota_window: float = 86400.0
+    non_members: set[str] = field(default_factory=set)  # recipient URNs answered 403
+    invalid: set[str] = field(default_factory=set)  # recipient URNs answered 400
+    fail_500: dict[str, int] = field(default_factory=dict)  # URN -> 500s left before it behaves
+    unauthorized_after: int | None = None  # from the Nth send request on (1-based), answer 401
+    holds: dict[str | None, float] = field(default_factory=dict)  # account key -> 429 until epoch
+
+    def __repr__(self) -> str:  # the key stays out of reprs
+        return f"SandboxConfig(quota={self.quota}, quota_window={self.quota_window})"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One accepted (200) message."""
+
+    received_at: float
+    delivered_at: float
+    endpoint: str  # "send-group" | "send-group-with-typing" | "send-group-with-ack"
+    account_id: str | None
+    recipient: str
+    group_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request the sandbox answered; `endpoint` is the request path when it is not a send."""
+
+    at: float
+    endpoint: str
+    account_id: str | None
+    recipient: str | None
+    status: int
+
+
+@dataclass
+class _Reply:
+    status: int
+    payload: object
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class Sandbox:
+    """The ASGI app. `config` may be changed while it serves; `log` and `requests` are copies."""
+
+    def __init__(self, config: SandboxConfig | None = None, clock: Clock | None = None):
+        self.config = config if config is not None else SandboxConfig()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        # Served on an event loop in one thread, read by tests from another.
+        self._lock = threading.Lock()
+        self._log: list[Delivery] = []
+        self._requests: list[RequestRecord] = []
+        self._pending: dict[str | None, int] = {}  # accepted sends still in their typing delay
+        self._count = 0
+
+    @property
+    def log(self) -> list[Delivery]:
+        with self._lock:
+            return list(self._log)
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        with self._lock:
+            return list(self._requests)
+
+    def __repr__(self) -> str:
+        with self._lock:
+            return f"Sandbox(requests={len(self._requests)}, delivered={len(self._log)}, config={self.config!r})"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        at = self.clock.now()
+        path, method = scope["path"], scope["method"]
+        endpoint = SEND_PATHS.get(path)
+        record = {"endpoint": endpoint or path, "account_id": None, "recipient": None}
+        try:
+            if endpoint is None and path != LOG_PATH:
+                reply = _Reply(404, {"error": "Not found"})
+            elif method != ("GET" if endpoint is None else "POST"):
+                allow = b"GET" if endpoint is None else b"POST"
+                reply = _Reply(405, {"error": "Method not allowed"}, [(b"allow", allow)])
+            elif endpoint is None:
+                reply = _Reply(200, [asdict(delivery) for delivery in self.log])
+            else:
+                reply = await self._send(endpoint, receive, scope, at, record)
+        except _Disconnected:
+            return
+        except Exception:  # one request's bug must not stop the emulator (it keeps serving)
+            logger.exception("sandbox failed on %s %s", method, path)
+            reply = _Reply(500, {"error": "Sandbox internal error", "success": False})
+        with self._lock:
+            self._requests.append(RequestRecord(at=at, status=reply.status, **record))
+        await _respond(send, reply)
+
+    async def _send(self, endpoint: str, receive: Receive, scope: Scope, at: float, record: dict[str, Any]) -> _Reply:
+        with self._lock:
+            self._count += 1
+            count = self._count
+        # The body is read in full first so the connection stays usable; checks still go in order.
+        raw = await _read_body(receive)
+        config = self.config
+        token = dict(scope["headers"]).get(b"authorization", b"")
+        expected = b"Bearer " + config.api_key.encode()
+        revoked = config.unauthorized_after is not None and count >= config.unauthorized_after
+        if not hmac.compare_digest(token, expected) or revoked:
+            return _Reply(401, {"error": "Unauthorized - Invalid credentials"})
+        body = _parse_object(raw)
+        account = body.get("accountId") if body is not None and _is_text(body.get("accountId")) else None
+        record["account_id"] = account
+        reply = self._check(endpoint, body, account, record)
+        if reply is None:
+            assert body is not None  # _check refuses a missing body
+            reply = await self._deliver(endpoint, body, account, at)
+        reply.headers = self._rate_headers(account)
+        return reply
+
+    def _check(self, endpoint: str, body: dict[str, Any] | None, account: str | None,
+               record: dict[str, Any]) -> _Reply | None:
+        """The refusal for this send, or None when it is to be delivered."""
+        if body is None:
+            return _Reply(400, {"success": False, "error": "Request body must be a JSON object"})
+        if not all(_is_text(body.get(name)) for name in REQUIRED):
+            return _Reply(400, REQUIRED_ERROR)
+        urn, group = body["recipientProfileUrn"], body["groupId"]
+        record["recipient"] = urn
+        issues = _issues(endpoint, body)
+        if issues:
+            return _Reply(400, {"success": False, "error": {"issues": issues}})
+        config, now = self.config, self.clock.now()
+        used, _ = self._window(account, now)
+        hold = config.holds.get(account)
+        if hold is not None and hold > now:
+            return _Reply(429, _limit_body(used, config.quota) | {"holdUntil": iso(hold)})
+        if used >= config.quota:
+            return _Reply(429, _limit_body(used, config.quota))
+        if config.fail_500.get(urn, 0) > 0:
+            config.fail_500[urn] -= 1
+            return _Reply(500, {"error": "Failed to get LinkedIn authentication credentials", "success": False})
+        if urn in config.invalid:
+            return _Reply(400, REQUIRED_ERROR)
+        if urn in config.non_members:
+            message = "Error sending group context message: Request failed with status code 403"
+            return _Reply(403, {"success": False, "message": message, "recipientProfileUrn": urn, "groupId": group,
+                                "typingIndicatorSent": False})
+        return None
+
+    async def _deliver(self, endpoint: str, body: dict[str, Any], account: str | None, at: float) -> _Reply:
+        # Count the send against the quota while it types, so concurrent sends cannot overshoot it.
+        with self._lock:
+            self._pending[account] = self._pending.get(account, 0) + 1
+        delivery: Delivery | None = None
+        try:
+            if endpoint == "send-group-with-typing" and self.config.typing_delay > 0:
+                await anyio.sleep(self.config.typing_delay)
+            delivery = Delivery(received_at=at, delivered_at=self.clock.now(), endpoint=endpoint, account_id=account,
+                                recipient=body["recipientProfileUrn"], group_id=body["groupId"], message=body["message"])
+        finally:
+            with self._lock:
+                self._pending[account] -= 1
+                if delivery is not None:
+                    self._log.append(delivery)
+        payload: dict[str, Any] = {"success": True, "message": "Group context message sent successfully",
+                                   "recipientProfileUrn": delivery.recipient, "groupId": delivery.group_id}
+        if endpoint == "send-group-with-typing":
+            payload["typingIndicatorSent"] = True
+        elif endpoint == "send-group-with-ack":
+            payload["acknowledgmentSent"] = True
+        return _Reply(200, payload)
+
+    def _window(self, account: str | None, now: float) -> tuple[int, float]:
+        """Messages of `account` counted in the window ending at `now`, and when the oldest leaves it."""
+        window = self.config.quota_window
+        with self._lock:
+            times = [d.delivered_at for d in self._log if d.account_id == account and d.delivered_at + window > now]
+            used = len(times) + self._pending.get(account, 0)
+        return used, (min(times) if times else now) + window
+
+    def _rate_headers(self, account: str | None) -> list[tuple[bytes, bytes]]:
+        used, reset = self._window(account, self.clock.now())
+        limit = self.config.quota
+        values = {"Action": "MESSAGE", "Limit": limit, "Used": used, "Remaining": max(limit - used, 0),
+                  "Reset": iso(reset)}
+        return [(f"X-RateLimit-{name}".encode(), str(value).encode()) for name, value in values.items()]
+
+
+def _limit_body(used: int, limit: int) -> dict[str, Any]:
+    return {"error": f"Rate limit exceeded for MESSAGE: {used}/{limit} used", "success": False}
+
+
+def _issues(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Validation issues in the shape of the API's (zod) errors: unknown keys, then wrong types."""
+    optional = OPTIONAL[endpoint]
+    unknown = [key for key in body if key not in REQUIRED and key not in optional]
+    issues: list[dict[str, Any]] = []
+    if unknown:
+        names = ", ".join(f"'{key}'" for key in unknown)
+        issues.append({"code": "unrecognized_keys", "keys": unknown, "path": [],
+                       "message": f"Unrecognized key(s) in object: {names}"})
+    for name, valid in optional.items():
+        if name in body and not valid(body[name]):
+            issues.append({"code": "invalid_type", "path": [name], "message": f"Invalid value for {name}"})
+    return issues
+
+
+def _parse_object(raw: bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return body if isinstance(body, dict) else None
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The request body, or None when it exceeds MAX_BODY (the rest is read and dropped)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= MAX_BODY:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks) if size <= MAX_BODY else None
+
+
+async def _respond(send: Send, reply: _Reply) -> None:
+    body = json.dumps(reply.payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers + reply.headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+class _Server(uvicorn.Server):
+    # uvicorn.Server.serve() would take over SIGINT/SIGTERM; the CLI owns signals.
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+async def serve(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0, *,
+                task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
+    """Serve `sandbox` until cancelled; report the base URL (".../linkedin") through task_status.
+
+    Asyncio only (uvicorn). On cancellation it stops accepting, lets in-flight requests finish for
+    up to SHUTDOWN_GRACE seconds, then returns control by re-raising the cancellation.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto must be IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on such sockets, and without
+    # it every response (headers, then body) stalls ~40 ms on the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen()  # connections queue from here on, so the URL is usable at once
+        sock.setblocking(False)
+        bound_port = sock.getsockname()[1]
+        url_host = f"[{host}]" if family == socket.AF_INET6 else host
+        # log_config=None: uvicorn must not replace the process's logging setup with its own.
+        config = uvicorn.Config(sandbox, log_config=None, log_level="warning", access_log=False, lifespan="on",
+                                http="h11", ws="none", interface="asgi3", timeout_graceful_shutdown=SHUTDOWN_GRACE)
+        server = _Server(config)
+
+        async def run(done: anyio.CancelScope) -> None:
+            # Shielded so a cancelled serve() still closes every connection before it returns.
+            with anyio.CancelScope(shield=True):
+                await server.serve(sockets=[sock])
+            done.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, tg.cancel_scope)
+            task_status.started(f"http://{url_host}:{bound_port}{PREFIX}")
+            try:
+                await anyio.sleep_forever()
+            finally:
+                server.should_exit = True
+
+
+@contextlib.contextmanager
+def serve_in_thread(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve `sandbox` on an event loop in a daemon thread; yield its base URL; stop and join on exit."""
+    with anyio.from_thread.start_blocking_portal("asyncio", name="sandbox") as portal:
+        future, base_url = portal.start_task(serve, sandbox, host, port)
+        try:
+            yield base_url
+        finally:
+            future.cancel()  # the portal then waits for serve() to shut down and joins its thread
