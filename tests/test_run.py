@@ -1,0 +1,219 @@
+"""The real CLI against the sandbox over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from campaign_runner.cli import run_cli
+from conftest import API_KEY, urn, write_campaign
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("CONNECTSAFELY_API_KEY", API_KEY)
+    db = str(tmp_path / "runs.db")
+
+    def invoke(*args: str, base_url: str | None = None) -> tuple[int, str, str]:
+        extra = ["--db", db]
+        if base_url is not None:
+            extra += ["--base-url", base_url]
+        code = run_cli([*args, *extra])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
+
+
+def report(cli, name: str = "test-campaign") -> dict:
+    code, out, _ = cli("report", name, "--format", "json")
+    assert code == 0
+    return json.loads(out)
+
+
+def by_urn(data: dict) -> dict[str, dict]:
+    return {r["profile_urn"]: r for r in data["recipients"]}
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    return max((sum(1 for t in times[i:] if t <= start + window) for i, start in enumerate(times)), default=0)
+
+
+def test_full_campaign_is_sent_once_and_a_second_run_sends_nothing(cli, serve_sandbox, tmp_path: Path) -> None:
+    box, url = serve_sandbox()
+    path = write_campaign(tmp_path, accounts=["acc_1", "acc_2"])
+    code, out, err = cli("run", str(path), base_url=url)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == (
+        "loaded test-campaign: 5 new, 0 already known, 0 duplicates dropped, 0 no longer in the file (skipped),"
+        " 0 back in the file"
+    )
+    assert out.splitlines()[-1] == "test-campaign: 5 sent"
+    assert sorted(d.recipient for d in box.log) == [urn(i) for i in range(5)]
+    assert {d.account_id for d in box.log} == {"acc_1", "acc_2"}
+    assert {d.recipient: d.message for d in box.log}[urn(3)] == "Hi Person3!"
+    assert all(d.group_id == "12345678" and d.endpoint == "send-group" for d in box.log)
+
+    data = report(cli)
+    assert data["counts"] == {"pending": 0, "in_flight": 0, "sent": 5, "failed": 0, "unknown": 0, "skipped": 0}
+    for row in data["recipients"]:
+        assert (row["status"], row["http_status"], row["attempts"], row["error"]) == ("sent", 200, 1, None)
+        assert row["sent_at"].endswith("Z")
+        assert row["account_id"] in ("acc_1", "acc_2")
+
+    code, out, _ = cli("run", str(path), base_url=url)
+    assert code == 0
+    assert "0 new, 5 already known" in out
+    assert len(box.log) == 5
+
+
+def test_new_recipients_are_added_and_removed_ones_skipped(cli, serve_sandbox, tmp_path: Path) -> None:
+    box, url = serve_sandbox()
+    first = [{"profile_urn": urn(i)} for i in range(3)]
+    path = write_campaign(tmp_path, recipients=first, message="Hello", limit="4/1s")
+    assert cli("run", str(path), "--no-wait", base_url=url)[0] == 0  # one send, then the pacing says wait
+    assert len(box.log) == 1
+    path = write_campaign(tmp_path, recipients=[first[0], first[1], {"profile_urn": urn(7)}], message="Hello",
+                          limit="4/1s")  # fmt: skip
+    code, out, _ = cli("run", str(path), base_url=url)
+    assert code == 0
+    assert "1 new, 2 already known, 0 duplicates dropped, 1 no longer in the file (skipped)" in out
+    assert sorted(d.recipient for d in box.log) == [urn(0), urn(1), urn(7)]
+    rows = by_urn(report(cli))
+    assert (rows[urn(2)]["status"], rows[urn(2)]["error"]) == ("skipped", "removed from the campaign file")
+
+
+def test_400_and_403_fail_the_recipient_and_are_not_retried(cli, serve_sandbox, tmp_path: Path) -> None:
+    box, url = serve_sandbox(invalid={urn(1)}, non_members={urn(2)})
+    code, out, _ = cli("run", str(write_campaign(tmp_path)), base_url=url)
+    assert code == 0
+    assert out.splitlines()[-1] == "test-campaign: 3 sent, 2 failed"
+    rows = by_urn(report(cli))
+    assert (rows[urn(1)]["status"], rows[urn(1)]["http_status"], rows[urn(1)]["error"]) == (
+        "failed", 400, "recipientProfileUrn, groupId, and message are required"
+    )
+    assert (rows[urn(2)]["status"], rows[urn(2)]["http_status"], rows[urn(2)]["error"]) == (
+        "failed", 403, "Error sending group context message: Request failed with status code 403"
+    )
+    tries = Counter(r.recipient for r in box.requests)
+    assert tries[urn(1)] == tries[urn(2)] == 1
+
+
+def test_429_holds_the_account_until_then_continues(cli, serve_sandbox, tmp_path: Path, clock_now=None) -> None:
+    from campaign_runner.clock import SystemClock
+
+    until = SystemClock().now() + 1.5
+    box, url = serve_sandbox(holds={"acc_1": until})
+    code, out, _ = cli("run", str(write_campaign(tmp_path)), base_url=url)
+    assert code == 0
+    assert "acc_1 held by the API until" in out
+    assert out.splitlines()[-1] == "test-campaign: 5 sent"
+    refused = [r for r in box.requests if r.status == 429]
+    assert len(refused) == 1  # it did not hammer through the hold
+    assert all(r.at >= until for r in box.requests if r.status == 200)
+    rows = by_urn(report(cli))
+    assert rows[refused[0].recipient]["attempts"] == 2  # waited, then sent: not a failure
+
+
+def test_remaining_zero_pauses_before_the_server_says_429(cli, serve_sandbox, tmp_path: Path) -> None:
+    box, url = serve_sandbox(quota=2, quota_window=1.0)
+    code, out, _ = cli("run", str(write_campaign(tmp_path, limit="100/1s")), base_url=url)
+    assert code == 0
+    assert out.splitlines()[-1] == "test-campaign: 5 sent"
+    assert [r.status for r in box.requests] == [200] * 5
+    assert max_in_window([d.delivered_at for d in box.log], 1.0) <= 2
+
+
+def test_401_stops_the_run_and_marks_nothing_failed(cli, serve_sandbox, tmp_path: Path) -> None:
+    box, url = serve_sandbox(unauthorized_after=3)
+    path = write_campaign(tmp_path, accounts=["acc_1"])
+    code, out, err = cli("run", str(path), base_url=url)
+    assert code == 1
+    assert err == "error: the API refused the key (401: Unauthorized - Invalid credentials); nothing was marked failed\n"
+    assert out.splitlines()[-1] == "test-campaign: 3 pending, 2 sent"
+    assert len(box.log) == 2
+
+    box.config.unauthorized_after = None  # a fixed key: resume finishes the job
+    code, out, _ = cli("resume", base_url=url)
+    assert code == 0
+    assert out.splitlines()[-1] == "test-campaign: 5 sent"
+    assert sorted(d.recipient for d in box.log) == [urn(i) for i in range(5)]
+
+
+def test_500_is_retried_with_backoff_then_failed(cli, serve_sandbox, tmp_path: Path) -> None:
+    box, url = serve_sandbox(fail_500={urn(1): 2, urn(2): 10})
+    code, out, _ = cli("run", str(write_campaign(tmp_path)), base_url=url)
+    assert code == 0
+    rows = by_urn(report(cli))
+    assert (rows[urn(1)]["status"], rows[urn(1)]["attempts"]) == ("sent", 3)
+    assert (rows[urn(2)]["status"], rows[urn(2)]["attempts"], rows[urn(2)]["http_status"]) == ("failed", 3, 500)
+    assert rows[urn(2)]["error"] == "Failed to get LinkedIn authentication credentials"
+    times = [r.at for r in box.requests if r.recipient == urn(2)]
+    assert times[1] - times[0] >= 0.05 and times[2] - times[1] >= 0.1  # 50 ms backoff, doubling
+
+
+def test_refused_connections_are_retried_then_failed(cli, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = write_campaign(tmp_path, recipients=[{"profile_urn": urn(0)}])
+    code, out, _ = cli("run", str(path), base_url=f"http://127.0.0.1:{port}/linkedin")
+    assert code == 0
+    row = report(cli)["recipients"][0]
+    assert (row["status"], row["attempts"], row["http_status"]) == ("failed", 3, None)
+    assert row["error"].startswith("no connection: ConnectError")
+
+
+def test_3_per_2s_holds_in_every_window_across_a_restart(cli, serve_sandbox, tmp_path: Path) -> None:
+    box, url = serve_sandbox()
+    first = [{"profile_urn": urn(i)} for i in range(4)]
+    path = write_campaign(tmp_path, limit="3/2s", recipients=first)
+    assert cli("run", str(path), base_url=url)[0] == 0
+    # A new process: nothing in memory, only the database remembers the last sends.
+    path = write_campaign(tmp_path, limit="3/2s", recipients=first + [{"profile_urn": urn(i)} for i in range(4, 8)])
+    assert cli("run", str(path), base_url=url)[0] == 0
+    assert len(box.log) == 8
+    assert max_in_window([d.received_at for d in box.log], 2.0) == 3
+
+
+def test_campaigns_sharing_an_account_share_its_limit(cli, serve_sandbox, tmp_path: Path) -> None:
+    box, url = serve_sandbox()
+    strict = write_campaign(tmp_path, "a.yaml", name="strict", limit="3/2s",
+                            recipients=[{"profile_urn": urn(i)} for i in range(4)])  # fmt: skip
+    loose = write_campaign(tmp_path, "b.yaml", name="loose", limit="1000/1s",
+                           recipients=[{"profile_urn": urn(i)} for i in range(10, 14)])  # fmt: skip
+    code, out, _ = cli("run", str(strict), str(loose), base_url=url)
+    assert code == 0
+    assert "accounts: acc_1 3/2s, 1000/second" in out
+    assert len(box.log) == 8
+    assert {d.recipient for d in box.log} == {urn(i) for i in (*range(4), *range(10, 14))}
+    # The smallest limit holds for the account as a whole, across both campaigns.
+    assert max_in_window([d.received_at for d in box.log], 2.0) == 3
+    # They took turns instead of one draining first.
+    order = ["strict" if d.recipient < urn(10) else "loose" for d in box.log]
+    assert order[:4] in (["strict", "loose"] * 2, ["loose", "strict"] * 2)
+
+
+def test_changed_message_is_refused_after_sending_began(cli, serve_sandbox, tmp_path: Path) -> None:
+    box, url = serve_sandbox()
+    recipients = [{"profile_urn": urn(i)} for i in range(3)]
+    path = write_campaign(tmp_path, recipients=recipients, message="First version", limit="4/1s")
+    assert cli("run", str(path), "--no-wait", base_url=url)[0] == 0
+    path = write_campaign(tmp_path, recipients=recipients, message="Second version", limit="4/1s")
+    code, _, err = cli("run", str(path), base_url=url)
+    assert code == 2
+    assert err == (
+        "error: campaign 'test-campaign' has already sent messages and its message changed; run again with"
+        " --accept-changes to apply the change to unsent recipients only, or give the campaign a new name\n"
+    )
+    assert len(box.log) == 1
+    code, out, _ = cli("run", str(path), "--accept-changes", base_url=url)
+    assert code == 0
+    assert "message changed for 2 unsent" in out
+    assert [d.message for d in box.log] == ["First version", "Second version", "Second version"]
