@@ -1,0 +1,121 @@
+"""A real `campaign-runner` process, killed: nothing is sent twice, nothing is lost."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import API_KEY, urn, write_campaign
+
+EXECUTABLE = str(Path(sys.executable).parent / "campaign-runner")
+
+
+def start(started: list, args: list[str], db: Path, url: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "CONNECTSAFELY_API_KEY": API_KEY, "CAMPAIGN_RUNNER_DB": str(db), "CONNECTSAFELY_BASE_URL": url}
+    with log.open("ab") as out:
+        process = subprocess.Popen([EXECUTABLE, *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)  # fmt: skip
+    started.append(process)
+    return process
+
+
+def statuses(db: Path) -> dict[str, str]:
+    if not db.exists():
+        return {}
+    conn = sqlite3.connect(db)
+    try:
+        return dict(conn.execute("SELECT profile_urn, status FROM recipients"))
+    except sqlite3.OperationalError:  # not migrated yet
+        return {}
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def processes():
+    """Every runner a test starts is gone when it ends, whatever happened."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def wait_for(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.02)
+
+
+def test_sigkill_mid_campaign_then_resume(serve_sandbox, processes, tmp_path: Path) -> None:
+    box, url = serve_sandbox(typing_delay=0.1)
+    accounts = ["acc_1", "acc_2"]
+    path = write_campaign(
+        tmp_path, endpoint="send-group-with-typing", accounts=accounts, limit="20/1s",
+        recipients=[{"profile_urn": urn(i)} for i in range(40)],
+    )  # fmt: skip
+    db, log = tmp_path / "crash.db", tmp_path / "runner.log"
+    rng = random.Random(7)
+    kills = 0
+    process = start(processes, ["run", str(path)], db, url, log)
+    for _ in range(3):
+        # Kill once this process is sending: a request is in flight most of the time (typing delay).
+        sent_before = sum(s == "sent" for s in statuses(db).values())
+        wait_for(lambda: sum(s == "sent" for s in statuses(db).values()) > sent_before or process.poll() is not None, 30)
+        time.sleep(rng.uniform(0.05, 0.6))
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        kills += 1
+        process = start(processes, ["resume"], db, url, log)
+    assert process.wait(60) == 0, log.read_text()
+    assert kills >= 1
+
+    final = statuses(db)
+    delivered = Counter(d.recipient for d in box.log)
+    assert [r for r, n in delivered.items() if n > 1] == []  # nobody messaged twice
+    assert sorted(final) == [urn(i) for i in range(40)]
+    assert set(final.values()) <= {"sent", "unknown"}  # none lost, none left pending
+    unknown = [r for r, s in final.items() if s == "unknown"]
+    assert len(unknown) <= len(accounts) * kills
+    assert {r for r, s in final.items() if s == "sent"} <= set(delivered)
+    assert set(delivered) <= {r for r, s in final.items() if s in ("sent", "unknown")}
+    times = sorted(d.received_at for d in box.log)
+    assert max(sum(1 for t in times[i:] if t <= start + 1.0) for i, start in enumerate(times)) <= 20 * len(accounts)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        per_account = conn.execute(
+            "SELECT account_id, count(*) FROM recipients WHERE status = 'unknown' GROUP BY account_id"
+        ).fetchall()
+    assert all(count <= kills for _, count in per_account)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_lets_the_request_in_flight_finish_and_records_it(serve_sandbox, processes, tmp_path: Path, sig) -> None:
+    box, url = serve_sandbox(typing_delay=1.0)
+    path = write_campaign(tmp_path, endpoint="send-group-with-typing", limit="100/1s")
+    db, log = tmp_path / "term.db", tmp_path / "runner.log"
+    process = start(processes, ["run", str(path)], db, url, log)
+    wait_for(lambda: "in_flight" in statuses(db).values(), 30)
+    process.send_signal(sig)
+    assert process.wait(20) == 130, log.read_text()
+    final = statuses(db)
+    assert "in_flight" not in final.values() and "unknown" not in final.values()
+    assert sorted(r for r, s in final.items() if s == "sent") == sorted(d.recipient for d in box.log)
+    assert len(box.log) >= 1 and "pending" in final.values()
+    text = log.read_text()
+    assert "stopping: no new sends; waiting for requests in flight" in text
+    assert "interrupted: run `campaign-runner resume` to continue" in text
