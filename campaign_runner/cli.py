@@ -442,6 +442,8 @@ def _load(files: Sequence[str]) -> list[Campaign]:
         for warning in campaign.warnings:
             click.echo(f"warning: {file}: {warning}", err=True)
         campaigns.append(campaign)
+    if len(failures) == 1 and len(failures[0].errors) == 1 and not failures[0].warnings:
+        raise ConfigError(f"{failures[0].path}: {failures[0].errors[0]}")
     if failures:
         for failure in failures:
             for problem in failure.errors:
@@ -466,7 +468,8 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, (click.exceptions.Abort, KeyboardInterrupt)):
             return EXIT_INTERRUPTED
         if isinstance(exc, click.ClickException):
-            exc.show()
+            # One line, like every other error; --help shows the usage.
+            click.echo(f"error: {exc.format_message()}", err=True)
             return exc.exit_code
         if not isinstance(exc, Exception):
             raise

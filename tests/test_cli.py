@@ -1,0 +1,208 @@
+"""Whole outputs of the commands that do not send, and the exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import click
+import pytest
+
+from campaign_runner.cli import cli as command_group
+from campaign_runner.cli import run_cli
+from conftest import API_KEY, urn, write_campaign, write_text
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def invoke(capsys, *args: str) -> tuple[int, str, str]:
+    code = run_cli(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_lists_every_problem_with_its_place(capsys, tmp_path: Path) -> None:
+    path = write_text(
+        tmp_path / "bad.yaml",
+        f"""
+        name: bad-file
+        group_id: "1"
+        message: "Hi {{{{ first_name }}}}"
+        recipients:
+          - {{profile_urn: "{urn(1)}", first_name: Ada}}
+          - {{profile_urn: "urn:li:fsd_profile:not valid", first_name: Bob}}
+          - {{profile_urn: "{urn(3)}"}}
+          - {{profile_urn: "{urn(1)}", first_name: Ada}}
+        """,
+    )
+    code, out, err = invoke(capsys, "validate", str(path))
+    assert code == 2
+    assert out == ""
+    assert err.splitlines() == [
+        f"error: {path}: recipients[1].profile_urn: invalid profile_urn 'urn:li:fsd_profile:not valid':"
+        " expected urn:li:fsd_profile:<id>",
+        f"error: {path}: recipients[2]: message does not render: 'first_name' is undefined",
+        f"warning: {path}: recipients[3]: {urn(1)} is listed twice (first at recipients[0]); kept once",
+        "error: 2 errors in campaign files; nothing was sent or written",
+    ]
+    assert list(tmp_path.glob("*.db")) == []
+
+
+def test_validate_ok(capsys) -> None:
+    code, out, err = invoke(capsys, "validate", str(REPO / "campaigns" / "example.yaml"))
+    assert (code, err) == (0, "")
+    assert out == (
+        f"{REPO / 'campaigns' / 'example.yaml'}: ok: campaign spring-meetup-invite, 5 recipients (0 duplicates dropped),"
+        " endpoint send-group-with-typing, accounts: acc_1 150/day, acc_2 100/day\n"
+    )
+
+
+def test_run_refuses_a_bad_file_before_writing_anything(capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CONNECTSAFELY_API_KEY", API_KEY)
+    path = write_campaign(tmp_path, recipents=[])
+    code, _, err = invoke(capsys, "run", str(path), "--db", str(tmp_path / "x.db"))
+    assert code == 2
+    assert err.splitlines()[0] == f"error: {path}: recipents: unknown key (check its spelling)"
+    assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["run", "{campaign}"], {}, "error: CONNECTSAFELY_API_KEY is not set: export your API key, or try --sandbox"),
+        (["run", "{campaign}", "--base-url", "ftp://example.com"], {"CONNECTSAFELY_API_KEY": "k"},
+         "error: invalid base URL 'ftp://example.com': expected http(s)://host/path"),
+        (["run", "{campaign}"], {"CONNECTSAFELY_API_KEY": "two words"},
+         "error: CONNECTSAFELY_API_KEY contains spaces or control characters"),
+        (["report", "nope"], {}, "error: no database at {db} (give --db, or run a campaign first)"),
+        (["status"], {}, "error: no database at {db} (give --db, or run a campaign first)"),
+        (["resume"], {"CONNECTSAFELY_API_KEY": "k"}, "error: no database at {db} (give --db, or run a campaign first)"),
+        (["run", "missing.yaml"], {"CONNECTSAFELY_API_KEY": "k"}, "error: missing.yaml: cannot read the file: No such file or directory"),
+        (["run", "{campaign}", "--timeout", "0"], {"CONNECTSAFELY_API_KEY": "k"}, "error: Invalid value for '--timeout': 0.0 is not in the range x>=1."),
+        (["retry", "x", "--status", "sent"], {}, "error: Invalid value for '--status': 'sent' is not one of 'unknown', 'failed'."),
+        (["sandbox", "--quota", "lots"], {}, "error: --quota: 'lots' is not a limit"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_clear_line_and_exit_2(capsys, tmp_path: Path, monkeypatch, args, env, message) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    db = tmp_path / "absent.db"
+    campaign = write_campaign(tmp_path)
+    argv = [a.format(campaign=campaign) for a in args] + (["--db", str(db)] if args[0] != "sandbox" else [])
+    code, out, err = invoke(capsys, *argv)
+    assert code == 2
+    assert err.splitlines()[0].startswith(message.format(db=db)), err
+    assert len(err.splitlines()) == 1
+    assert "Traceback" not in err
+    assert not db.exists()
+
+
+@pytest.fixture
+def finished_db(capsys, tmp_path: Path, serve_sandbox, monkeypatch) -> Path:
+    """A campaign with one of each outcome: sent, failed (403), a formula-looking message, a skip."""
+    monkeypatch.setenv("CONNECTSAFELY_API_KEY", API_KEY)
+    box, url = serve_sandbox(non_members={urn(1)})
+    db = tmp_path / "done.db"
+    path = write_campaign(
+        tmp_path,
+        message="{{ greeting }}",
+        recipients=[
+            {"profile_urn": urn(0), "greeting": "Hello"},
+            {"profile_urn": urn(1), "greeting": "Hi"},
+            {"profile_urn": urn(2), "greeting": "=HYPERLINK(\"http://x\")"},
+        ],
+    )
+    assert run_cli(["run", str(path), "--db", str(db), "--base-url", url]) == 0
+    capsys.readouterr()
+    return db
+
+
+def test_report_csv_neutralises_formulas(capsys, finished_db: Path) -> None:
+    code, out, err = invoke(capsys, "report", "test-campaign", "--db", str(finished_db))
+    assert (code, err) == (0, "")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == ["profile_urn", "status", "account_id", "http_status", "error", "attempts", "sent_at", "message"]
+    assert [(r["profile_urn"], r["status"], r["http_status"]) for r in rows] == [
+        (urn(0), "sent", "200"), (urn(1), "failed", "403"), (urn(2), "sent", "200"),
+    ]  # fmt: skip
+    assert rows[2]["message"] == "'=HYPERLINK(\"http://x\")"
+    assert rows[1]["error"] == "Error sending group context message: Request failed with status code 403"
+
+
+def test_report_json_to_a_file_and_filtered(capsys, finished_db: Path, tmp_path: Path) -> None:
+    target = tmp_path / "failed.json"
+    code, out, err = invoke(capsys, "report", "test-campaign", "--db", str(finished_db), "--format", "json",
+                            "--status", "failed", "--output", str(target))  # fmt: skip
+    assert (code, out, err) == (0, "", f"wrote 1 recipients to {target}\n")
+    data = json.loads(target.read_text())
+    assert data["campaign"] == "test-campaign"
+    assert data["counts"]["sent"] == 2 and data["counts"]["failed"] == 1
+    assert [(r["profile_urn"], r["status"], r["account_id"], r["attempts"], r["sent_at"]) for r in data["recipients"]] == [
+        (urn(1), "failed", "acc_1", 1, None)
+    ]
+
+
+def test_report_of_an_unknown_campaign(capsys, finished_db: Path) -> None:
+    code, out, err = invoke(capsys, "report", "nope", "--db", str(finished_db))
+    assert (code, out) == (2, "")
+    assert err == f"error: no campaign named 'nope' in {finished_db}\n"
+
+
+def test_status_text_and_json(capsys, finished_db: Path) -> None:
+    code, out, _ = invoke(capsys, "status", "--db", str(finished_db))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "test-campaign: 3 recipients: 0 pending, 0 in_flight, 2 sent, 1 failed, 0 unknown, 0 skipped"
+    assert lines[1].startswith("account acc_1: limits 1000/second, ")
+    assert " used in the current window, next send " in lines[1]
+    code, out, _ = invoke(capsys, "status", "test-campaign", "--db", str(finished_db), "--json")
+    data = json.loads(out)
+    assert data["campaigns"] == [
+        {"name": "test-campaign", "counts": {"pending": 0, "in_flight": 0, "sent": 2, "failed": 1, "unknown": 0, "skipped": 0}}
+    ]
+    (account,) = data["accounts"]
+    assert (account["account_id"], account["limits"], account["window_cap"]) == ("acc_1", "1000/second", 1000)
+
+
+def test_retry_puts_failed_back_to_pending(capsys, finished_db: Path) -> None:
+    code, out, err = invoke(capsys, "retry", "test-campaign", "--status", "failed", "--db", str(finished_db))
+    assert (code, out, err) == (0, "test-campaign: 1 failed recipients put back to pending\n", "")
+    with sqlite3.connect(finished_db) as db:
+        assert db.execute("SELECT status FROM recipients WHERE profile_urn = ?", (urn(1),)).fetchone() == ("pending",)
+    code, out, err = invoke(capsys, "retry", "nope", "--status", "unknown", "--db", str(finished_db))
+    assert (code, err) == (2, f"error: no campaign named 'nope' in {finished_db}\n")
+
+
+def test_resume_with_nothing_left(capsys, finished_db: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CONNECTSAFELY_API_KEY", API_KEY)
+    code, out, _ = invoke(capsys, "resume", "--db", str(finished_db))
+    assert (code, out) == (0, "nothing to resume: every campaign is finished\n")
+
+
+def test_unwritable_database(capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CONNECTSAFELY_API_KEY", API_KEY)
+    path = write_campaign(tmp_path)
+    code, _, err = invoke(capsys, "run", str(path), "--db", str(tmp_path / "no" / "such" / "dir.db"))
+    assert code == 2
+    assert err.startswith("error: cannot create the database")
+
+
+def test_debug_shows_the_traceback(capsys, tmp_path: Path) -> None:
+    code, _, err = invoke(capsys, "--debug", "status", "--db", str(tmp_path / "absent.db"))
+    assert code == 2
+    assert "Traceback" in err and err.rstrip().endswith("(give --db, or run a campaign first)")
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    for name, command in command_group.commands.items():
+        text = command.get_help(click.Context(command, info_name=name))
+        assert "Example:" in text, name
+        assert command.help and command.help.strip(), name
+
+
+def test_version(capsys) -> None:
+    code, out, _ = invoke(capsys, "--version")
+    assert code == 0 and out.startswith("campaign-runner, version ")
