@@ -26,6 +26,9 @@ def describe_wait(reason: str) -> str:
     }.get(reason, reason)
 
 
+_FINISHED = {"drained": "done", "deferred": "more later (--no-wait)", "stopped": "stopped"}
+
+
 class LogLines:
     """One plain line per event, for logs, cron mail and pipes."""
 
@@ -57,7 +60,7 @@ class LogLines:
             case events.AccountHeld(account_id=account, until=until, reason=reason):
                 return f"{account_label(account)} held by the API until {iso(until)} ({reason})"
             case events.AccountFinished(account_id=account, reason=reason):
-                return f"{account_label(account)} {'has nothing left to send' if reason == 'drained' else reason}"
+                return f"{account_label(account)}: {_FINISHED.get(reason, reason)}"
             case events.Stopping(message=message):
                 return message
         return None
@@ -112,7 +115,7 @@ class LiveView:
                 else:
                     row.other += 1
                 row.window = f"{e.window_used}/{e.window_cap}"
-                row.state = f"{e.status} {e.profile_urn.rsplit(':', 1)[-1][:12]}"
+                row.state = f"{e.status} {e.profile_urn.rsplit(':', 1)[-1]}"
             case events.AccountWaiting(account_id=account, until=until, reason=reason):
                 self.accounts.setdefault(account, _AccountRow()).state = (
                     f"{describe_wait(reason)}, next {iso(until)[11:19]}"
@@ -120,7 +123,7 @@ class LiveView:
             case events.AccountHeld(account_id=account, until=until):
                 self.accounts.setdefault(account, _AccountRow()).state = f"held until {iso(until)}"
             case events.AccountFinished(account_id=account, reason=reason):
-                self.accounts.setdefault(account, _AccountRow()).state = reason
+                self.accounts.setdefault(account, _AccountRow()).state = _FINISHED.get(reason, reason)
             case events.Stopping(message=message):
                 self.notes.append(message)
         if self._live is not None:

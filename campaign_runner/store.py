@@ -463,20 +463,25 @@ class Store:
 
     async def _why_not(self, campaigns: Sequence[str], verdict: Verdict, now: float) -> Waiting | Drained:
         marks = ",".join("?" * len(campaigns))
-        row = await self._one(
-            f"SELECT min(not_before), sum(status = 'in_flight') FROM recipients WHERE campaign IN ({marks})"
-            " AND status IN ('pending', 'in_flight')",
+        ready = await self._one(
+            f"SELECT 1 FROM recipients WHERE campaign IN ({marks}) AND status = 'pending' AND not_before <= ? LIMIT 1",
+            (*campaigns, now),
+        )
+        if ready:
+            return Waiting(verdict.at, verdict.reason)
+        (next_work,) = await self._one(
+            f"SELECT min(not_before) FROM recipients WHERE campaign IN ({marks}) AND status = 'pending'",
             tuple(campaigns),
         )
-        next_work, in_flight = row
-        if next_work is None:
-            if in_flight:
-                # Other workers (or processes) may hand work back (429, 500): look again then.
-                return Waiting(now + ELSEWHERE_POLL, "elsewhere")
-            return Drained()
-        if next_work > verdict.at:
-            return Waiting(next_work, "backoff")
-        return Waiting(verdict.at, verdict.reason)
+        if next_work is not None:
+            return Waiting(max(next_work, verdict.at), "backoff" if next_work > verdict.at else verdict.reason)
+        in_flight = await self._one(
+            f"SELECT 1 FROM recipients WHERE campaign IN ({marks}) AND status = 'in_flight' LIMIT 1", tuple(campaigns)
+        )
+        if in_flight:
+            # Other workers (or processes) may hand work back (429, 500): look again then.
+            return Waiting(now + ELSEWHERE_POLL, "elsewhere")
+        return Drained()
 
     async def record(
         self, claim: Claimed, outcome: Outcome, now: float, *, latency: float, max_attempts: int,
