@@ -133,6 +133,10 @@ class Scheduler:
         self._wake = anyio.Event()
 
     async def _worker(self, account: str, names: list[str]) -> None:
+        with self._clock.worker():
+            await self._work(account, names)
+
+    async def _work(self, account: str, names: list[str]) -> None:
         order = deque(names)
         pacing = self._pacing[account]
         endpoint_of = {name: self._campaigns[name].endpoint for name in names}

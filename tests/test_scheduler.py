@@ -1,0 +1,91 @@
+"""Days of sending in seconds: the real scheduler, store and sandbox on a virtual clock."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import httpx
+import pytest
+
+from campaign_runner import events
+from campaign_runner.client import ApiClient
+from campaign_runner.clock import VirtualClock
+from campaign_runner.config import load_campaign
+from campaign_runner.sandbox import Sandbox, SandboxConfig
+from campaign_runner.scheduler import Scheduler
+from campaign_runner.store import Store
+from conftest import API_KEY, urn, write_campaign
+
+pytestmark = pytest.mark.anyio
+
+START = 1_800_000_000.0  # a Friday in January 2027, UTC
+DAY = 86400.0
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    j, best = 0, 0
+    for i, start in enumerate(times):
+        while j < len(times) and times[j] <= start + window:
+            j += 1
+        best = max(best, j - i)
+    return best
+
+
+async def send_all(store: Store, clock: VirtualClock, box: Sandbox, names: list[str], stop_after: int | None = None):
+    campaigns = [await store.campaign(n) for n in names]
+    accounts = sorted({a for c in campaigns for a in c.accounts})
+    pacing = await store.pacing(accounts, names)
+    run_id = await store.begin_run("test", clock.now())
+    seen: list[events.Event] = []
+    transport = httpx.ASGITransport(app=box)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sandbox/linkedin/",
+                                 headers={"Authorization": f"Bearer {API_KEY}"}) as http:  # fmt: skip
+        scheduler: Scheduler
+
+        def emit(event: events.Event) -> None:
+            seen.append(event)
+            if stop_after is not None and sum(isinstance(e, events.Attempted) for e in seen) >= stop_after:
+                scheduler.stop()
+
+        scheduler = Scheduler(store, ApiClient(http), clock, run_id=run_id, campaigns=campaigns, pacing=pacing,
+                              emit=emit, rng=random.Random(1))  # fmt: skip
+        result = await scheduler.run()
+    await store.end_run(run_id, clock.now())
+    return result, seen
+
+
+async def test_150_a_day_for_days_across_a_restart(tmp_path: Path) -> None:
+    clock = VirtualClock(START)
+    box = Sandbox(SandboxConfig(api_key=API_KEY, quota=150, quota_window=DAY), clock)
+    path = write_campaign(tmp_path, accounts=["acc_1", "acc_2"], limit="150/day",
+                          recipients=[{"profile_urn": urn(i)} for i in range(700)])  # fmt: skip
+    store = await Store.open(tmp_path / "days.db", clock.now())
+    try:
+        await store.load(load_campaign(path), clock.now())
+        result, _ = await send_all(store, clock, box, ["test-campaign"], stop_after=250)
+        assert result.reason == "interrupted"
+    finally:
+        await store.close()
+    # A new process some hours later: only the database remembers.
+    clock = VirtualClock(clock.now() + 3 * 3600)
+    box.clock = clock
+    store = await Store.open(tmp_path / "days.db", clock.now())
+    try:
+        result, seen = await send_all(store, clock, box, ["test-campaign"])
+        assert result.reason == "done"
+        assert (await store.counts("test-campaign"))["sent"] == 700
+    finally:
+        await store.close()
+
+    assert sorted(d.recipient for d in box.log) == sorted(urn(i) for i in range(700))
+    assert all(r.status == 200 for r in box.requests)  # the server never had to say 429
+    for account in ("acc_1", "acc_2"):
+        times = sorted(d.delivered_at for d in box.log if d.account_id == account)
+        assert max_in_window(times, DAY) == 150
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert min(gaps) >= DAY / 150 - 0.01  # spread out, never bunched at the start of a day
+    # 350 messages per account at one every 9.6 minutes, plus the three-hour break.
+    elapsed = max(d.delivered_at for d in box.log) - START
+    assert elapsed == pytest.approx(349 * DAY / 150 + 3 * 3600, rel=0.02)
