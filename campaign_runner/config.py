@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ URN_PATTERN = re.compile(r"^urn:li:fsd_profile:[A-Za-z0-9_-]+$")
 URN_COLUMN = "profile_urn"
 DEFAULT_ACCOUNT = ""  # stored id of "the API key's default account": no accountId is sent
 
+MAX_CAP = 1_000_000_000
+MAX_WINDOW = 366 * 86400.0
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _NAMED_WINDOWS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0, "week": 604800.0}
 _LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(?:(second|minute|hour|day|week)|(\d+(?:\.\d+)?)\s*([smhd]))\s*$")
@@ -59,6 +62,8 @@ class Limit:
             window = float(match.group(3)) * _UNITS[match.group(4)]
         if cap < 1 or window <= 0:
             raise ValueError(f"{text!r}: the count and the window must both be above zero")
+        if cap > MAX_CAP or window > MAX_WINDOW:
+            raise ValueError(f"{text!r}: at most {MAX_CAP} requests and a window of at most 366 days")
         return cls(cap, window)
 
     def __str__(self) -> str:
@@ -72,6 +77,8 @@ def parse_duration(value: Any) -> float:
     """Seconds from a number or a string such as `500ms`, `2s`, `1.5m`."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
+        if not math.isfinite(seconds):
+            raise ValueError(f"{value!r} is not a duration")
     else:
         match = _DURATION.match(str(value))
         if not match:
@@ -91,7 +98,7 @@ class _Strict(BaseModel):
 
 
 class AccountEntry(_Strict):
-    id: str = Field(min_length=1, max_length=200)
+    id: str = Field(min_length=1, max_length=200, pattern=r"^[^\s\x00-\x1f]+$")
     limit: str | None = None
 
     @field_validator("limit")
@@ -104,7 +111,7 @@ class AccountEntry(_Strict):
 
 class RetryPolicy(_Strict):
     attempts: int = Field(default=3, ge=1, le=20)
-    backoff: float = 2.0
+    backoff: float = Field(default=2.0, le=3600)
 
     @field_validator("backoff", mode="before")
     @classmethod
@@ -121,18 +128,19 @@ class CampaignFile(_Strict):
     endpoint: Literal["send-group", "send-group-with-typing", "send-group-with-ack"] = DEFAULT_ENDPOINT
     accounts: list[AccountEntry] = Field(default_factory=list)
     limit: str = DEFAULT_LIMIT
-    burst: int = Field(default=1, ge=1)
+    burst: int = Field(default=1, ge=1, le=1000)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     message: str = Field(min_length=1)
     recipients: list[dict[str, Any]] = Field(default_factory=list)
-    recipients_file: str | None = None
+    recipients_file: str | None = Field(default=None, min_length=1)
 
     @field_validator("accounts", mode="before")
     @classmethod
     def _account_ids(cls, value: Any) -> Any:
         # `accounts: [acc_1, {id: acc_2, limit: 50/day}]`: a bare string is an id.
         if isinstance(value, list):
-            return [{"id": item} if isinstance(item, str) else item for item in value]
+            return [{"id": str(item)} if isinstance(item, (str, int)) and not isinstance(item, bool) else item
+                    for item in value]  # fmt: skip
         return value
 
     @field_validator("group_id", mode="before")

@@ -72,6 +72,10 @@ def test_defaults(tmp_path: Path) -> None:
     assert campaign.recipients[0].message == "Hi Person0!"
 
 
+def test_numeric_account_ids_are_ids(tmp_path: Path) -> None:
+    assert [a.id for a in load_campaign(write_campaign(tmp_path, accounts=[1234, "acc_2"])).accounts] == ["1234", "acc_2"]
+
+
 def test_numeric_group_id_becomes_its_decimal_string(tmp_path: Path) -> None:
     path = write_text(
         tmp_path / "c.yaml",
@@ -158,6 +162,12 @@ def test_unknown_keys_are_errors(tmp_path: Path) -> None:
         ({"recipients": []}, "recipients: no recipients"),
         ({"recipients": [{"first_name": "x"}]}, "recipients[0].profile_urn: missing profile_urn"),
         ({"group_id": True}, "group_id: Input should be a valid string"),
+        ({"retry": {"backoff": float("nan")}}, "retry.backoff: nan is not a duration"),
+        ({"retry": {"backoff": "2h"}}, "retry.backoff: Input should be less than or equal to 3600"),
+        ({"limit": "99999999999999999999/day"}, "limit: '99999999999999999999/day': at most 1000000000 requests"),
+        ({"burst": 10**6}, "burst: Input should be less than or equal to 1000"),
+        ({"accounts": ["acc 1"]}, "accounts[0].id: String should match pattern"),
+        ({"recipients_file": ""}, "recipients_file: String should have at least 1 character"),
     ],
 )
 def test_schema_problems(tmp_path: Path, fields: dict, expected: str) -> None:
