@@ -35,7 +35,7 @@ class Kind(enum.StrEnum):
     RATE_LIMITED = "rate_limited"  # 429: not a failure, the account pauses
     UNAUTHORIZED = "unauthorized"  # 401: the key is refused; stop the run
     MISROUTED = "misrouted"  # 404, 405, 3xx: the base URL is wrong; stop the run
-    SERVER_ERROR = "server_error"  # 500, 503: not delivered, retry with backoff
+    SERVER_ERROR = "server_error"  # 500: the API's own error, documented as not sent; retry with backoff
     NOT_SENT = "not_sent"  # the request never left: retry with backoff
     UNKNOWN = "unknown"  # may have been delivered: never re-sent by itself
 
@@ -130,6 +130,8 @@ class ApiClient:
             return Outcome(Kind.UNKNOWN, error=f"no answer in time ({_describe(exc)}); the message may have been sent")
         except httpx.TransportError as exc:
             return Outcome(Kind.UNKNOWN, error=f"connection lost ({_describe(exc)}); the message may have been sent")
+        except httpx.HTTPError as exc:  # e.g. an answer whose body cannot be decoded
+            return Outcome(Kind.UNKNOWN, error=f"unreadable answer ({_describe(exc)}); the message may have been sent")
         return classify(response)
 
     def __repr__(self) -> str:
@@ -152,12 +154,12 @@ def classify(response: httpx.Response) -> Outcome:
         return Outcome(Kind.UNAUTHORIZED, error=error, **common)
     if status in (404, 405) or 300 <= status < 400:
         return Outcome(Kind.MISROUTED, error=f"HTTP {status} {response.reason_phrase} at {response.url}", **common)
-    if status in (500, 503):
+    if status == 500:
         return Outcome(Kind.SERVER_ERROR, error=error, **common)
     if 400 <= status < 500:
         return Outcome(Kind.REJECTED, error=error, **common)
-    # 502, 504 and other answers from something in between: the API may have sent the message
-    # before the answer was lost.
+    # 502, 503, 504 and other answers from something in between (a proxy, a load balancer): the
+    # API behind it may have sent the message before the answer was lost.
     return Outcome(Kind.UNKNOWN, error=f"HTTP {status}: {error}; the message may have been sent", **common)
 
 

@@ -52,7 +52,8 @@ async def answer(status: int, body: object, headers: dict[str, str] | None = Non
          "Rate limit exceeded for MESSAGE: 150/150 used"),
         (500, {"error": "Failed to get LinkedIn authentication credentials", "success": False}, Kind.SERVER_ERROR,
          "Failed to get LinkedIn authentication credentials"),
-        (503, "<html>down for maintenance</html>", Kind.SERVER_ERROR, "<html>down for maintenance</html>"),
+        (503, "<html>down for maintenance</html>", Kind.UNKNOWN,
+         "HTTP 503: <html>down for maintenance</html>; the message may have been sent"),
         (502, "<html><h1>502 Bad Gateway</h1></html>", Kind.UNKNOWN,
          "HTTP 502: <html><h1>502 Bad Gateway</h1></html>; the message may have been sent"),
         (504, "", Kind.UNKNOWN, "HTTP 504: Gateway Timeout; the message may have been sent"),
@@ -93,6 +94,16 @@ async def test_malformed_headers_are_kept_but_not_believed() -> None:
     assert outcome.rate_limit.remaining == "lots"
     assert outcome.rate_limit.remaining_count is None
     assert outcome.rate_limit.reset_at is None
+
+
+async def test_an_undecodable_answer_is_unknown() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"not gzip at all", headers={"Content-Encoding": "gzip"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://api.test/linkedin/") as http:
+        outcome = await ApiClient(http).send(REQUEST)
+    assert outcome.kind is Kind.UNKNOWN
+    assert outcome.error.startswith("unreadable answer (DecodingError")
 
 
 async def test_refused_connection_never_left() -> None:
