@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import sys
 import tempfile
 import traceback
@@ -28,7 +29,7 @@ from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreEr
 from .render import LiveView, LogLines, describe_wait
 from .report import FORMATS, write_report
 from .scheduler import RunResult, Scheduler
-from .store import STATUSES, CampaignSettings, Store, resolve_db_path
+from .store import STALE_MARGIN, STATUSES, CampaignSettings, Store, resolve_db_path
 
 EXIT_OK, EXIT_FATAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 F = TypeVar("F", bound=Callable[..., Any])
@@ -177,14 +178,21 @@ async def _run(db: str, campaigns: list[Campaign], connection: _Connection, time
                accept_changes: bool) -> int:  # fmt: skip
     clock = SystemClock()
     async with _open_store(db, clock, create=True) as store:
-        for campaign in campaigns:
-            summary = await store.load(campaign, clock.now(), accept_changes)
-            note = f"; {', '.join(summary.changed)} changed for {summary.rewritten} unsent" if summary.changed else ""
+        for summary in await store.load(campaigns, clock.now(), accept_changes):
             click.echo(
                 f"loaded {summary.campaign}: {summary.added} new, {summary.known} already known,"
                 f" {summary.duplicates} duplicates dropped, {summary.skipped} no longer in the file (skipped),"
-                f" {summary.restored} back in the file{note}"
+                f" {summary.restored} back in the file"
             )
+            if summary.rewritten and summary.known:
+                what = ", ".join(summary.changed) or "message"
+                click.echo(f"{summary.campaign}: {what} changed: {summary.rewritten} unsent recipients take the new one")
+            if summary.kept:
+                click.echo(
+                    f"warning: {summary.campaign}: {summary.kept} unsent recipients have a different message in"
+                    " the file now; they keep the stored one (--accept-changes applies the file's)",
+                    err=True,
+                )
         settings = [await store.campaign(c.name) for c in campaigns]
         return await _send(store, clock, settings, connection, timeout, no_wait, "run")
 
@@ -204,14 +212,7 @@ async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettin
                 timeout: float, no_wait: bool, command: str) -> int:  # fmt: skip
     run_id = await store.begin_run(command, clock.now())
     try:
-        for lost in await store.recover(run_id, clock.now()):
-            click.echo(
-                f"{lost.campaign}: {lost.profile_urn} was in flight when an earlier run stopped;"
-                " marked unknown (see `retry --status unknown`)"
-            )
-        names = [c.name for c in campaigns]
-        accounts = sorted({a for c in campaigns for a in c.accounts})
-        pacing = await store.pacing(accounts, names)
+        accounts = {a for c in campaigns for a in c.accounts}
         async with anyio.create_task_group() as tg:
             base_url = connection.base_url
             if connection.use_sandbox:
@@ -220,8 +221,8 @@ async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettin
             http = client.make_http_client(base_url, connection.api_key, timeout, len(accounts))
             async with http, _renderer(clock) as emit:
                 scheduler = Scheduler(
-                    store, client.ApiClient(http), clock, run_id=run_id, campaigns=campaigns, pacing=pacing,
-                    emit=emit, no_wait=no_wait, handle_signals=True,
+                    store, client.ApiClient(http), clock, run_id=run_id, campaigns=campaigns,
+                    stale_after=timeout + STALE_MARGIN, emit=emit, no_wait=no_wait, handle_signals=True,
                 )  # fmt: skip
                 result = await scheduler.run()
             tg.cancel_scope.cancel()
@@ -344,6 +345,8 @@ async def _report(db: str, name: str, fmt: str, output: str | None, only: str | 
             await write_report(store, name, sys.stdout, fmt, only)
             return EXIT_OK
         target = Path(output)
+        if not target.parent.is_dir():
+            raise ConfigError(f"--output: no folder {target.parent}")
         # Write beside the target and rename, so a failure never leaves half a report behind.
         fd, temp = tempfile.mkstemp(dir=target.parent or Path("."), prefix=f".{target.name}.")
         try:
@@ -466,6 +469,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, click.exceptions.Exit):
             return exc.exit_code
         if isinstance(exc, (click.exceptions.Abort, KeyboardInterrupt)):
+            click.echo("interrupted", err=True)
             return EXIT_INTERRUPTED
         if isinstance(exc, click.ClickException):
             # One line, like every other error; --help shows the usage.
@@ -485,11 +489,19 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
 
 
 def _unwrap(exc: BaseException) -> BaseException:
-    """The one error inside task-group exception groups, so it is reported as itself."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+    """The error inside task-group exception groups, so it is reported as itself (ours first)."""
+    while isinstance(exc, BaseExceptionGroup):
+        inner = exc.exceptions
+        exc = next((e for e in inner if isinstance(e, CampaignRunnerError)), inner[0])
     return exc
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # SIGTERM outside the sending phase (loading a big file, say) ends like Ctrl-C: exit 130.
+    # While sending, the scheduler takes both signals over and stops gently.
+    signal.signal(signal.SIGTERM, _interrupt)
     sys.exit(run_cli())

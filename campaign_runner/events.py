@@ -50,12 +50,21 @@ class AccountFinished:
 
 
 @dataclass(frozen=True)
+class Recovered:
+    """A request left in flight by a process that is gone: its recipient is now `unknown`."""
+
+    campaign: str
+    account_id: str
+    profile_urn: str
+
+
+@dataclass(frozen=True)
 class Stopping:
     reason: str  # interrupted, fatal
     message: str
 
 
-Event = RunStarted | Attempted | AccountWaiting | AccountHeld | AccountFinished | Stopping
+Event = RunStarted | Attempted | AccountWaiting | AccountHeld | AccountFinished | Recovered | Stopping
 EventSink = Callable[[Event], None]
 
 

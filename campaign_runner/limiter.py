@@ -42,6 +42,11 @@ class Pacing:
             raise ValueError("burst must be at least 1")
 
     @property
+    def slowest(self) -> Limit:
+        """The limit with the lowest rate: the one that paces the account."""
+        return max(self.limits, key=lambda limit: limit.window / limit.cap)
+
+    @property
     def interval(self) -> float:
         """Seconds between two tokens: the slowest rate in force."""
         return max(limit.window / limit.cap for limit in self.limits)

@@ -41,7 +41,8 @@ class LogLines:
         if line:
             print(f"{iso(self._clock.now())} {line}", file=self._out, flush=True)
 
-    def line(self, event: events.Event) -> str | None:
+    @staticmethod
+    def line(event: events.Event) -> str | None:
         match event:
             case events.RunStarted(counts=counts, accounts=accounts):
                 parts = [f"{name}: {c['pending']} pending of {sum(c.values())}" for name, c in counts.items()]
@@ -61,6 +62,11 @@ class LogLines:
                 return f"{account_label(account)} held by the API until {iso(until)} ({reason})"
             case events.AccountFinished(account_id=account, reason=reason):
                 return f"{account_label(account)}: {_FINISHED.get(reason, reason)}"
+            case events.Recovered(campaign=campaign, profile_urn=urn):
+                return (
+                    f"{campaign}: {urn} was in flight when an earlier run stopped; marked unknown"
+                    " (see `retry --status unknown`)"
+                )
             case events.Stopping(message=message):
                 return message
         return None
@@ -124,8 +130,8 @@ class LiveView:
                 self.accounts.setdefault(account, _AccountRow()).state = f"held until {iso(until)}"
             case events.AccountFinished(account_id=account, reason=reason):
                 self.accounts.setdefault(account, _AccountRow()).state = _FINISHED.get(reason, reason)
-            case events.Stopping(message=message):
-                self.notes.append(message)
+            case events.Recovered() | events.Stopping():
+                self.notes.append(LogLines.line(event))  # type: ignore[arg-type]
         if self._live is not None:
             self._live.refresh()
 

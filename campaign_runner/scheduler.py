@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
+import anyio.abc
 
 from . import events
 from .client import ApiClient, Kind, Outcome, SendRequest
 from .clock import Clock
-from .limiter import Pacing
+from .config import account_label
 from .store import CampaignSettings, Claimed, Drained, Store, Waiting
 
 DEFAULT_HOLD = 3600.0  # a rate-limit answer that says nothing of when to come back: wait an hour
@@ -65,18 +66,20 @@ class Scheduler:
         *,
         run_id: int,
         campaigns: Sequence[CampaignSettings],
-        pacing: dict[str, Pacing],
+        stale_after: float,
         emit: events.EventSink = events.ignore,
         no_wait: bool = False,
         handle_signals: bool = False,
         rng: random.Random | None = None,
     ):
+        """`stale_after`: how old an unrecorded claim of another process must be to be given up
+        as `unknown` (the request timeout and a margin)."""
         self._store = store
         self._api = api
         self._clock = clock
         self._run_id = run_id
         self._campaigns = {c.name: c for c in campaigns}
-        self._pacing = pacing
+        self._stale_after = stale_after
         self._emit = emit
         self._no_wait = no_wait
         self._handle_signals = handle_signals
@@ -84,8 +87,8 @@ class Scheduler:
         self._stop = anyio.Event()
         self._wake = anyio.Event()
         self._result: RunResult | None = None
+        self._errors: list[Exception] = []
         self._deferred = False
-        self._idle = 0  # workers waiting only for other workers' requests to end
         self._workers_scope: anyio.CancelScope | None = None
 
     def accounts(self) -> dict[str, list[str]]:
@@ -103,24 +106,34 @@ class Scheduler:
         self._stop.set()
 
     async def run(self) -> RunResult:
+        """Send until every recipient is done, the run is stopped, or (--no-wait) it must wait.
+
+        A worker that fails (the database gone, a bug) stops the others gently, so their
+        requests in flight finish and are recorded; its error is raised at the end.
+        """
         accounts = self.accounts()
+        await self._recover()
         counts = {name: await self._store.counts(name) for name in self._campaigns}
-        self._emit(events.RunStarted(counts, {a: str(self._pacing[a]) for a in accounts}))
+        pacing = await self._store.pacing(list(accounts), list(self._campaigns))
+        self._emit(events.RunStarted(counts, {a: str(pacing[a]) for a in accounts if a in pacing}))
         async with anyio.create_task_group() as outer:
             if self._handle_signals:
-                outer.start_soon(self._watch_signals)
+                await outer.start(self._watch_signals)
             with anyio.CancelScope() as scope:
                 self._workers_scope = scope
                 async with anyio.create_task_group() as workers:
                     for account, names in accounts.items():
                         workers.start_soon(self._worker, account, names)
             outer.cancel_scope.cancel()
+        if self._errors:
+            raise self._errors[0]
         if self._result is not None:
             return self._result
         return RunResult("deferred") if self._deferred else RunResult("done")
 
-    async def _watch_signals(self) -> None:
+    async def _watch_signals(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
             async for _ in signals:
                 if not self._stop.is_set():
                     self.stop()
@@ -128,24 +141,34 @@ class Scheduler:
                     self._emit(events.Stopping("interrupted", "stopping now: requests in flight are recorded as unknown"))
                     self._workers_scope.cancel()
 
+    async def _recover(self) -> None:
+        with anyio.CancelScope(shield=True):
+            lost = await self._store.recover(self._run_id, self._clock.now(), self._stale_after)
+        for item in lost:
+            self._emit(events.Recovered(item.campaign, item.account_id, item.profile_urn))
+
     def _notify(self) -> None:
+        """Tell workers waiting for work that an outcome was recorded."""
         self._wake.set()
         self._wake = anyio.Event()
 
     async def _worker(self, account: str, names: list[str]) -> None:
         with self._clock.worker():
-            await self._work(account, names)
+            try:
+                await self._work(account, names)
+            except Exception as exc:  # noqa: BLE001 - stop the others gently; run() raises it
+                self._errors.append(exc)
+                self.stop("fatal", f"{account_label(account)} stopped: {exc}")
 
     async def _work(self, account: str, names: list[str]) -> None:
         order = deque(names)
-        pacing = self._pacing[account]
         endpoint_of = {name: self._campaigns[name].endpoint for name in names}
         announced: tuple[float, str] | None = None
         while not self._stop.is_set():
             wake = self._wake  # taken before the claim, so a notify in between is not lost
             with anyio.CancelScope(shield=True):
                 now = self._clock.now()
-                decision = await self._store.claim(self._run_id, account, list(order), pacing, endpoint_of, now)
+                decision = await self._store.claim(self._run_id, account, list(order), endpoint_of, now)
             if isinstance(decision, Drained):
                 self._emit(events.AccountFinished(account, "drained"))
                 return
@@ -154,22 +177,23 @@ class Scheduler:
                     self._deferred = True
                     self._emit(events.AccountFinished(account, "deferred"))
                     return
-                if announced != (decision.until, decision.reason) and decision.reason != "elsewhere":
+                if decision.reason == "elsewhere":
+                    await self._recover()  # what we wait for may belong to a process that is gone
+                elif announced != (decision.until, decision.reason):
                     self._emit(events.AccountWaiting(account, decision.until, decision.reason))
                 announced = (decision.until, decision.reason)
-                idle = decision.reason == "elsewhere"
-                self._idle += idle
-                try:
-                    await self._sleep(decision.until, wake)
-                finally:
-                    self._idle -= idle
+                # Waiting for the account's own quota, nothing another worker does can help; waiting
+                # for work, any recorded outcome may be it (handed back, or the last one ending).
+                await self._sleep(decision.until, wake if decision.reason in ("elsewhere", "backoff") else None)
                 continue
+            if self._stop.is_set():  # stopped while the claim was being made: it never left
+                with anyio.CancelScope(shield=True):
+                    await self._store.release(decision, self._clock.now())
+                break
             announced = None
-            status = await self._send(decision)
+            await self._send(decision)
             order.rotate(-1)  # campaigns sharing an account take turns
-            if status == "pending" or self._idle:
-                # Work was handed back, or someone waits to learn that the last request ended.
-                self._notify()
+            self._notify()
         self._emit(events.AccountFinished(account, "stopped"))
 
     async def _send(self, claim: Claimed) -> str:
@@ -229,8 +253,8 @@ class Scheduler:
             self._emit(events.AccountHeld(claim.account_id, hold, outcome.error or "X-RateLimit-Remaining: 0"))
         return status
 
-    async def _sleep(self, until: float, wake: anyio.Event) -> None:
-        """Sleep until `until`, or until stopped, or until another worker hands work back."""
+    async def _sleep(self, until: float, wake: anyio.Event | None) -> None:
+        """Sleep until `until`, or until stopped, or (given `wake`) until an outcome is recorded."""
         async with anyio.create_task_group() as tg:
 
             async def timer() -> None:
@@ -242,5 +266,6 @@ class Scheduler:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(timer)
-            tg.start_soon(wait_for, wake)
             tg.start_soon(wait_for, self._stop)
+            if wake is not None:
+                tg.start_soon(wait_for, wake)

@@ -14,6 +14,7 @@ that is lost would let a recipient be messaged twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -39,7 +40,8 @@ STATUSES = ("pending", "in_flight", "sent", "failed", "unknown", "skipped")
 FINAL = ("sent", "failed", "unknown", "skipped")
 REMOVED_FROM_FILE = "removed from the campaign file"
 DIED_IN_FLIGHT = "the process stopped while the request was in flight; it may have been delivered"
-ELSEWHERE_POLL = 5.0  # seconds between looks when only another process's requests remain
+ELSEWHERE_POLL = 5.0  # seconds between looks when only other workers' requests remain
+STALE_MARGIN = 60.0  # past the request timeout, a claim nobody recorded belongs to a process that is gone
 
 
 @dataclass(frozen=True)
@@ -63,21 +65,23 @@ class LoadSummary:
     duplicates: int
     skipped: int  # pending recipients no longer in the file
     restored: int  # skipped recipients back in the file
-    rewritten: int  # pending messages re-rendered after --accept-changes
-    changed: tuple[str, ...]
+    rewritten: int  # pending recipients whose message was updated from the file
+    kept: int  # pending recipients whose stored message differs from the file, kept as it was
+    changed: tuple[str, ...]  # message, group_id, endpoint: what changed since the last load
 
 
 @dataclass(frozen=True)
 class Claimed:
     recipient_id: int
     attempt_id: int
+    run_id: int
     campaign: str
     profile_urn: str
     message: str
     account_id: str
     attempt: int  # 1 for the first request to this recipient
     retries: int  # retryable failures so far
-    window_used: int  # requests of the account in its tightest window, this one included
+    window_used: int  # requests of the account in the window of its slowest limit, this one included
     window_cap: int
 
 
@@ -103,7 +107,7 @@ class Recovered:
 class AccountStatus:
     account_id: str
     pacing: Pacing
-    window_used: int  # in the tightest limit's window
+    window_used: int  # in the window of the slowest limit
     window_cap: int
     next_at: float
     reason: str
@@ -133,8 +137,10 @@ class Store:
     def __init__(self, db: aiosqlite.Connection, path: Path):
         self._db = db
         self.path = path
-        # Workers share the one connection: their transactions must take turns.
+        # Workers share the one connection: their transactions must take turns, and a read must
+        # not run inside another task's open transaction.
         self._lock = anyio.Lock()
+        self._owner: int | None = None  # the task holding the lock
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -166,28 +172,71 @@ class Store:
             raise StoreError(f"the database {self.path} cannot use WAL mode (got {mode})")
         await self._db.execute("PRAGMA synchronous = FULL")
         await self._db.execute("PRAGMA foreign_keys = ON")
-        async with self._db.execute("PRAGMA quick_check") as cursor:
-            verdict = (await cursor.fetchone())[0]
-        if verdict != "ok":
-            raise StoreError(f"the database {self.path} is damaged: {verdict}")
+        # Reading the schema is what makes a file that is not a database fail here, clearly.
+        await self._db.execute("SELECT count(*) FROM sqlite_master")
 
     async def close(self) -> None:
         await self._db.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction that takes the lock up front (no upgrade deadlocks between processes)."""
+    async def _locked(self) -> AsyncIterator[bool]:
+        """Hold the connection; yields False when this task already holds it (nested use)."""
+        task = anyio.get_current_task().id
+        if self._owner == task:
+            yield False
+            return
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
+            self._owner = task
+            try:
+                yield True
+            finally:
+                self._owner = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction that takes the lock up front (no upgrade deadlocks between processes).
+
+        BEGIN, COMMIT and ROLLBACK are shielded: aiosqlite's thread finishes a statement even when
+        the awaiting task is cancelled, so a cancelled BEGIN would leave the connection inside a
+        transaction nobody owns.
+        """
+        async with self._locked() as outermost:
+            if not outermost:
+                raise RuntimeError("transactions do not nest")
+            with anyio.CancelScope(shield=True):
+                await self._execute_or_fail("BEGIN IMMEDIATE")
             try:
                 yield self._db
-            except BaseException:
+            except BaseException as exc:
                 with anyio.CancelScope(shield=True):
-                    await self._db.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+                        await self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"database error in {self.path}: {exc}") from exc
                 raise
             else:
                 with anyio.CancelScope(shield=True):
+                    await self._execute_or_fail("COMMIT")
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[None]:
+        """A read transaction: every query inside it, reads of this store included, sees one state."""
+        async with self._locked() as outermost:
+            if not outermost:
+                yield
+                return
+            await self._execute_or_fail("BEGIN")
+            try:
+                yield
+            finally:
+                with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
                     await self._db.execute("COMMIT")
+
+    async def _execute_or_fail(self, sql: str) -> None:
+        try:
+            await self._db.execute(sql)
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error in {self.path}: {exc}") from exc
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         async with self._db.execute(sql, params) as cursor:
@@ -202,8 +251,8 @@ class Store:
     async def begin_run(self, command: str, now: float) -> int:
         async with self.transaction() as db:
             cursor = await db.execute(
-                "INSERT INTO runs (pid, host, command, started_at) VALUES (?, ?, ?, ?)",
-                (os.getpid(), socket.gethostname(), command, now),
+                "INSERT INTO runs (pid, pid_start, host, command, started_at) VALUES (?, ?, ?, ?, ?)",
+                (os.getpid(), _process_start(os.getpid()), socket.gethostname(), command, now),
             )
             return int(cursor.lastrowid)
 
@@ -211,129 +260,141 @@ class Store:
         async with self.transaction() as db:
             await db.execute("UPDATE runs SET ended_at = ? WHERE id = ?", (now, run_id))
 
-    async def recover(self, run_id: int, now: float) -> list[Recovered]:
-        """Mark `unknown` what dead runs left in flight: their requests may have been delivered."""
+    async def recover(self, run_id: int, now: float, stale_after: float) -> list[Recovered]:
+        """Mark `unknown` what gone processes left in flight: their requests may have been delivered.
+
+        A claim is abandoned when its run ended, when its process is gone from this host (or the
+        pid now belongs to another process), or when it is older than `stale_after` (the request
+        timeout and a margin), which also covers runs on another host.
+        """
         async with self.transaction() as db:
             rows = await self._all(
-                "SELECT DISTINCT r.run_id, runs.pid, runs.host, runs.ended_at FROM recipients r"
-                " LEFT JOIN runs ON runs.id = r.run_id WHERE r.status = 'in_flight'"
+                "SELECT r.id, r.campaign, r.profile_urn, r.account_id, r.run_id, runs.pid, runs.pid_start,"
+                " runs.host, runs.ended_at, a.started_at FROM recipients r"
+                " LEFT JOIN runs ON runs.id = r.run_id"
+                " LEFT JOIN attempts a ON a.recipient_id = r.id AND a.run_id = r.run_id AND a.slot_at >= ?"
+                " WHERE r.status = 'in_flight' AND r.run_id IS NOT ?",
+                (IN_FLIGHT, run_id),
             )
-            dead = [row[0] for row in rows if row[0] != run_id and _run_is_dead(row[1], row[2], row[3])]
             recovered: list[Recovered] = []
-            for dead_run in dead:
-                found = await self._all(
-                    "SELECT id, campaign, profile_urn, account_id FROM recipients"
-                    " WHERE status = 'in_flight' AND run_id IS ?",
-                    (dead_run,),
-                )
-                recovered += [Recovered(row[1], row[2], row[3] or "") for row in found]
+            for rid, campaign, urn, account, owner, pid, pid_start, host, ended_at, started_at in rows:
+                alive = _run_is_alive(pid, pid_start, host, ended_at)
+                if alive and (started_at is None or started_at > now - stale_after):
+                    continue
+                recovered.append(Recovered(campaign, urn, account or ""))
                 await db.execute(
-                    "UPDATE recipients SET status = 'unknown', error = ?, run_id = NULL, updated_at = ?"
-                    " WHERE status = 'in_flight' AND run_id IS ?",
-                    (DIED_IN_FLIGHT, now, dead_run),
+                    "UPDATE recipients SET status = 'unknown', error = ?, run_id = NULL, updated_at = ? WHERE id = ?",
+                    (DIED_IN_FLIGHT, now, rid),
                 )
-                # The dead request reached the server, if at all, before now: count it from now.
+                # The lost request reached the server, if at all, before now: count it from now.
                 await db.execute(
                     "UPDATE attempts SET outcome = 'unknown', error = ?, finished_at = ?, slot_at = ?"
-                    " WHERE run_id IS ? AND slot_at >= ?",
-                    (DIED_IN_FLIGHT, now, now, dead_run, IN_FLIGHT),
-                )
-                await db.execute(
-                    "UPDATE runs SET ended_at = coalesce(ended_at, ?) WHERE id = ?", (now, dead_run)
+                    " WHERE recipient_id = ? AND run_id IS ? AND slot_at >= ?",
+                    (DIED_IN_FLIGHT, now, now, rid, owner, IN_FLIGHT),
                 )
             return recovered
 
     # --- campaigns -------------------------------------------------------------------------
 
-    async def load(self, campaign: config.Campaign, now: float, accept_changes: bool = False) -> LoadSummary:
-        """Upsert a campaign: new recipients are added, known ones are left as they are."""
-        async with self.transaction() as db:
-            existing = await self._one(
-                "SELECT group_id, endpoint, message_template FROM campaigns WHERE name = ?", (campaign.name,)
-            )
-            changed: tuple[str, ...] = ()
-            if existing:
-                changed = tuple(
-                    name
-                    for name, old, new in (
-                        ("message", existing[2], campaign.message_template),
-                        ("group_id", existing[0], campaign.group_id),
-                        ("endpoint", existing[1], campaign.endpoint),
-                    )
-                    if old != new
+    async def load(
+        self, campaigns: Sequence[config.Campaign], now: float, accept_changes: bool = False
+    ) -> list[LoadSummary]:
+        """Upsert campaigns, all or none: new recipients are added, known ones keep their state."""
+        async with self.transaction():
+            return [await self._load_one(campaign, now, accept_changes) for campaign in campaigns]
+
+    async def _load_one(self, campaign: config.Campaign, now: float, accept_changes: bool) -> LoadSummary:
+        db = self._db
+        existing = await self._one(
+            "SELECT group_id, endpoint, message_template FROM campaigns WHERE name = ?", (campaign.name,)
+        )
+        started = existing is not None and await self._has_started(campaign.name)
+        changed: tuple[str, ...] = ()
+        if existing:
+            changed = tuple(
+                name
+                for name, old, new in (
+                    ("message", existing[2], campaign.message_template),
+                    ("group_id", existing[0], campaign.group_id),
+                    ("endpoint", existing[1], campaign.endpoint),
                 )
-                if changed and not accept_changes and await self._has_started(campaign.name):
-                    raise ChangeRefusedError(
-                        f"campaign {campaign.name!r} has already sent messages and its {', '.join(changed)}"
-                        " changed; run again with --accept-changes to apply the change to unsent"
-                        " recipients only, or give the campaign a new name"
-                    )
-            await db.execute(
-                "INSERT INTO campaigns (name, group_id, endpoint, message_template, limit_cap, limit_window,"
-                " burst, max_attempts, backoff, source, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET group_id = excluded.group_id, endpoint = excluded.endpoint,"
-                " message_template = excluded.message_template, limit_cap = excluded.limit_cap,"
-                " limit_window = excluded.limit_window, burst = excluded.burst,"
-                " max_attempts = excluded.max_attempts, backoff = excluded.backoff,"
-                " source = excluded.source, updated_at = excluded.updated_at",
-                (
-                    campaign.name, campaign.group_id, campaign.endpoint, campaign.message_template,
-                    campaign.limit.cap, campaign.limit.window, campaign.burst, campaign.retry.attempts,
-                    campaign.retry.backoff, campaign.source, now, now,
-                ),
-            )  # fmt: skip
-            await db.execute("DELETE FROM campaign_accounts WHERE campaign = ?", (campaign.name,))
-            await db.executemany(
-                "INSERT INTO campaign_accounts (campaign, account_id, limit_cap, limit_window) VALUES (?, ?, ?, ?)",
-                [(campaign.name, a.id, a.limit.cap, a.limit.window) for a in campaign.accounts],
+                if old != new
             )
-            known = {
-                row[0]: row[1]
-                for row in await self._all(
-                    "SELECT profile_urn, status FROM recipients WHERE campaign = ?", (campaign.name,)
+            if changed and started and not accept_changes:
+                raise ChangeRefusedError(
+                    f"campaign {campaign.name!r} has already sent messages and its {', '.join(changed)}"
+                    " changed; run again with --accept-changes to apply the change to unsent"
+                    " recipients only, or give the campaign a new name"
                 )
-            }
-            new = [r for r in campaign.recipients if r.profile_urn not in known]
+        await db.execute(
+            "INSERT INTO campaigns (name, group_id, endpoint, message_template, limit_cap, limit_window,"
+            " burst, max_attempts, backoff, source, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET group_id = excluded.group_id, endpoint = excluded.endpoint,"
+            " message_template = excluded.message_template, limit_cap = excluded.limit_cap,"
+            " limit_window = excluded.limit_window, burst = excluded.burst,"
+            " max_attempts = excluded.max_attempts, backoff = excluded.backoff,"
+            " source = excluded.source, updated_at = excluded.updated_at",
+            (
+                campaign.name, campaign.group_id, campaign.endpoint, campaign.message_template,
+                campaign.limit.cap, campaign.limit.window, campaign.burst, campaign.retry.attempts,
+                campaign.retry.backoff, campaign.source, now, now,
+            ),
+        )  # fmt: skip
+        await db.execute("DELETE FROM campaign_accounts WHERE campaign = ?", (campaign.name,))
+        await db.executemany(
+            "INSERT INTO campaign_accounts (campaign, account_id, limit_cap, limit_window) VALUES (?, ?, ?, ?)",
+            [(campaign.name, a.id, a.limit.cap, a.limit.window) for a in campaign.accounts],
+        )
+        known = {
+            row[0]: (row[1], row[2])
+            for row in await self._all(
+                "SELECT profile_urn, status, message FROM recipients WHERE campaign = ?", (campaign.name,)
+            )
+        }
+        new = [r for r in campaign.recipients if r.profile_urn not in known]
+        await db.executemany(
+            "INSERT INTO recipients (campaign, profile_urn, message, updated_at) VALUES (?, ?, ?, ?)",
+            [(campaign.name, r.profile_urn, r.message, now) for r in new],
+        )
+        in_file = {r.profile_urn for r in campaign.recipients}
+        gone = [urn for urn, (status, _) in known.items() if status == "pending" and urn not in in_file]
+        await db.executemany(
+            "UPDATE recipients SET status = 'skipped', error = ?, updated_at = ? WHERE campaign = ? AND profile_urn = ?",
+            [(REMOVED_FROM_FILE, now, campaign.name, urn) for urn in gone],
+        )
+        back = [urn for urn, (status, _) in known.items() if status == "skipped" and urn in in_file]
+        await db.executemany(
+            "UPDATE recipients SET status = 'pending', error = NULL, updated_at = ? WHERE campaign = ? AND profile_urn = ?",
+            [(now, campaign.name, urn) for urn in back],
+        )
+        # Unsent recipients whose message in the file is not the stored one (a new template, or an
+        # edited CSV cell). Before anything was sent, or with --accept-changes, the file wins;
+        # otherwise the stored message stays and the summary says how many differ.
+        differing = [
+            (r.message, now, campaign.name, r.profile_urn)
+            for r in campaign.recipients
+            if r.profile_urn in known and known[r.profile_urn][0] in ("pending", "skipped")
+            and known[r.profile_urn][1] != r.message
+        ]  # fmt: skip
+        rewrite = accept_changes or not started
+        if rewrite:
             await db.executemany(
-                "INSERT INTO recipients (campaign, profile_urn, message, updated_at) VALUES (?, ?, ?, ?)",
-                [(campaign.name, r.profile_urn, r.message, now) for r in new],
+                "UPDATE recipients SET message = ?, updated_at = ? WHERE campaign = ? AND profile_urn = ?"
+                " AND status = 'pending'",
+                differing,
             )
-            in_file = {r.profile_urn for r in campaign.recipients}
-            gone = [urn for urn, status in known.items() if status == "pending" and urn not in in_file]
-            await db.executemany(
-                "UPDATE recipients SET status = 'skipped', error = ?, updated_at = ? WHERE campaign = ? AND profile_urn = ?",
-                [(REMOVED_FROM_FILE, now, campaign.name, urn) for urn in gone],
-            )
-            back = [urn for urn, status in known.items() if status == "skipped" and urn in in_file]
-            await db.executemany(
-                "UPDATE recipients SET status = 'pending', error = NULL, updated_at = ? WHERE campaign = ? AND profile_urn = ?",
-                [(now, campaign.name, urn) for urn in back],
-            )
-            rewritten = 0
-            if changed:
-                # Only what has not been sent takes the new message.
-                unsent = [
-                    (r.message, now, campaign.name, r.profile_urn)
-                    for r in campaign.recipients
-                    if known.get(r.profile_urn) in ("pending", "skipped")
-                ]
-                await db.executemany(
-                    "UPDATE recipients SET message = ?, updated_at = ? WHERE campaign = ? AND profile_urn = ?"
-                    " AND status = 'pending'",
-                    unsent,
-                )
-                rewritten = len(unsent)
-            return LoadSummary(
-                campaign=campaign.name,
-                added=len(new),
-                known=len(campaign.recipients) - len(new),
-                duplicates=campaign.duplicates,
-                skipped=len(gone),
-                restored=len(back),
-                rewritten=rewritten,
-                changed=changed,
-            )
+        return LoadSummary(
+            campaign=campaign.name,
+            added=len(new),
+            known=len(campaign.recipients) - len(new),
+            duplicates=campaign.duplicates,
+            skipped=len(gone),
+            restored=len(back),
+            rewritten=len(differing) if rewrite else 0,
+            kept=0 if rewrite else len(differing),
+            changed=changed,
+        )
 
     async def _has_started(self, name: str) -> bool:
         row = await self._one(
@@ -343,16 +404,17 @@ class Store:
         return row is not None
 
     async def campaign(self, name: str) -> CampaignSettings:
-        row = await self._one(
-            "SELECT name, group_id, endpoint, message_template, limit_cap, limit_window, burst,"
-            " max_attempts, backoff FROM campaigns WHERE name = ?",
-            (name,),
-        )
-        if row is None:
-            raise UnknownCampaignError(f"no campaign named {name!r} in {self.path}")
-        accounts = await self._all(
-            "SELECT account_id FROM campaign_accounts WHERE campaign = ? ORDER BY rowid", (name,)
-        )
+        async with self.snapshot():
+            row = await self._one(
+                "SELECT name, group_id, endpoint, message_template, limit_cap, limit_window, burst,"
+                " max_attempts, backoff FROM campaigns WHERE name = ?",
+                (name,),
+            )
+            if row is None:
+                raise UnknownCampaignError(f"no campaign named {name!r} in {self.path}")
+            accounts = await self._all(
+                "SELECT account_id FROM campaign_accounts WHERE campaign = ? ORDER BY rowid", (name,)
+            )
         return CampaignSettings(
             name=row[0], group_id=row[1], endpoint=row[2], message_template=row[3],
             limit=Limit(row[4], row[5]), burst=row[6], max_attempts=row[7], backoff=row[8],
@@ -360,37 +422,35 @@ class Store:
         )  # fmt: skip
 
     async def campaign_names(self, unfinished_only: bool = False) -> list[str]:
+        sql = "SELECT name FROM campaigns c"
         if unfinished_only:
-            rows = await self._all(
-                "SELECT name FROM campaigns c WHERE EXISTS (SELECT 1 FROM recipients r"
-                " WHERE r.campaign = c.name AND r.status IN ('pending', 'in_flight')) ORDER BY created_at, name"
+            sql += (
+                " WHERE EXISTS (SELECT 1 FROM recipients r"
+                " WHERE r.campaign = c.name AND r.status IN ('pending', 'in_flight'))"
             )
-        else:
-            rows = await self._all("SELECT name FROM campaigns ORDER BY created_at, name")
+        async with self.snapshot():
+            rows = await self._all(sql + " ORDER BY created_at, name")
         return [row[0] for row in rows]
 
     async def pacing(self, accounts: Sequence[str], running: Sequence[str]) -> dict[str, Pacing]:
-        """Limits in force per account: those of the campaigns running now and of every other
-        campaign with work left that uses the account. Every one of them holds at once."""
-        if not accounts:
-            return {}
-        marks = ",".join("?" * len(accounts))
+        """Limits in force per account (see `_pacing`)."""
+        async with self.snapshot():
+            return {account: pacing for account in accounts if (pacing := await self._pacing(account, running))}
+
+    async def _pacing(self, account_id: str, running: Sequence[str]) -> Pacing | None:
+        """The limits of the campaigns running now and of every other campaign with work left
+        that uses the account. Every one of them holds at once, so the smallest wins."""
         run_marks = ",".join("?" * len(running)) or "NULL"
         rows = await self._all(
-            "SELECT ca.account_id, ca.limit_cap, ca.limit_window, c.burst FROM campaign_accounts ca"
+            "SELECT ca.limit_cap, ca.limit_window, c.burst FROM campaign_accounts ca"
             " JOIN campaigns c ON c.name = ca.campaign"
-            f" WHERE ca.account_id IN ({marks}) AND (c.name IN ({run_marks}) OR EXISTS ("
+            f" WHERE ca.account_id = ? AND (c.name IN ({run_marks}) OR EXISTS ("
             "  SELECT 1 FROM recipients r WHERE r.campaign = c.name AND r.status IN ('pending', 'in_flight')))",
-            (*accounts, *running),
+            (account_id, *running),
         )
-        limits: dict[str, set[Limit]] = {}
-        bursts: dict[str, int] = {}
-        for account_id, cap, window, burst in rows:
-            limits.setdefault(account_id, set()).add(Limit(cap, window))
-            bursts[account_id] = min(burst, bursts.get(account_id, burst))
-        return {
-            account: Pacing(tuple(sorted(limits[account])), bursts[account]) for account in accounts if account in limits
-        }
+        if not rows:
+            return None
+        return Pacing(tuple(sorted({Limit(cap, window) for cap, window, _ in rows})), min(b for _, _, b in rows))
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -413,10 +473,15 @@ class Store:
         return int(row[0])
 
     async def claim(
-        self, run_id: int, account_id: str, campaigns: Sequence[str], pacing: Pacing, endpoint_of: dict[str, str], now: float
+        self, run_id: int, account_id: str, campaigns: Sequence[str], endpoint_of: dict[str, str], now: float
     ) -> Claimed | Waiting | Drained:
-        """Claim one recipient for `account_id` if its limits allow a request now."""
+        """Claim one recipient of `campaigns` for `account_id`, if every limit in force allows a
+        request now. The limits are read inside the transaction, so a campaign loaded by another
+        process a moment ago counts too."""
         async with self.transaction() as db:
+            pacing = await self._pacing(account_id, list(endpoint_of))
+            if pacing is None:
+                return Drained()  # the account was removed from these campaigns' files
             verdict = decide(pacing, await self._account_state(account_id, pacing), now)
             found = None
             if verdict.go(now):
@@ -447,18 +512,18 @@ class Store:
                 "INSERT INTO accounts (id, tat) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET tat = excluded.tat",
                 (account_id, advance(pacing, tat_row[0] if tat_row else 0.0, now)),
             )
-            tightest = pacing.limits[0]
             return Claimed(
                 recipient_id=recipient_id,
                 attempt_id=int(cursor.lastrowid),
+                run_id=run_id,
                 campaign=name,
                 profile_urn=urn,
                 message=message,
                 account_id=account_id,
                 attempt=attempts + 1,
                 retries=retries,
-                window_used=await self._window_used(account_id, tightest, now),
-                window_cap=tightest.cap,
+                window_used=await self._window_used(account_id, pacing.slowest, now),
+                window_cap=pacing.slowest.cap,
             )
 
     async def _why_not(self, campaigns: Sequence[str], verdict: Verdict, now: float) -> Waiting | Drained:
@@ -483,6 +548,16 @@ class Store:
             return Waiting(now + ELSEWHERE_POLL, "elsewhere")
         return Drained()
 
+    async def release(self, claim: Claimed, now: float) -> None:
+        """Undo a claim whose request never started (the run was stopped in between)."""
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE recipients SET status = 'pending', attempts = attempts - 1, run_id = NULL, updated_at = ?"
+                " WHERE id = ? AND status = 'in_flight' AND run_id = ?",
+                (now, claim.recipient_id, claim.run_id),
+            )
+            await db.execute("DELETE FROM attempts WHERE id = ?", (claim.attempt_id,))
+
     async def record(
         self, claim: Claimed, outcome: Outcome, now: float, *, latency: float, max_attempts: int,
         retry_at: float, hold_until: float | None,
@@ -504,11 +579,18 @@ class Store:
             status, not_before = "pending", 0.0
         headers = outcome.rate_limit
         async with self.transaction() as db:
-            await db.execute(
+            # The attempt row always gets the truth. The recipient takes it while our claim holds,
+            # or over the `unknown` a recovery gave it if this process was taken for dead; never
+            # over a state someone else gave it since (a retry, another run's claim).
+            cursor = await db.execute(
                 "UPDATE recipients SET status = ?, http_status = ?, error = ?, retries = ?, not_before = ?,"
-                " sent_at = coalesce(?, sent_at), run_id = NULL, updated_at = ? WHERE id = ?",
-                (status, outcome.http_status, outcome.error, retries, not_before, sent_at, now, claim.recipient_id),
-            )
+                " sent_at = coalesce(?, sent_at), run_id = NULL, updated_at = ? WHERE id = ?"
+                " AND ((status = 'in_flight' AND run_id = ?) OR (status = 'unknown' AND error = ?))",
+                (status, outcome.http_status, outcome.error, retries, not_before, sent_at, now, claim.recipient_id,
+                 claim.run_id, DIED_IN_FLIGHT),
+            )  # fmt: skip
+            if cursor.rowcount == 0:
+                status = (await self._one("SELECT status FROM recipients WHERE id = ?", (claim.recipient_id,)))[0]
             await db.execute(
                 "UPDATE attempts SET finished_at = ?, slot_at = ?, outcome = ?, http_status = ?, error = ?,"
                 " response_body = ?, latency = ?, rl_action = ?, rl_limit = ?, rl_used = ?, rl_remaining = ?,"
@@ -529,25 +611,30 @@ class Store:
     # --- reading ---------------------------------------------------------------------------
 
     async def counts(self, name: str) -> dict[str, int]:
-        rows = await self._all("SELECT status, count(*) FROM recipients WHERE campaign = ? GROUP BY status", (name,))
+        async with self.snapshot():
+            rows = await self._all(
+                "SELECT status, count(*) FROM recipients WHERE campaign = ? GROUP BY status", (name,)
+            )
         found = dict(rows)
         return {status: int(found.get(status, 0)) for status in STATUSES}
 
     async def account_status(self, account_id: str, pacing: Pacing, now: float) -> AccountStatus:
-        state = await self._account_state(account_id, pacing)
+        async with self.snapshot():
+            state = await self._account_state(account_id, pacing)
+            used = await self._window_used(account_id, pacing.slowest, now)
         verdict = decide(pacing, state, now)
-        tightest = pacing.limits[0]
         return AccountStatus(
             account_id=account_id,
             pacing=pacing,
-            window_used=await self._window_used(account_id, tightest, now),
-            window_cap=tightest.cap,
+            window_used=used,
+            window_cap=pacing.slowest.cap,
             next_at=verdict.at,
             reason=verdict.reason,
             hold_until=state.hold_until,
         )
 
     async def report_rows(self, name: str, status: str | None = None) -> AsyncIterator[ReportRow]:
+        """Rows in load order, streamed. Run it inside `snapshot()` to pair it with `counts`."""
         sql = (
             "SELECT profile_urn, status, account_id, http_status, error, attempts, sent_at, message"
             " FROM recipients WHERE campaign = ?"
@@ -556,7 +643,7 @@ class Store:
         if status:
             sql += " AND status = ?"
             params += (status,)
-        async with self._db.execute(sql + " ORDER BY id", params) as cursor:
+        async with self.snapshot(), self._db.execute(sql + " ORDER BY id", params) as cursor:
             async for row in cursor:
                 account = row[2]
                 yield ReportRow(
@@ -565,13 +652,14 @@ class Store:
                 )  # fmt: skip
 
     async def retry(self, name: str, status: str, now: float) -> int:
+        """Put `unknown` or `failed` recipients back to pending, with a fresh retry budget."""
         if status not in ("unknown", "failed"):
             raise ValueError(status)
         await self.campaign(name)
         async with self.transaction() as db:
             cursor = await db.execute(
-                "UPDATE recipients SET status = 'pending', retries = 0, not_before = 0, updated_at = ?"
-                " WHERE campaign = ? AND status = ?",
+                "UPDATE recipients SET status = 'pending', retries = 0, not_before = 0, http_status = NULL,"
+                " error = NULL, updated_at = ? WHERE campaign = ? AND status = ?",
                 (now, name, status),
             )
             return cursor.rowcount
@@ -588,15 +676,26 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
-def _run_is_dead(pid: int | None, host: str | None, ended_at: float | None) -> bool:
+def _process_start(pid: int) -> str | None:
+    """When a process started (Linux: clock ticks since boot), to tell it from a later one with its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22, counted after the command name
+
+
+def _run_is_alive(pid: int | None, pid_start: str | None, host: str | None, ended_at: float | None) -> bool:
     if pid is None or ended_at is not None:
-        return True
+        return False
     if host != socket.gethostname():
-        return False  # another machine's process: we cannot tell, so we do not touch its claims
+        return True  # another machine's process: only the age of its claims tells (see recover)
+    if pid == os.getpid():
+        return False  # this process has one run; an older run with our pid is a dead one's
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:
+        pass
+    return pid_start is None or _process_start(pid) in (None, pid_start)

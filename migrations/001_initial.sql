@@ -85,6 +85,7 @@ CREATE TABLE accounts (
 CREATE TABLE runs (
     id          INTEGER PRIMARY KEY,
     pid         INTEGER NOT NULL,
+    pid_start   TEXT,               -- when that process started, to tell it from a later one with its pid
     host        TEXT NOT NULL,
     command     TEXT NOT NULL,
     started_at  REAL NOT NULL,

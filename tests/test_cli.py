@@ -206,3 +206,35 @@ def test_every_command_has_help_with_an_example() -> None:
 def test_version(capsys) -> None:
     code, out, _ = invoke(capsys, "--version")
     assert code == 0 and out.startswith("campaign-runner, version ")
+
+
+def test_report_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import anyio
+
+    from campaign_runner.config import load_campaign
+    from campaign_runner.store import Store
+
+    db = tmp_path / "big.db"
+    path = write_campaign(tmp_path, message="{{ 'x' * 200 }}", recipients=[{"profile_urn": urn(i)} for i in range(2000)])
+
+    async def load() -> None:
+        store = await Store.open(db, 0.0)
+        await store.load([load_campaign(path)], 0.0)
+        await store.close()
+
+    anyio.run(load)
+    executable = str(Path(sys.executable).parent / "campaign-runner")
+    # 400 KB of report into a reader that stops after 10 bytes: click ends it quietly.
+    command = f"'{executable}' report test-campaign --db '{db}' | head -c 10"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert result.stdout == "profile_ur"
+    assert result.stderr == ""
+
+
+def test_report_output_into_a_missing_folder(capsys, finished_db: Path, tmp_path: Path) -> None:
+    code, _, err = invoke(capsys, "report", "test-campaign", "--db", str(finished_db), "--output",
+                          str(tmp_path / "nope" / "r.csv"))  # fmt: skip
+    assert (code, err) == (2, f"error: --output: no folder {tmp_path / 'nope'}\n")

@@ -215,5 +215,36 @@ def test_changed_message_is_refused_after_sending_began(cli, serve_sandbox, tmp_
     assert len(box.log) == 1
     code, out, _ = cli("run", str(path), "--accept-changes", base_url=url)
     assert code == 0
-    assert "message changed for 2 unsent" in out
+    assert "test-campaign: message changed: 2 unsent recipients take the new one" in out.splitlines()
     assert [d.message for d in box.log] == ["First version", "Second version", "Second version"]
+
+
+def test_an_edited_variable_does_not_change_a_started_campaign_silently(cli, serve_sandbox, tmp_path: Path) -> None:
+    box, url = serve_sandbox()
+    people = [{"profile_urn": urn(i), "first_name": f"P{i}"} for i in range(3)]
+    path = write_campaign(tmp_path, recipients=people, limit="4/1s")
+    assert cli("run", str(path), "--no-wait", base_url=url)[0] == 0
+    people[2]["first_name"] = "Corrected"
+    path = write_campaign(tmp_path, recipients=people, limit="4/1s")
+    code, _, err = cli("run", str(path), base_url=url)
+    assert code == 0
+    assert err == (
+        "warning: test-campaign: 1 unsent recipients have a different message in the file now;"
+        " they keep the stored one (--accept-changes applies the file's)\n"
+    )
+    assert [d.message for d in box.log] == ["Hi P0!", "Hi P1!", "Hi P2!"]
+
+
+def test_the_run_ends_as_soon_as_the_last_request_does(cli, serve_sandbox, tmp_path: Path) -> None:
+    """An account with nothing left waits for the others' last answers, not for a polling period."""
+    import time
+
+    from campaign_runner.store import ELSEWHERE_POLL
+
+    box, url = serve_sandbox(typing_delay=0.5)
+    path = write_campaign(tmp_path, endpoint="send-group-with-typing", accounts=["acc_1", "acc_2"],
+                          recipients=[{"profile_urn": urn(i)} for i in range(3)])  # fmt: skip
+    started = time.monotonic()
+    assert cli("run", str(path), base_url=url)[0] == 0
+    assert time.monotonic() - started < ELSEWHERE_POLL / 2
+    assert len(box.log) == 3

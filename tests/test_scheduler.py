@@ -35,8 +35,6 @@ def max_in_window(times: list[float], window: float) -> int:
 
 async def send_all(store: Store, clock: VirtualClock, box: Sandbox, names: list[str], stop_after: int | None = None):
     campaigns = [await store.campaign(n) for n in names]
-    accounts = sorted({a for c in campaigns for a in c.accounts})
-    pacing = await store.pacing(accounts, names)
     run_id = await store.begin_run("test", clock.now())
     seen: list[events.Event] = []
     transport = httpx.ASGITransport(app=box)
@@ -49,7 +47,7 @@ async def send_all(store: Store, clock: VirtualClock, box: Sandbox, names: list[
             if stop_after is not None and sum(isinstance(e, events.Attempted) for e in seen) >= stop_after:
                 scheduler.stop()
 
-        scheduler = Scheduler(store, ApiClient(http), clock, run_id=run_id, campaigns=campaigns, pacing=pacing,
+        scheduler = Scheduler(store, ApiClient(http), clock, run_id=run_id, campaigns=campaigns, stale_after=120,
                               emit=emit, rng=random.Random(1))  # fmt: skip
         result = await scheduler.run()
     await store.end_run(run_id, clock.now())
@@ -63,7 +61,7 @@ async def test_150_a_day_for_days_across_a_restart(tmp_path: Path) -> None:
                           recipients=[{"profile_urn": urn(i)} for i in range(700)])  # fmt: skip
     store = await Store.open(tmp_path / "days.db", clock.now())
     try:
-        await store.load(load_campaign(path), clock.now())
+        await store.load([load_campaign(path)], clock.now())
         result, _ = await send_all(store, clock, box, ["test-campaign"], stop_after=250)
         assert result.reason == "interrupted"
     finally:
