@@ -28,6 +28,8 @@ demo: install
 	$(BIN)/campaign-runner report demo --db $(DEMO_DB) --format csv
 
 test: install-test
+	$(BIN)/ruff check campaign_runner tests
+	$(BIN)/ruff format --check campaign_runner tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

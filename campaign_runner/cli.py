@@ -186,7 +186,9 @@ async def _run(db: str, campaigns: list[Campaign], connection: _Connection, time
             )
             if summary.rewritten and summary.known:
                 what = ", ".join(summary.changed) or "message"
-                click.echo(f"{summary.campaign}: {what} changed: {summary.rewritten} unsent recipients take the new one")
+                click.echo(
+                    f"{summary.campaign}: {what} changed: {summary.rewritten} unsent recipients take the new one"
+                )
             if summary.kept:
                 click.echo(
                     f"warning: {summary.campaign}: {summary.kept} unsent recipients have a different message in"

@@ -52,9 +52,7 @@ class Limit:
     def parse(cls, text: str) -> Limit:
         match = _LIMIT.match(str(text))
         if not match:
-            raise ValueError(
-                f"{text!r} is not a limit: use N/day, N/hour, N/week, N/minute or N/<number><s|m|h|d>"
-            )
+            raise ValueError(f"{text!r} is not a limit: use N/day, N/hour, N/week, N/minute or N/<number><s|m|h|d>")
         cap = int(match.group(1))
         if match.group(2):
             window = _NAMED_WINDOWS[match.group(2)]
@@ -392,7 +390,7 @@ def _csv_rows(path: Path, shown: str, problems: list[Problem]) -> list[Row]:
             if len(cells) != len(header):
                 problems.append(Problem(place, f"{len(cells)} fields where the header has {len(header)}"))
                 continue
-            values = dict(zip(header, cells))
+            values = dict(zip(header, cells, strict=True))
             urn = _check_urn(values.pop(URN_COLUMN), place, problems)
             if urn:
                 rows.append((place, urn, _present(values)))

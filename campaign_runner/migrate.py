@@ -55,9 +55,7 @@ def statements(sql: str) -> list[str]:
         if sqlite3.complete_statement(current):
             out.append(current.strip())
             current = ""
-    if current.strip() and not all(
-        part.strip().startswith("--") or not part.strip() for part in current.splitlines()
-    ):
+    if current.strip() and not all(part.strip().startswith("--") or not part.strip() for part in current.splitlines()):
         raise StoreError(f"unterminated SQL statement in a migration: {current.strip()[:60]}")
     return out
 

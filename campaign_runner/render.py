@@ -123,9 +123,9 @@ class LiveView:
                 row.window = f"{e.window_used}/{e.window_cap}"
                 row.state = f"{e.status} {e.profile_urn.rsplit(':', 1)[-1]}"
             case events.AccountWaiting(account_id=account, until=until, reason=reason):
-                self.accounts.setdefault(account, _AccountRow()).state = (
-                    f"{describe_wait(reason)}, next {iso(until)[11:19]}"
-                )
+                self.accounts.setdefault(
+                    account, _AccountRow()
+                ).state = f"{describe_wait(reason)}, next {iso(until)[11:19]}"
             case events.AccountHeld(account_id=account, until=until):
                 self.accounts.setdefault(account, _AccountRow()).state = f"held until {iso(until)}"
             case events.AccountFinished(account_id=account, reason=reason):

@@ -41,8 +41,9 @@ SHUTDOWN_GRACE = 2  # seconds in-flight requests (a long typing delay) may take 
 REQUIRED = ("recipientProfileUrn", "groupId", "message")
 REQUIRED_ERROR = {"success": False, "error": "recipientProfileUrn, groupId, and message are required"}
 LOG_PATH = f"{PREFIX}/_sandbox/log"
-SEND_PATHS = {f"{PREFIX}/messaging/{name}": name for name in ("send-group", "send-group-with-typing",
-                                                                "send-group-with-ack")}
+SEND_PATHS = {
+    f"{PREFIX}/messaging/{name}": name for name in ("send-group", "send-group-with-typing", "send-group-with-ack")
+}
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -194,8 +195,9 @@ class Sandbox:
         reply.headers = self._rate_headers(account)
         return reply
 
-    def _check(self, endpoint: str, body: dict[str, Any] | None, account: str | None,
-               record: dict[str, Any]) -> _Reply | None:
+    def _check(
+        self, endpoint: str, body: dict[str, Any] | None, account: str | None, record: dict[str, Any]
+    ) -> _Reply | None:
         """The refusal for this send, or None when it is to be delivered."""
         if body is None:
             return _Reply(400, {"success": False, "error": "Request body must be a JSON object"})
@@ -220,8 +222,16 @@ class Sandbox:
             return _Reply(400, REQUIRED_ERROR)
         if urn in config.non_members:
             message = "Error sending group context message: Request failed with status code 403"
-            return _Reply(403, {"success": False, "message": message, "recipientProfileUrn": urn, "groupId": group,
-                                "typingIndicatorSent": False})
+            return _Reply(
+                403,
+                {
+                    "success": False,
+                    "message": message,
+                    "recipientProfileUrn": urn,
+                    "groupId": group,
+                    "typingIndicatorSent": False,
+                },
+            )
         return None
 
     async def _deliver(self, endpoint: str, body: dict[str, Any], account: str | None, at: float) -> _Reply:
@@ -232,15 +242,26 @@ class Sandbox:
         try:
             if endpoint == "send-group-with-typing" and self.config.typing_delay > 0:
                 await anyio.sleep(self.config.typing_delay)
-            delivery = Delivery(received_at=at, delivered_at=self.clock.now(), endpoint=endpoint, account_id=account,
-                                recipient=body["recipientProfileUrn"], group_id=body["groupId"], message=body["message"])
+            delivery = Delivery(
+                received_at=at,
+                delivered_at=self.clock.now(),
+                endpoint=endpoint,
+                account_id=account,
+                recipient=body["recipientProfileUrn"],
+                group_id=body["groupId"],
+                message=body["message"],
+            )
         finally:
             with self._lock:
                 self._pending[account] -= 1
                 if delivery is not None:
                     self._log.append(delivery)
-        payload: dict[str, Any] = {"success": True, "message": "Group context message sent successfully",
-                                   "recipientProfileUrn": delivery.recipient, "groupId": delivery.group_id}
+        payload: dict[str, Any] = {
+            "success": True,
+            "message": "Group context message sent successfully",
+            "recipientProfileUrn": delivery.recipient,
+            "groupId": delivery.group_id,
+        }
         if endpoint == "send-group-with-typing":
             payload["typingIndicatorSent"] = True
         elif endpoint == "send-group-with-ack":
@@ -258,8 +279,13 @@ class Sandbox:
     def _rate_headers(self, account: str | None) -> list[tuple[bytes, bytes]]:
         used, reset = self._window(account, self.clock.now())
         limit = self.config.quota
-        values = {"Action": "MESSAGE", "Limit": limit, "Used": used, "Remaining": max(limit - used, 0),
-                  "Reset": iso(reset)}
+        values = {
+            "Action": "MESSAGE",
+            "Limit": limit,
+            "Used": used,
+            "Remaining": max(limit - used, 0),
+            "Reset": iso(reset),
+        }
         return [(f"X-RateLimit-{name}".encode(), str(value).encode()) for name, value in values.items()]
 
 
@@ -274,8 +300,14 @@ def _issues(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     issues: list[dict[str, Any]] = []
     if unknown:
         names = ", ".join(f"'{key}'" for key in unknown)
-        issues.append({"code": "unrecognized_keys", "keys": unknown, "path": [],
-                       "message": f"Unrecognized key(s) in object: {names}"})
+        issues.append(
+            {
+                "code": "unrecognized_keys",
+                "keys": unknown,
+                "path": [],
+                "message": f"Unrecognized key(s) in object: {names}",
+            }
+        )
     for name, valid in optional.items():
         if name in body and not valid(body[name]):
             issues.append({"code": "invalid_type", "path": [name], "message": f"Invalid value for {name}"})
@@ -331,8 +363,13 @@ class _Server(uvicorn.Server):
         return contextlib.nullcontext()
 
 
-async def serve(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0, *,
-                task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    sandbox: Sandbox,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve `sandbox` until cancelled; report the base URL (".../linkedin") through task_status.
 
     Asyncio only (uvicorn). On cancellation it stops accepting, lets in-flight requests finish for
@@ -350,8 +387,17 @@ async def serve(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0, *,
         bound_port = sock.getsockname()[1]
         url_host = f"[{host}]" if family == socket.AF_INET6 else host
         # log_config=None: uvicorn must not replace the process's logging setup with its own.
-        config = uvicorn.Config(sandbox, log_config=None, log_level="warning", access_log=False, lifespan="on",
-                                http="h11", ws="none", interface="asgi3", timeout_graceful_shutdown=SHUTDOWN_GRACE)
+        config = uvicorn.Config(
+            sandbox,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            http="h11",
+            ws="none",
+            interface="asgi3",
+            timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        )
         server = _Server(config)
 
         async def run(done: anyio.CancelScope) -> None:

@@ -99,7 +99,9 @@ class Scheduler:
                 found.setdefault(account, []).append(campaign.name)
         return found
 
-    def stop(self, reason: str = "interrupted", message: str = "stopping: no new sends; waiting for requests in flight") -> None:
+    def stop(
+        self, reason: str = "interrupted", message: str = "stopping: no new sends; waiting for requests in flight"
+    ) -> None:
         if self._result is None:
             self._result = RunResult(reason, message)
             self._emit(events.Stopping(reason, message))
@@ -138,14 +140,16 @@ class Scheduler:
                 if not self._stop.is_set():
                     self.stop()
                 elif self._workers_scope is not None:
-                    self._emit(events.Stopping("interrupted", "stopping now: requests in flight are recorded as unknown"))
+                    self._emit(
+                        events.Stopping("interrupted", "stopping now: requests in flight are recorded as unknown")
+                    )
                     self._workers_scope.cancel()
 
     async def _recover(self) -> None:
         with anyio.CancelScope(shield=True):
             lost = await self._store.recover(self._run_id, self._clock.now(), self._stale_after)
         for item in lost:
-            self._emit(events.Recovered(item.campaign, item.account_id, item.profile_urn))
+            self._emit(item)
 
     def _notify(self) -> None:
         """Tell workers waiting for work that an outcome was recorded."""

@@ -31,13 +31,13 @@ from . import config
 from .client import Kind, Outcome
 from .config import Limit
 from .errors import ChangeRefusedError, StoreError, UnknownCampaignError
+from .events import Recovered
 from .limiter import IN_FLIGHT, AccountState, Pacing, Verdict, advance, decide
 from .migrate import migrate
 
 DEFAULT_DB = "campaign-runner.db"
 BUSY_TIMEOUT_MS = 15_000
 STATUSES = ("pending", "in_flight", "sent", "failed", "unknown", "skipped")
-FINAL = ("sent", "failed", "unknown", "skipped")
 REMOVED_FROM_FILE = "removed from the campaign file"
 DIED_IN_FLIGHT = "the process stopped while the request was in flight; it may have been delivered"
 ELSEWHERE_POLL = 5.0  # seconds between looks when only other workers' requests remain
@@ -94,13 +94,6 @@ class Waiting:
 @dataclass(frozen=True)
 class Drained:
     pass
-
-
-@dataclass(frozen=True)
-class Recovered:
-    campaign: str
-    profile_urn: str
-    account_id: str
 
 
 @dataclass(frozen=True)
@@ -281,7 +274,7 @@ class Store:
                 alive = _run_is_alive(pid, pid_start, host, ended_at)
                 if alive and (started_at is None or started_at > now - stale_after):
                     continue
-                recovered.append(Recovered(campaign, urn, account or ""))
+                recovered.append(Recovered(campaign, account or "", urn))
                 await db.execute(
                     "UPDATE recipients SET status = 'unknown', error = ?, run_id = NULL, updated_at = ? WHERE id = ?",
                     (DIED_IN_FLIGHT, now, rid),
@@ -360,12 +353,14 @@ class Store:
         in_file = {r.profile_urn for r in campaign.recipients}
         gone = [urn for urn, (status, _) in known.items() if status == "pending" and urn not in in_file]
         await db.executemany(
-            "UPDATE recipients SET status = 'skipped', error = ?, updated_at = ? WHERE campaign = ? AND profile_urn = ?",
+            "UPDATE recipients SET status = 'skipped', error = ?, updated_at = ?"
+            " WHERE campaign = ? AND profile_urn = ?",
             [(REMOVED_FROM_FILE, now, campaign.name, urn) for urn in gone],
         )
         back = [urn for urn, (status, _) in known.items() if status == "skipped" and urn in in_file]
         await db.executemany(
-            "UPDATE recipients SET status = 'pending', error = NULL, updated_at = ? WHERE campaign = ? AND profile_urn = ?",
+            "UPDATE recipients SET status = 'pending', error = NULL, updated_at = ?"
+            " WHERE campaign = ? AND profile_urn = ?",
             [(now, campaign.name, urn) for urn in back],
         )
         # Unsent recipients whose message in the file is not the stored one (a new template, or an

@@ -13,6 +13,7 @@ import pytest
 
 from campaign_runner.cli import cli as command_group
 from campaign_runner.cli import run_cli
+
 from conftest import API_KEY, urn, write_campaign, write_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,8 +56,8 @@ def test_validate_ok(capsys) -> None:
     code, out, err = invoke(capsys, "validate", str(REPO / "campaigns" / "example.yaml"))
     assert (code, err) == (0, "")
     assert out == (
-        f"{REPO / 'campaigns' / 'example.yaml'}: ok: campaign spring-meetup-invite, 5 recipients (0 duplicates dropped),"
-        " endpoint send-group-with-typing, accounts: acc_1 150/day, acc_2 100/day\n"
+        f"{REPO / 'campaigns' / 'example.yaml'}: ok: campaign spring-meetup-invite, 5 recipients"
+        " (0 duplicates dropped), endpoint send-group-with-typing, accounts: acc_1 150/day, acc_2 100/day\n"
     )
 
 
@@ -80,9 +81,12 @@ def test_run_refuses_a_bad_file_before_writing_anything(capsys, tmp_path: Path, 
         (["report", "nope"], {}, "error: no database at {db} (give --db, or run a campaign first)"),
         (["status"], {}, "error: no database at {db} (give --db, or run a campaign first)"),
         (["resume"], {"CONNECTSAFELY_API_KEY": "k"}, "error: no database at {db} (give --db, or run a campaign first)"),
-        (["run", "missing.yaml"], {"CONNECTSAFELY_API_KEY": "k"}, "error: missing.yaml: cannot read the file: No such file or directory"),
-        (["run", "{campaign}", "--timeout", "0"], {"CONNECTSAFELY_API_KEY": "k"}, "error: Invalid value for '--timeout': 0.0 is not in the range x>=1."),
-        (["retry", "x", "--status", "sent"], {}, "error: Invalid value for '--status': 'sent' is not one of 'unknown', 'failed'."),
+        (["run", "missing.yaml"], {"CONNECTSAFELY_API_KEY": "k"},
+         "error: missing.yaml: cannot read the file: No such file or directory"),
+        (["run", "{campaign}", "--timeout", "0"], {"CONNECTSAFELY_API_KEY": "k"},
+         "error: Invalid value for '--timeout': 0.0 is not in the range x>=1."),
+        (["retry", "x", "--status", "sent"], {},
+         "error: Invalid value for '--status': 'sent' is not one of 'unknown', 'failed'."),
         (["sandbox", "--quota", "lots"], {}, "error: --quota: 'lots' is not a limit"),
     ],
 )  # fmt: skip
@@ -112,7 +116,7 @@ def finished_db(capsys, tmp_path: Path, serve_sandbox, monkeypatch) -> Path:
         recipients=[
             {"profile_urn": urn(0), "greeting": "Hello"},
             {"profile_urn": urn(1), "greeting": "Hi"},
-            {"profile_urn": urn(2), "greeting": "=HYPERLINK(\"http://x\")"},
+            {"profile_urn": urn(2), "greeting": '=HYPERLINK("http://x")'},
         ],
     )
     assert run_cli(["run", str(path), "--db", str(db), "--base-url", url]) == 0
@@ -124,11 +128,20 @@ def test_report_csv_neutralises_formulas(capsys, finished_db: Path) -> None:
     code, out, err = invoke(capsys, "report", "test-campaign", "--db", str(finished_db))
     assert (code, err) == (0, "")
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert list(rows[0]) == ["profile_urn", "status", "account_id", "http_status", "error", "attempts", "sent_at", "message"]
+    assert list(rows[0]) == [
+        "profile_urn",
+        "status",
+        "account_id",
+        "http_status",
+        "error",
+        "attempts",
+        "sent_at",
+        "message",
+    ]
     assert [(r["profile_urn"], r["status"], r["http_status"]) for r in rows] == [
         (urn(0), "sent", "200"), (urn(1), "failed", "403"), (urn(2), "sent", "200"),
     ]  # fmt: skip
-    assert rows[2]["message"] == "'=HYPERLINK(\"http://x\")"
+    assert rows[2]["message"] == '\'=HYPERLINK("http://x")'
     assert rows[1]["error"] == "Error sending group context message: Request failed with status code 403"
 
 
@@ -140,9 +153,9 @@ def test_report_json_to_a_file_and_filtered(capsys, finished_db: Path, tmp_path:
     data = json.loads(target.read_text())
     assert data["campaign"] == "test-campaign"
     assert data["counts"]["sent"] == 2 and data["counts"]["failed"] == 1
-    assert [(r["profile_urn"], r["status"], r["account_id"], r["attempts"], r["sent_at"]) for r in data["recipients"]] == [
-        (urn(1), "failed", "acc_1", 1, None)
-    ]
+    assert [
+        (r["profile_urn"], r["status"], r["account_id"], r["attempts"], r["sent_at"]) for r in data["recipients"]
+    ] == [(urn(1), "failed", "acc_1", 1, None)]
 
 
 def test_report_of_an_unknown_campaign(capsys, finished_db: Path) -> None:
@@ -161,7 +174,10 @@ def test_status_text_and_json(capsys, finished_db: Path) -> None:
     code, out, _ = invoke(capsys, "status", "test-campaign", "--db", str(finished_db), "--json")
     data = json.loads(out)
     assert data["campaigns"] == [
-        {"name": "test-campaign", "counts": {"pending": 0, "in_flight": 0, "sent": 2, "failed": 1, "unknown": 0, "skipped": 0}}
+        {
+            "name": "test-campaign",
+            "counts": {"pending": 0, "in_flight": 0, "sent": 2, "failed": 1, "unknown": 0, "skipped": 0},
+        }
     ]
     (account,) = data["accounts"]
     assert (account["account_id"], account["limits"], account["window_cap"]) == ("acc_1", "1000/second", 1000)
@@ -218,7 +234,9 @@ def test_report_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     from campaign_runner.store import Store
 
     db = tmp_path / "big.db"
-    path = write_campaign(tmp_path, message="{{ 'x' * 200 }}", recipients=[{"profile_urn": urn(i)} for i in range(2000)])
+    path = write_campaign(
+        tmp_path, message="{{ 'x' * 200 }}", recipients=[{"profile_urn": urn(i)} for i in range(2000)]
+    )
 
     async def load() -> None:
         store = await Store.open(db, 0.0)

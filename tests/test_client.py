@@ -12,6 +12,7 @@ import pytest
 from campaign_runner.client import ApiClient, Kind, SendRequest, check_base_url, make_http_client
 from campaign_runner.clock import parse_iso
 from campaign_runner.errors import ConfigError
+
 from conftest import API_KEY, urn
 
 pytestmark = pytest.mark.anyio

@@ -6,6 +6,7 @@ import pytest
 
 from campaign_runner.config import DEFAULT_ACCOUNT, Limit, load_campaign, parse_duration
 from campaign_runner.errors import CampaignFileError
+
 from conftest import urn, write_campaign, write_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +74,10 @@ def test_defaults(tmp_path: Path) -> None:
 
 
 def test_numeric_account_ids_are_ids(tmp_path: Path) -> None:
-    assert [a.id for a in load_campaign(write_campaign(tmp_path, accounts=[1234, "acc_2"])).accounts] == ["1234", "acc_2"]
+    assert [a.id for a in load_campaign(write_campaign(tmp_path, accounts=[1234, "acc_2"])).accounts] == [
+        "1234",
+        "acc_2",
+    ]
 
 
 def test_numeric_group_id_becomes_its_decimal_string(tmp_path: Path) -> None:
@@ -90,9 +94,7 @@ def test_numeric_group_id_becomes_its_decimal_string(tmp_path: Path) -> None:
 
 
 def test_csv_with_bom_and_inline_recipients_merge(tmp_path: Path) -> None:
-    (tmp_path / "leads.csv").write_bytes(
-        ("\ufeffprofile_urn,first_name\r\n" f"{urn(1)},Ada\r\n" f"{urn(2)},\r\n").encode("utf-8")
-    )
+    (tmp_path / "leads.csv").write_bytes((f"\ufeffprofile_urn,first_name\r\n{urn(1)},Ada\r\n{urn(2)},\r\n").encode())
     path = write_campaign(tmp_path, recipients=[{"profile_urn": urn(0), "first_name": "Inline"}],
                           recipients_file="leads.csv")  # fmt: skip
     campaign = load_campaign(path)

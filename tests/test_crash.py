@@ -73,7 +73,9 @@ def test_sigkill_mid_campaign_then_resume(serve_sandbox, processes, tmp_path: Pa
     for _ in range(3):
         # Kill once this process is sending: a request is in flight most of the time (typing delay).
         sent_before = sum(s == "sent" for s in statuses(db).values())
-        wait_for(lambda: sum(s == "sent" for s in statuses(db).values()) > sent_before or process.poll() is not None, 30)
+        wait_for(
+            lambda: sum(s == "sent" for s in statuses(db).values()) > sent_before or process.poll() is not None, 30
+        )
         time.sleep(rng.uniform(0.05, 0.6))
         if process.poll() is not None:
             break

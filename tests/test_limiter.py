@@ -76,7 +76,7 @@ def test_burst_one_spreads_sends_evenly(cap: int, window: float) -> None:
         now = max(now, verdict.at)
         tat = advance(pacing, tat, now)
         slots.append(now)
-    gaps = [b - a for a, b in zip(slots, slots[1:])]
+    gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
     assert all(gap == pytest.approx(window / cap) for gap in gaps)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from campaign_runner.cli import run_cli
+
 from conftest import API_KEY, urn, write_campaign
 
 
@@ -94,10 +95,14 @@ def test_400_and_403_fail_the_recipient_and_are_not_retried(cli, serve_sandbox, 
     assert out.splitlines()[-1] == "test-campaign: 3 sent, 2 failed"
     rows = by_urn(report(cli))
     assert (rows[urn(1)]["status"], rows[urn(1)]["http_status"], rows[urn(1)]["error"]) == (
-        "failed", 400, "recipientProfileUrn, groupId, and message are required"
+        "failed",
+        400,
+        "recipientProfileUrn, groupId, and message are required",
     )
     assert (rows[urn(2)]["status"], rows[urn(2)]["http_status"], rows[urn(2)]["error"]) == (
-        "failed", 403, "Error sending group context message: Request failed with status code 403"
+        "failed",
+        403,
+        "Error sending group context message: Request failed with status code 403",
     )
     tries = Counter(r.recipient for r in box.requests)
     assert tries[urn(1)] == tries[urn(2)] == 1
@@ -133,7 +138,9 @@ def test_401_stops_the_run_and_marks_nothing_failed(cli, serve_sandbox, tmp_path
     path = write_campaign(tmp_path, accounts=["acc_1"])
     code, out, err = cli("run", str(path), base_url=url)
     assert code == 1
-    assert err == "error: the API refused the key (401: Unauthorized - Invalid credentials); nothing was marked failed\n"
+    assert (
+        err == "error: the API refused the key (401: Unauthorized - Invalid credentials); nothing was marked failed\n"
+    )
     assert out.splitlines()[-1] == "test-campaign: 3 pending, 2 sent"
     assert len(box.log) == 2
 

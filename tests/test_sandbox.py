@@ -19,8 +19,13 @@ from campaign_runner.sandbox import Delivery, RequestRecord, Sandbox, SandboxCon
 AUTH = {"Authorization": "Bearer sandbox-key"}
 URN = "urn:li:fsd_profile:ACoAAFpqSoMB8vTqRbg4mN_wbabO8w0gjgFu-6o"
 BODY = {"recipientProfileUrn": URN, "groupId": "12345678", "message": "Hello fellow group member!"}
-RATE_HEADERS = ("x-ratelimit-action", "x-ratelimit-limit", "x-ratelimit-used", "x-ratelimit-remaining",
-                "x-ratelimit-reset")
+RATE_HEADERS = (
+    "x-ratelimit-action",
+    "x-ratelimit-limit",
+    "x-ratelimit-used",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+)
 ENDPOINTS = ("send-group", "send-group-with-typing", "send-group-with-ack")
 REQUIRED_ERROR = {"success": False, "error": "recipientProfileUrn, groupId, and message are required"}
 
@@ -55,8 +60,12 @@ def test_accepted_send_has_documented_body_and_headers(start: Start, endpoint: s
     response = send(client, endpoint)
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    expected = {"success": True, "message": "Group context message sent successfully",
-                "recipientProfileUrn": URN, "groupId": "12345678"}
+    expected = {
+        "success": True,
+        "message": "Group context message sent successfully",
+        "recipientProfileUrn": URN,
+        "groupId": "12345678",
+    }
     if endpoint == "send-group-with-typing":
         expected["typingIndicatorSent"] = True
     if endpoint == "send-group-with-ack":
@@ -72,7 +81,11 @@ def test_accepted_send_has_documented_body_and_headers(start: Start, endpoint: s
     }
     assert delivery.endpoint == endpoint
     assert (delivery.account_id, delivery.recipient, delivery.group_id, delivery.message) == (
-        None, URN, "12345678", "Hello fellow group member!")
+        None,
+        URN,
+        "12345678",
+        "Hello fellow group member!",
+    )
     assert delivery.received_at <= delivery.delivered_at
 
 
@@ -92,7 +105,9 @@ def test_log_in_order_and_served_over_http(start: Start) -> None:
     assert response.status_code == 200
     assert response.json() == [asdict(d) for d in log]
     assert [(r.endpoint, r.status) for r in sandbox.requests] == [
-        ("send-group", 200), ("send-group-with-ack", 200), ("send-group-with-typing", 200),
+        ("send-group", 200),
+        ("send-group-with-ack", 200),
+        ("send-group-with-typing", 200),
         ("/linkedin/_sandbox/log", 200),
     ]
 
@@ -106,14 +121,20 @@ def test_each_account_has_its_own_quota(start: Start) -> None:
     assert (used(other), other.headers["x-ratelimit-remaining"]) == (1, "0")
     assert [d.account_id for d in sandbox.log] == [None, "acct-2"]
     assert sandbox.requests[-1] == RequestRecord(
-        at=sandbox.requests[-1].at, endpoint="send-group", account_id="acct-2", recipient=URN, status=200)
+        at=sandbox.requests[-1].at, endpoint="send-group", account_id="acct-2", recipient=URN, status=200
+    )
 
 
 def test_wrong_or_missing_key_is_401_without_rate_headers(start: Start) -> None:
     sandbox, client = start()
     client.headers.pop("Authorization")
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "bearer sandbox-key"},
-                    {"Authorization": "sandbox-key"}, {"Authorization": "Bearer sandbox-key2"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "bearer sandbox-key"},
+        {"Authorization": "sandbox-key"},
+        {"Authorization": "Bearer sandbox-key2"},
+    ):
         response = client.post("/messaging/send-group", json=BODY, headers=headers)
         assert response.status_code == 401, headers
         assert response.json() == {"error": "Unauthorized - Invalid credentials"}
@@ -131,8 +152,13 @@ def test_unauthorized_after_counts_every_send_request(start: Start) -> None:
 
 def test_missing_required_field_is_documented_400(start: Start) -> None:
     sandbox, client = start()
-    for fields in ({"recipientProfileUrn": None}, {"groupId": None}, {"message": None}, {"message": ""},
-                   {"groupId": 12345678}):
+    for fields in (
+        {"recipientProfileUrn": None},
+        {"groupId": None},
+        {"message": None},
+        {"message": ""},
+        {"groupId": 12345678},
+    ):
         body = {k: v for k, v in (BODY | fields).items() if v is not None}
         response = client.post("/messaging/send-group", json=body)
         assert response.status_code == 400, fields
@@ -167,8 +193,7 @@ def test_body_that_is_not_a_json_object_is_400(start: Start) -> None:
     sandbox, client = start()
     huge = b'{"message": "' + b"x" * 200_000 + b'"}'
     for content in (b"{not json", b"[1, 2]", b"\xff\xfe", b"", b"[" * 30_000, huge):
-        response = client.post("/messaging/send-group", content=content,
-                               headers={"content-type": "application/json"})
+        response = client.post("/messaging/send-group", content=content, headers={"content-type": "application/json"})
         assert response.status_code == 400, content[:20]
         assert response.json() == {"success": False, "error": "Request body must be a JSON object"}
     assert send(client).status_code == 200  # and it keeps serving
@@ -236,8 +261,11 @@ def test_hold_is_429_with_hold_until_for_that_account_only(start: Start) -> None
     sandbox, client = start(holds={"acct-1": until, "acct-2": time.time() - 1})
     held = send(client, accountId="acct-1")
     assert held.status_code == 429
-    assert held.json() == {"error": "Rate limit exceeded for MESSAGE: 0/150 used", "success": False,
-                           "holdUntil": iso(until)}
+    assert held.json() == {
+        "error": "Rate limit exceeded for MESSAGE: 0/150 used",
+        "success": False,
+        "holdUntil": iso(until),
+    }
     assert all(name in held.headers for name in RATE_HEADERS)
     assert send(client, accountId="acct-2").status_code == 200  # a hold in the past is over
     assert send(client).status_code == 200
@@ -283,7 +311,9 @@ def test_unknown_path_is_404_and_wrong_method_405(start: Start) -> None:
         assert not any(name in response.headers for name in RATE_HEADERS)
     assert sandbox.log == []
     assert [(r.endpoint, r.status) for r in sandbox.requests][-2:] == [
-        ("send-group-with-ack", 405), ("/linkedin/_sandbox/log", 405)]
+        ("send-group-with-ack", 405),
+        ("/linkedin/_sandbox/log", 405),
+    ]
 
 
 def test_unexpected_error_is_500_and_it_keeps_serving(start: Start) -> None:

@@ -15,6 +15,7 @@ from campaign_runner.config import load_campaign
 from campaign_runner.sandbox import Sandbox, SandboxConfig
 from campaign_runner.scheduler import Scheduler
 from campaign_runner.store import Store
+
 from conftest import API_KEY, urn, write_campaign
 
 pytestmark = pytest.mark.anyio
@@ -82,7 +83,7 @@ async def test_150_a_day_for_days_across_a_restart(tmp_path: Path) -> None:
     for account in ("acc_1", "acc_2"):
         times = sorted(d.delivered_at for d in box.log if d.account_id == account)
         assert max_in_window(times, DAY) == 150
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
         assert min(gaps) >= DAY / 150 - 0.01  # spread out, never bunched at the start of a day
     # 350 messages per account at one every 9.6 minutes, plus the three-hour break.
     elapsed = max(d.delivered_at for d in box.log) - START

@@ -14,6 +14,7 @@ import pytest
 from campaign_runner.client import Kind, Outcome
 from campaign_runner.config import load_campaign
 from campaign_runner.store import DIED_IN_FLIGHT, Claimed, Drained, Store, Waiting
+
 from conftest import urn, write_campaign
 
 pytestmark = pytest.mark.anyio
@@ -127,7 +128,9 @@ async def test_a_stricter_campaign_loaded_later_binds_claims_at_once(store: Stor
 
 
 async def test_an_account_removed_from_the_file_has_nothing_to_send(store: Store, tmp_path: Path) -> None:
-    path = write_campaign(tmp_path, accounts=["acc_2"], limit="10/1s", recipients=[{"profile_urn": urn(i)} for i in range(3)])
+    path = write_campaign(
+        tmp_path, accounts=["acc_2"], limit="10/1s", recipients=[{"profile_urn": urn(i)} for i in range(3)]
+    )
     await store.load([load_campaign(path)], T0)
     run = await store.begin_run("test", T0)
     assert isinstance(await store.claim(run, "acc_1", ["test-campaign"], ENDPOINTS, T0), Drained)
