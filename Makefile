@@ -25,7 +25,7 @@ install-test: $(VENV)/.installed-test
 demo: install
 	rm -rf .demo && mkdir -p .demo
 	$(BIN)/campaign-runner run campaigns/demo.yaml --sandbox --db $(DEMO_DB)
-	$(BIN)/campaign-runner report demo --db $(DEMO_DB) --format csv
+	$(BIN)/campaign-runner report demo --db $(DEMO_DB) --format json
 
 test: install-test
 	$(BIN)/ruff check campaign_runner tests
