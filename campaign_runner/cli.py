@@ -29,7 +29,7 @@ from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreEr
 from .render import LiveView, LogLines, describe_wait
 from .report import FORMATS, write_report
 from .scheduler import RunResult, Scheduler
-from .store import STALE_MARGIN, STATUSES, CampaignSettings, Store, resolve_db_path
+from .store import STATUSES, CampaignSettings, Store, resolve_db_path
 
 EXIT_OK, EXIT_FATAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,6 +37,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 class _State:
     debug = False
+    catch_sigterm = False  # only the real command installs handlers, never a test calling run_cli
 
 
 # --- shared options ------------------------------------------------------------------------
@@ -212,7 +213,8 @@ async def _resume(db: str, name: str | None, connection: _Connection, timeout: f
 
 async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettings], connection: _Connection,
                 timeout: float, no_wait: bool, command: str) -> int:  # fmt: skip
-    run_id = await store.begin_run(command, clock.now())
+    deadline = client.deadline_for(timeout)
+    run_id = await store.begin_run(command, clock.now(), deadline)
     try:
         accounts = {a for c in campaigns for a in c.accounts}
         async with anyio.create_task_group() as tg:
@@ -223,11 +225,16 @@ async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettin
             http = client.make_http_client(base_url, connection.api_key, timeout, len(accounts))
             async with http, _renderer(clock) as emit:
                 scheduler = Scheduler(
-                    store, client.ApiClient(http), clock, run_id=run_id, campaigns=campaigns,
-                    stale_after=timeout + STALE_MARGIN, emit=emit, no_wait=no_wait, handle_signals=True,
+                    store, client.ApiClient(http, deadline), clock, run_id=run_id, campaigns=campaigns,
+                    emit=emit, no_wait=no_wait, handle_signals=True,
                 )  # fmt: skip
-                result = await scheduler.run()
+                try:
+                    result = await scheduler.run()
+                finally:
+                    _catch_sigterm()  # asyncio put back the default action when the scheduler let go
             tg.cancel_scope.cancel()
+        if scheduler.output_error is not None:
+            click.echo(f"warning: progress output stopped: {scheduler.output_error!r}", err=True)
     finally:
         with anyio.CancelScope(shield=True):
             await store.end_run(run_id, clock.now())
@@ -502,8 +509,14 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _catch_sigterm() -> None:
+    """SIGTERM outside the sending phase (loading a big file, say) ends like Ctrl-C: exit 130.
+    While sending, the scheduler takes both signals over and stops gently."""
+    if _State.catch_sigterm:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main() -> None:
-    # SIGTERM outside the sending phase (loading a big file, say) ends like Ctrl-C: exit 130.
-    # While sending, the scheduler takes both signals over and stops gently.
-    signal.signal(signal.SIGTERM, _interrupt)
+    _State.catch_sigterm = True
+    _catch_sigterm()
     sys.exit(run_cli())

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 
 from .clock import parse_iso
@@ -117,13 +118,25 @@ def make_http_client(base_url: str, api_key: str, timeout: float, connections: i
     )
 
 
+def deadline_for(timeout: float) -> float:
+    """How long one request may take in all. httpx's timeouts bound each phase (and each read)
+    separately, so an answer that trickles in could otherwise outlast `timeout` many times."""
+    return timeout + CONNECT_TIMEOUT
+
+
 class ApiClient:
-    def __init__(self, http: httpx.AsyncClient):
+    def __init__(self, http: httpx.AsyncClient, deadline: float):
         self._http = http
+        self.deadline = deadline
 
     async def send(self, request: SendRequest) -> Outcome:
         try:
-            response = await self._http.post(f"messaging/{request.endpoint}", json=request.body())
+            with anyio.move_on_after(self.deadline) as scope:
+                response = await self._http.post(f"messaging/{request.endpoint}", json=request.body())
+            if scope.cancelled_caught:
+                return Outcome(
+                    Kind.UNKNOWN, error=f"no complete answer within {self.deadline:g}s; the message may have been sent"
+                )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             return Outcome(Kind.NOT_SENT, error=f"no connection: {_describe(exc)}")
         except httpx.TimeoutException as exc:

@@ -24,7 +24,8 @@ from . import events
 from .client import ApiClient, Kind, Outcome, SendRequest
 from .clock import Clock
 from .config import account_label
-from .store import CampaignSettings, Claimed, Drained, Store, Waiting
+from .errors import StoreError
+from .store import ELSEWHERE_POLL, CampaignSettings, Claimed, Drained, Store, Waiting
 
 DEFAULT_HOLD = 3600.0  # a rate-limit answer that says nothing of when to come back: wait an hour
 MIN_HOLD = 1.0  # never come straight back after a 429, whatever the server's clock says
@@ -66,26 +67,24 @@ class Scheduler:
         *,
         run_id: int,
         campaigns: Sequence[CampaignSettings],
-        stale_after: float,
         emit: events.EventSink = events.ignore,
         no_wait: bool = False,
         handle_signals: bool = False,
         rng: random.Random | None = None,
     ):
-        """`stale_after`: how old an unrecorded claim of another process must be to be given up
-        as `unknown` (the request timeout and a margin)."""
         self._store = store
         self._api = api
         self._clock = clock
         self._run_id = run_id
         self._campaigns = {c.name: c for c in campaigns}
-        self._stale_after = stale_after
-        self._emit = emit
+        self._sink = emit
+        self.output_error: Exception | None = None  # why progress output stopped, if it did
         self._no_wait = no_wait
         self._handle_signals = handle_signals
         self._rng = rng or random.Random()
         self._stop = anyio.Event()
-        self._wake = anyio.Event()
+        self._progress = anyio.Event()  # set (and renewed) whenever an outcome is recorded
+        self._drained = anyio.Event()  # set (and renewed) whenever an account has nothing left
         self._result: RunResult | None = None
         self._errors: list[Exception] = []
         self._deferred = False
@@ -102,10 +101,21 @@ class Scheduler:
     def stop(
         self, reason: str = "interrupted", message: str = "stopping: no new sends; waiting for requests in flight"
     ) -> None:
-        if self._result is None:
+        first = self._result is None
+        if first:
             self._result = RunResult(reason, message)
-            self._emit(events.Stopping(reason, message))
         self._stop.set()
+        if first:
+            self._emit(events.Stopping(reason, message))
+
+    def _emit(self, event: events.Event) -> None:
+        """Report an event. Output that fails (a closed pipe, a full disk) must never stop the
+        sending or the recording of outcomes: it is switched off instead, and kept for the caller."""
+        try:
+            self._sink(event)
+        except Exception as exc:  # noqa: BLE001 - any failure of the sink, see above
+            self._sink = events.ignore
+            self.output_error = exc
 
     async def run(self) -> RunResult:
         """Send until every recipient is done, the run is stopped, or (--no-wait) it must wait.
@@ -147,14 +157,17 @@ class Scheduler:
 
     async def _recover(self) -> None:
         with anyio.CancelScope(shield=True):
-            lost = await self._store.recover(self._run_id, self._clock.now(), self._stale_after)
+            lost = await self._store.recover(self._run_id, self._clock.now())
         for item in lost:
             self._emit(item)
 
-    def _notify(self) -> None:
-        """Tell workers waiting for work that an outcome was recorded."""
-        self._wake.set()
-        self._wake = anyio.Event()
+    def _set_progress(self) -> None:
+        self._progress.set()
+        self._progress = anyio.Event()
+
+    def _set_drained(self) -> None:
+        self._drained.set()
+        self._drained = anyio.Event()
 
     async def _worker(self, account: str, names: list[str]) -> None:
         with self._clock.worker():
@@ -168,13 +181,16 @@ class Scheduler:
         order = deque(names)
         endpoint_of = {name: self._campaigns[name].endpoint for name in names}
         announced: tuple[float, str] | None = None
+        next_recovery = 0.0
         while not self._stop.is_set():
-            wake = self._wake  # taken before the claim, so a notify in between is not lost
+            # Taken before the claim, so a change in between is not missed.
+            progress, drained = self._progress, self._drained
             with anyio.CancelScope(shield=True):
                 now = self._clock.now()
                 decision = await self._store.claim(self._run_id, account, list(order), endpoint_of, now)
             if isinstance(decision, Drained):
                 self._emit(events.AccountFinished(account, "drained"))
+                self._set_drained()  # others waiting on their own quota may have nothing left either
                 return
             if isinstance(decision, Waiting):
                 if self._no_wait:
@@ -182,13 +198,16 @@ class Scheduler:
                     self._emit(events.AccountFinished(account, "deferred"))
                     return
                 if decision.reason == "elsewhere":
-                    await self._recover()  # what we wait for may belong to a process that is gone
+                    if now >= next_recovery:  # what we wait for may belong to a process that is gone
+                        await self._recover()
+                        next_recovery = now + ELSEWHERE_POLL
                 elif announced != (decision.until, decision.reason):
                     self._emit(events.AccountWaiting(account, decision.until, decision.reason))
                 announced = (decision.until, decision.reason)
-                # Waiting for the account's own quota, nothing another worker does can help; waiting
-                # for work, any recorded outcome may be it (handed back, or the last one ending).
-                await self._sleep(decision.until, wake if decision.reason in ("elsewhere", "backoff") else None)
+                # Waiting for work, any recorded outcome may bring it (handed back, or the last one
+                # ending); waiting for the account's own quota, only the end of all work matters.
+                wakes = (progress, drained) if decision.reason in ("elsewhere", "backoff") else (drained,)
+                await self._sleep(decision.until, *wakes)
                 continue
             if self._stop.is_set():  # stopped while the claim was being made: it never left
                 with anyio.CancelScope(shield=True):
@@ -197,7 +216,7 @@ class Scheduler:
             announced = None
             await self._send(decision)
             order.rotate(-1)  # campaigns sharing an account take turns
-            self._notify()
+            self._set_progress()
         self._emit(events.AccountFinished(account, "stopped"))
 
     async def _send(self, claim: Claimed) -> str:
@@ -229,15 +248,22 @@ class Scheduler:
         campaign = self._campaigns[claim.campaign]
         now = self._clock.now()
         hold = hold_for(outcome, now)
-        status = await self._store.record(
-            claim,
-            outcome,
-            now,
-            latency=max(now - started, 0.0),
-            max_attempts=campaign.max_attempts,
-            retry_at=now + backoff(claim.retries + 1, campaign.backoff, self._rng),
-            hold_until=hold,
-        )
+        try:
+            status = await self._store.record(
+                claim,
+                outcome,
+                now,
+                latency=max(now - started, 0.0),
+                max_attempts=campaign.max_attempts,
+                retry_at=now + backoff(claim.retries + 1, campaign.backoff, self._rng),
+                hold_until=hold,
+            )
+        except StoreError as exc:
+            # Say what was lost: the recipient stays in_flight, and the next run marks it unknown.
+            raise StoreError(
+                f"{exc}; the answer for {claim.profile_urn} ({outcome.kind.value}, HTTP {outcome.http_status})"
+                " could not be recorded"
+            ) from exc
         self._emit(
             events.Attempted(
                 campaign=claim.campaign,
@@ -257,8 +283,8 @@ class Scheduler:
             self._emit(events.AccountHeld(claim.account_id, hold, outcome.error or "X-RateLimit-Remaining: 0"))
         return status
 
-    async def _sleep(self, until: float, wake: anyio.Event | None) -> None:
-        """Sleep until `until`, or until stopped, or (given `wake`) until an outcome is recorded."""
+    async def _sleep(self, until: float, *wakes: anyio.Event) -> None:
+        """Sleep until `until`, or until stopped, or until one of `wakes` is set."""
         async with anyio.create_task_group() as tg:
 
             async def timer() -> None:
@@ -270,6 +296,5 @@ class Scheduler:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(timer)
-            tg.start_soon(wait_for, self._stop)
-            if wake is not None:
-                tg.start_soon(wait_for, wake)
+            for event in (self._stop, *wakes):
+                tg.start_soon(wait_for, event)

@@ -209,7 +209,12 @@ class Store:
                 raise
             else:
                 with anyio.CancelScope(shield=True):
-                    await self._execute_or_fail("COMMIT")
+                    try:
+                        await self._execute_or_fail("COMMIT")
+                    except StoreError:
+                        with contextlib.suppress(sqlite3.Error):
+                            await self._db.execute("ROLLBACK")
+                        raise
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[None]:
@@ -218,9 +223,12 @@ class Store:
             if not outermost:
                 yield
                 return
-            await self._execute_or_fail("BEGIN")
+            with anyio.CancelScope(shield=True):
+                await self._execute_or_fail("BEGIN")
             try:
                 yield
+            except sqlite3.Error as exc:
+                raise StoreError(f"database error in {self.path}: {exc}") from exc
             finally:
                 with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
                     await self._db.execute("COMMIT")
@@ -241,11 +249,12 @@ class Store:
 
     # --- runs and recovery -----------------------------------------------------------------
 
-    async def begin_run(self, command: str, now: float) -> int:
+    async def begin_run(self, command: str, now: float, deadline: float) -> int:
+        """Record this process as a run; `deadline`: the longest one of its requests can take."""
         async with self.transaction() as db:
             cursor = await db.execute(
-                "INSERT INTO runs (pid, pid_start, host, command, started_at) VALUES (?, ?, ?, ?, ?)",
-                (os.getpid(), _process_start(os.getpid()), socket.gethostname(), command, now),
+                "INSERT INTO runs (pid, pid_start, host, command, stale_after, started_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (os.getpid(), _process_start(os.getpid()), socket.gethostname(), command, deadline + STALE_MARGIN, now),
             )
             return int(cursor.lastrowid)
 
@@ -253,26 +262,26 @@ class Store:
         async with self.transaction() as db:
             await db.execute("UPDATE runs SET ended_at = ? WHERE id = ?", (now, run_id))
 
-    async def recover(self, run_id: int, now: float, stale_after: float) -> list[Recovered]:
+    async def recover(self, run_id: int, now: float) -> list[Recovered]:
         """Mark `unknown` what gone processes left in flight: their requests may have been delivered.
 
-        A claim is abandoned when its run ended, when its process is gone from this host (or the
-        pid now belongs to another process), or when it is older than `stale_after` (the request
-        timeout and a margin), which also covers runs on another host.
+        On this host a run is gone when it ended, when its pid is free, or when the pid now
+        belongs to a process that started later; a live run's claims are never touched. A run on
+        another host cannot be checked: its claim is given up once older than that run's own
+        request deadline plus a margin, by when a live process would have recorded it.
         """
         async with self.transaction() as db:
             rows = await self._all(
                 "SELECT r.id, r.campaign, r.profile_urn, r.account_id, r.run_id, runs.pid, runs.pid_start,"
-                " runs.host, runs.ended_at, a.started_at FROM recipients r"
+                " runs.host, runs.ended_at, runs.stale_after, a.started_at FROM recipients r"
                 " LEFT JOIN runs ON runs.id = r.run_id"
                 " LEFT JOIN attempts a ON a.recipient_id = r.id AND a.run_id = r.run_id AND a.slot_at >= ?"
                 " WHERE r.status = 'in_flight' AND r.run_id IS NOT ?",
                 (IN_FLIGHT, run_id),
             )
             recovered: list[Recovered] = []
-            for rid, campaign, urn, account, owner, pid, pid_start, host, ended_at, started_at in rows:
-                alive = _run_is_alive(pid, pid_start, host, ended_at)
-                if alive and (started_at is None or started_at > now - stale_after):
+            for rid, campaign, urn, account, owner, pid, pid_start, host, ended_at, stale_after, started in rows:
+                if _claim_may_be_live(pid, pid_start, host, ended_at, stale_after, started, now):
                     continue
                 recovered.append(Recovered(campaign, account or "", urn))
                 await db.execute(
@@ -393,7 +402,8 @@ class Store:
 
     async def _has_started(self, name: str) -> bool:
         row = await self._one(
-            "SELECT 1 FROM recipients WHERE campaign = ? AND (status != 'pending' OR attempts > 0) LIMIT 1",
+            "SELECT 1 FROM recipients WHERE campaign = ? AND (status NOT IN ('pending', 'skipped') OR attempts > 0)"
+            " LIMIT 1",
             (name,),
         )
         return row is not None
@@ -474,9 +484,20 @@ class Store:
         request now. The limits are read inside the transaction, so a campaign loaded by another
         process a moment ago counts too."""
         async with self.transaction() as db:
-            pacing = await self._pacing(account_id, list(endpoint_of))
-            if pacing is None:
-                return Drained()  # the account was removed from these campaigns' files
+            # Only campaigns whose file still lists the account (another process may have
+            # reloaded one without it since this run started).
+            marks = ",".join("?" * len(campaigns))
+            listed = {
+                row[0]
+                for row in await self._all(
+                    f"SELECT campaign FROM campaign_accounts WHERE account_id = ? AND campaign IN ({marks})",
+                    (account_id, *campaigns),
+                )
+            }
+            campaigns = [name for name in campaigns if name in listed]
+            pacing = await self._pacing(account_id, campaigns)
+            if pacing is None or not campaigns:
+                return Drained()
             verdict = decide(pacing, await self._account_state(account_id, pacing), now)
             found = None
             if verdict.go(now):
@@ -680,11 +701,14 @@ def _process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[-1].split()[19]  # field 22, counted after the command name
 
 
-def _run_is_alive(pid: int | None, pid_start: str | None, host: str | None, ended_at: float | None) -> bool:
+def _claim_may_be_live(
+    pid: int | None, pid_start: str | None, host: str | None, ended_at: float | None,
+    stale_after: float | None, started: float | None, now: float,
+) -> bool:  # fmt: skip
     if pid is None or ended_at is not None:
         return False
     if host != socket.gethostname():
-        return True  # another machine's process: only the age of its claims tells (see recover)
+        return started is None or stale_after is None or now < started + stale_after
     if pid == os.getpid():
         return False  # this process has one run; an older run with our pid is a dead one's
     try:

@@ -59,7 +59,7 @@ CREATE TABLE attempts (
     started_at     REAL NOT NULL,
     finished_at    REAL,
     slot_at        REAL NOT NULL,
-    outcome        TEXT,            -- sent, rejected, rate_limited, unauthorized, server_error, not_sent, unknown, fatal
+    outcome        TEXT,            -- client.Kind: sent, rejected, rate_limited, unauthorized, misrouted, server_error, not_sent, unknown
     http_status    INTEGER,
     error          TEXT,
     response_body  TEXT,
@@ -88,6 +88,7 @@ CREATE TABLE runs (
     pid_start   TEXT,               -- when that process started, to tell it from a later one with its pid
     host        TEXT NOT NULL,
     command     TEXT NOT NULL,
+    stale_after REAL NOT NULL,      -- seconds after which a claim of this run cannot still be in flight
     started_at  REAL NOT NULL,
     ended_at    REAL
 );

@@ -35,7 +35,7 @@ async def answer(status: int, body: object, headers: dict[str, str] | None = Non
         return httpx.Response(status, text=content, headers=headers or HEADERS)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://api.test/linkedin/") as http:
-        return await ApiClient(http).send(REQUEST)
+        return await ApiClient(http, 30.0).send(REQUEST)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ async def test_an_undecodable_answer_is_unknown() -> None:
         return httpx.Response(200, content=b"not gzip at all", headers={"Content-Encoding": "gzip"})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://api.test/linkedin/") as http:
-        outcome = await ApiClient(http).send(REQUEST)
+        outcome = await ApiClient(http, 30.0).send(REQUEST)
     assert outcome.kind is Kind.UNKNOWN
     assert outcome.error.startswith("unreadable answer (DecodingError")
 
@@ -112,7 +112,7 @@ async def test_refused_connection_never_left() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     async with make_http_client(f"http://127.0.0.1:{port}/linkedin", API_KEY, 5, 1) as http:
-        outcome = await ApiClient(http).send(REQUEST)
+        outcome = await ApiClient(http, 30.0).send(REQUEST)
     assert outcome.kind is Kind.NOT_SENT
     assert outcome.error.startswith("no connection: ConnectError")
 
@@ -121,7 +121,7 @@ async def test_read_timeout_is_unknown(serve_sandbox) -> None:
     box, url = serve_sandbox(typing_delay=3.0)
     async with make_http_client(url, API_KEY, 1.0, 1) as http:
         request = SendRequest("send-group-with-typing", urn(1), "12345678", "Hello", None)
-        outcome = await ApiClient(http).send(request)
+        outcome = await ApiClient(http, 30.0).send(request)
     assert outcome.kind is Kind.UNKNOWN
     assert "may have been sent" in outcome.error
 
@@ -142,7 +142,7 @@ async def test_connection_cut_after_the_request_is_unknown() -> None:
     thread.start()
     try:
         async with make_http_client(f"http://127.0.0.1:{port}/linkedin", API_KEY, 5, 1) as http:
-            outcome = await ApiClient(http).send(REQUEST)
+            outcome = await ApiClient(http, 30.0).send(REQUEST)
     finally:
         thread.join(5)
         server.close()
@@ -158,4 +158,15 @@ def test_bad_base_urls(url: str) -> None:
 
 async def test_key_is_not_in_the_repr() -> None:
     async with make_http_client("https://api.test/linkedin", API_KEY, 5, 1) as http:
-        assert API_KEY not in repr(ApiClient(http))
+        assert API_KEY not in repr(ApiClient(http, 30.0))
+
+
+async def test_an_answer_slower_than_the_overall_deadline_is_unknown(serve_sandbox) -> None:
+    box, url = serve_sandbox(typing_delay=2.0)
+    async with make_http_client(url, API_KEY, 30.0, 1) as http:
+        request = SendRequest("send-group-with-typing", urn(1), "12345678", "Hello", None)
+        outcome = await ApiClient(http, 0.3).send(request)
+    assert (outcome.kind, outcome.error) == (
+        Kind.UNKNOWN,
+        "no complete answer within 0.3s; the message may have been sent",
+    )

@@ -80,3 +80,19 @@ async def test_database_file_is_private(tmp_path: Path) -> None:
     store = await Store.open(path, 1.0)
     await store.close()
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+# Once a migration has shipped, databases out there have run it: it must never change. A new
+# schema change is a new file. Add each new migration's digest here when it ships.
+SHIPPED = {1: "8bbef63d7890b00ce924203c6b76653c3863b6552b077f6c73be2958112bd484"}
+
+
+def test_shipped_migrations_never_change() -> None:
+    import hashlib
+
+    for migration in discover():
+        digest = hashlib.sha256(migration.sql.encode()).hexdigest()
+        assert SHIPPED.get(migration.version) == digest, (
+            f"migration {migration.version:03d} differs from what shipped; add a new migration instead"
+            f" (or, for a new one, record its digest: {digest})"
+        )

@@ -255,3 +255,19 @@ def test_the_run_ends_as_soon_as_the_last_request_does(cli, serve_sandbox, tmp_p
     assert cli("run", str(path), base_url=url)[0] == 0
     assert time.monotonic() - started < ELSEWHERE_POLL / 2
     assert len(box.log) == 3
+
+
+def test_the_run_ends_when_the_work_does_not_when_a_slow_account_may_send_again(
+    cli, serve_sandbox, tmp_path: Path
+) -> None:
+    import time
+
+    box, url = serve_sandbox()
+    accounts = [{"id": "fast", "limit": "100/10s"}, {"id": "slow", "limit": "1/90s"}]
+    path = write_campaign(tmp_path, accounts=accounts, recipients=[{"profile_urn": urn(i)} for i in range(4)])
+    started = time.monotonic()
+    code, out, _ = cli("run", str(path), base_url=url)
+    assert code == 0
+    assert time.monotonic() - started < 30  # not the 90 s the slow account would have to wait
+    assert out.splitlines()[-1] == "test-campaign: 4 sent"
+    assert Counter(d.account_id for d in box.log) == {"fast": 3, "slow": 1}

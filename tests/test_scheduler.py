@@ -36,7 +36,7 @@ def max_in_window(times: list[float], window: float) -> int:
 
 async def send_all(store: Store, clock: VirtualClock, box: Sandbox, names: list[str], stop_after: int | None = None):
     campaigns = [await store.campaign(n) for n in names]
-    run_id = await store.begin_run("test", clock.now())
+    run_id = await store.begin_run("test", clock.now(), 60.0)
     seen: list[events.Event] = []
     transport = httpx.ASGITransport(app=box)
     async with httpx.AsyncClient(transport=transport, base_url="http://sandbox/linkedin/",
@@ -48,7 +48,7 @@ async def send_all(store: Store, clock: VirtualClock, box: Sandbox, names: list[
             if stop_after is not None and sum(isinstance(e, events.Attempted) for e in seen) >= stop_after:
                 scheduler.stop()
 
-        scheduler = Scheduler(store, ApiClient(http), clock, run_id=run_id, campaigns=campaigns, stale_after=120,
+        scheduler = Scheduler(store, ApiClient(http, 60.0), clock, run_id=run_id, campaigns=campaigns,
                               emit=emit, rng=random.Random(1))  # fmt: skip
         result = await scheduler.run()
     await store.end_run(run_id, clock.now())
@@ -88,3 +88,34 @@ async def test_150_a_day_for_days_across_a_restart(tmp_path: Path) -> None:
     # 350 messages per account at one every 9.6 minutes, plus the three-hour break.
     elapsed = max(d.delivered_at for d in box.log) - START
     assert elapsed == pytest.approx(349 * DAY / 150 + 3 * 3600, rel=0.02)
+
+
+async def test_output_that_fails_never_stops_sending(tmp_path: Path) -> None:
+    """A closed pipe under `run | head` must not cancel requests in flight into `unknown`."""
+    clock = VirtualClock(START)
+    box = Sandbox(SandboxConfig(api_key=API_KEY), clock)
+    path = write_campaign(tmp_path, accounts=["acc_1", "acc_2"], limit="10/1m",
+                          recipients=[{"profile_urn": urn(i)} for i in range(20)])  # fmt: skip
+    store = await Store.open(tmp_path / "pipe.db", clock.now())
+    try:
+        await store.load([load_campaign(path)], clock.now())
+        campaigns = [await store.campaign("test-campaign")]
+        run_id = await store.begin_run("test", clock.now(), 60.0)
+        calls = 0
+
+        def broken(event: events.Event) -> None:
+            nonlocal calls
+            calls += 1
+            raise BrokenPipeError(32, "Broken pipe")
+
+        transport = httpx.ASGITransport(app=box)
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://sandbox/linkedin/", headers=headers) as http:
+            scheduler = Scheduler(store, ApiClient(http, 60.0), clock, run_id=run_id, campaigns=campaigns, emit=broken)
+            result = await scheduler.run()
+        assert result.reason == "done"
+        assert isinstance(scheduler.output_error, BrokenPipeError)
+        assert calls == 1  # switched off after the first failure
+        assert (await store.counts("test-campaign"))["sent"] == 20
+    finally:
+        await store.close()

@@ -35,7 +35,8 @@ async def store(tmp_path: Path):
 async def run_of(store: Store, pid: int, host: str, started: float = T0) -> int:
     async with store.transaction() as db:
         cursor = await db.execute(
-            "INSERT INTO runs (pid, pid_start, host, command, started_at) VALUES (?, NULL, ?, 'test', ?)",
+            "INSERT INTO runs (pid, pid_start, host, command, stale_after, started_at)"
+            " VALUES (?, NULL, ?, 'test', 120, ?)",
             (pid, host, started),
         )
         return int(cursor.lastrowid)
@@ -64,30 +65,32 @@ def dead_pid() -> int:
 async def test_claims_of_a_dead_process_become_unknown(store: Store) -> None:
     gone = await claim(store, await run_of(store, dead_pid(), socket.gethostname()))
     live = await claim(store, await run_of(store, os.getppid(), socket.gethostname()), T0 + 1)
-    ours = await store.begin_run("test", T0 + 2)
-    lost = await store.recover(ours, T0 + 3, stale_after=120)
+    ours = await store.begin_run("test", T0 + 2, 60)
+    lost = await store.recover(ours, T0 + 3)
     assert [(r.profile_urn, r.account_id) for r in lost] == [(gone.profile_urn, "acc_1")]
     assert await status(store, gone.profile_urn) == "unknown"
-    assert await status(store, live.profile_urn) == "in_flight"  # a live process's claim is left alone
+    # A live process's claim is left alone, however old: it will record its answer itself.
+    assert await store.recover(ours, T0 + 10_000) == []
+    assert await status(store, live.profile_urn) == "in_flight"
 
 
 async def test_an_earlier_run_with_our_own_pid_is_dead(store: Store) -> None:
     old = await claim(store, await run_of(store, os.getpid(), socket.gethostname()))
-    ours = await store.begin_run("test", T0 + 1)
-    assert [r.profile_urn for r in await store.recover(ours, T0 + 2, stale_after=120)] == [old.profile_urn]
+    ours = await store.begin_run("test", T0 + 1, 60)
+    assert [r.profile_urn for r in await store.recover(ours, T0 + 2)] == [old.profile_urn]
 
 
 async def test_claims_from_another_host_are_given_up_only_when_stale(store: Store) -> None:
     remote = await claim(store, await run_of(store, 4242, "another-host"))
-    ours = await store.begin_run("test", T0 + 1)
-    assert await store.recover(ours, T0 + 100, stale_after=120) == []
-    assert [r.profile_urn for r in await store.recover(ours, T0 + 121, stale_after=120)] == [remote.profile_urn]
+    ours = await store.begin_run("test", T0 + 1, 60)
+    assert await store.recover(ours, T0 + 100) == []
+    assert [r.profile_urn for r in await store.recover(ours, T0 + 121)] == [remote.profile_urn]
 
 
 async def test_a_late_answer_replaces_the_unknown_of_a_recovery(store: Store) -> None:
     slow = await claim(store, await run_of(store, 4242, "another-host"))
-    ours = await store.begin_run("test", T0 + 1)
-    await store.recover(ours, T0 + 200, stale_after=120)
+    ours = await store.begin_run("test", T0 + 1, 60)
+    await store.recover(ours, T0 + 200)
     assert await status(store, slow.profile_urn) == "unknown"
     result = await store.record(slow, Outcome(Kind.SENT, http_status=200), T0 + 201, latency=201, max_attempts=3,
                                 retry_at=0, hold_until=None)  # fmt: skip
@@ -96,8 +99,8 @@ async def test_a_late_answer_replaces_the_unknown_of_a_recovery(store: Store) ->
 
 async def test_a_late_answer_never_overwrites_a_retry(store: Store) -> None:
     slow = await claim(store, await run_of(store, 4242, "another-host"))
-    ours = await store.begin_run("test", T0 + 1)
-    await store.recover(ours, T0 + 200, stale_after=120)
+    ours = await store.begin_run("test", T0 + 1, 60)
+    await store.recover(ours, T0 + 200)
     assert await store.retry("test-campaign", "unknown", T0 + 201) == 1
     again = await claim(store, ours, T0 + 202)
     assert again.recipient_id == slow.recipient_id
@@ -107,7 +110,7 @@ async def test_a_late_answer_never_overwrites_a_retry(store: Store) -> None:
 
 
 async def test_release_undoes_a_claim(store: Store) -> None:
-    run = await store.begin_run("test", T0)
+    run = await store.begin_run("test", T0, 60)
     claimed = await claim(store, run)
     await store.release(claimed, T0 + 0.1)
     again = await claim(store, run, T0 + 1)
@@ -115,7 +118,7 @@ async def test_release_undoes_a_claim(store: Store) -> None:
 
 
 async def test_a_stricter_campaign_loaded_later_binds_claims_at_once(store: Store, tmp_path: Path) -> None:
-    run = await store.begin_run("test", T0)
+    run = await store.begin_run("test", T0, 60)
     first = await claim(store, run)
     await store.record(first, Outcome(Kind.SENT, http_status=200), T0 + 0.01, latency=0.01, max_attempts=3,
                        retry_at=0, hold_until=None)  # fmt: skip
@@ -132,12 +135,12 @@ async def test_an_account_removed_from_the_file_has_nothing_to_send(store: Store
         tmp_path, accounts=["acc_2"], limit="10/1s", recipients=[{"profile_urn": urn(i)} for i in range(3)]
     )
     await store.load([load_campaign(path)], T0)
-    run = await store.begin_run("test", T0)
+    run = await store.begin_run("test", T0, 60)
     assert isinstance(await store.claim(run, "acc_1", ["test-campaign"], ENDPOINTS, T0), Drained)
 
 
 async def test_a_refused_change_in_a_second_file_loads_nothing(store: Store, tmp_path: Path) -> None:
-    run = await store.begin_run("test", T0)
+    run = await store.begin_run("test", T0, 60)
     await claim(store, run)
     other = write_campaign(tmp_path, "other.yaml", name="other", recipients=[{"profile_urn": urn(5)}])
     changed = write_campaign(tmp_path, "changed.yaml", message="Different", limit="10/1s",
