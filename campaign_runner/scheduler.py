@@ -219,8 +219,8 @@ class Scheduler:
             self._set_progress()
         self._emit(events.AccountFinished(account, "stopped"))
 
-    async def _send(self, claim: Claimed) -> str:
-        """Send one claimed recipient; return its status after the outcome is recorded."""
+    async def _send(self, claim: Claimed) -> None:
+        """Send one claimed recipient and record the outcome, whatever happens to this task."""
         campaign = self._campaigns[claim.campaign]
         request = SendRequest(
             endpoint=campaign.endpoint,
@@ -237,14 +237,13 @@ class Scheduler:
                 await self._record(claim, Outcome(Kind.UNKNOWN, error=INTERRUPTED), started)
             raise
         with anyio.CancelScope(shield=True):
-            status = await self._record(claim, outcome, started)
+            await self._record(claim, outcome, started)
         if outcome.kind is Kind.UNAUTHORIZED:
             self.stop("fatal", f"the API refused the key (401: {outcome.error}); nothing was marked failed")
         elif outcome.kind is Kind.MISROUTED:
             self.stop("fatal", f"the API address looks wrong ({outcome.error}); check --base-url")
-        return status
 
-    async def _record(self, claim: Claimed, outcome: Outcome, started: float) -> str:
+    async def _record(self, claim: Claimed, outcome: Outcome, started: float) -> None:
         campaign = self._campaigns[claim.campaign]
         now = self._clock.now()
         hold = hold_for(outcome, now)
@@ -281,7 +280,6 @@ class Scheduler:
         )
         if hold is not None:
             self._emit(events.AccountHeld(claim.account_id, hold, outcome.error or "X-RateLimit-Remaining: 0"))
-        return status
 
     async def _sleep(self, until: float, *wakes: anyio.Event) -> None:
         """Sleep until `until`, or until stopped, or until one of `wakes` is set."""
