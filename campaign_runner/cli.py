@@ -24,12 +24,12 @@ from rich.console import Console
 
 from . import __version__, client, sandbox
 from .clock import SystemClock, iso
-from .config import Campaign, account_label, load_campaign
+from .config import Campaign, CampaignSettings, account_label, load_campaign
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
 from .render import LiveView, LogLines, describe_wait
 from .report import FORMATS, write_report
 from .scheduler import RunResult, Scheduler
-from .store import STATUSES, CampaignSettings, Store, resolve_db_path
+from .store import STATUSES, Store, resolve_db_path
 
 EXIT_OK, EXIT_FATAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 F = TypeVar("F", bound=Callable[..., Any])
@@ -216,7 +216,7 @@ async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettin
     deadline = client.deadline_for(timeout)
     run_id = await store.begin_run(command, clock.now(), deadline)
     try:
-        accounts = {a for c in campaigns for a in c.accounts}
+        accounts = {a for c in campaigns for a in c.account_ids}
         async with anyio.create_task_group() as tg:
             base_url = connection.base_url
             if connection.use_sandbox:
@@ -301,7 +301,7 @@ async def _status(db: str, name: str | None, as_json: bool) -> int:
         names = [name] if name else await store.campaign_names()
         settings = [await store.campaign(n) for n in names]
         campaigns = [{"name": c.name, "counts": await store.counts(c.name)} for c in settings]
-        account_ids = sorted({a for c in settings for a in c.accounts})
+        account_ids = sorted({a for c in settings for a in c.account_ids})
         pacing = await store.pacing(account_ids, names)
         now = clock.now()
         accounts = []

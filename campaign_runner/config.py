@@ -11,7 +11,7 @@ import csv
 import io
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -172,20 +172,33 @@ class Recipient:
     place: str  # where it came from, for messages
 
 
-@dataclass
-class Campaign:
+@dataclass(frozen=True)
+class CampaignSettings:
+    """What a campaign is, whether read from its file or from the database."""
+
     name: str
     group_id: str
     endpoint: str
     message_template: str
-    limit: Limit
+    limit: Limit  # the default for accounts listed without a limit of their own
     burst: int
-    retry: RetryPolicy
-    accounts: list[Account]
-    recipients: list[Recipient]
+    max_attempts: int
+    backoff: float
+    accounts: tuple[Account, ...]
+
+    @property
+    def account_ids(self) -> tuple[str, ...]:
+        return tuple(account.id for account in self.accounts)
+
+
+@dataclass(frozen=True)
+class Campaign(CampaignSettings):
+    """A campaign file, validated and rendered: its settings and its recipients."""
+
+    recipients: tuple[Recipient, ...]
     source: str
     duplicates: int = 0
-    warnings: list[Problem] = field(default_factory=list)
+    warnings: tuple[Problem, ...] = ()
 
 
 def account_label(account_id: str) -> str:
@@ -252,12 +265,13 @@ def load_campaign(path: str | Path) -> Campaign:
         message_template=spec.message,
         limit=limit,
         burst=spec.burst,
-        retry=spec.retry,
-        accounts=accounts,
-        recipients=recipients,
+        max_attempts=spec.retry.attempts,
+        backoff=spec.retry.backoff,
+        accounts=tuple(accounts),
+        recipients=tuple(recipients),
         source=str(path),
         duplicates=duplicates,
-        warnings=warnings,
+        warnings=tuple(warnings),
     )
 
 

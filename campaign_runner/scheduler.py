@@ -23,9 +23,9 @@ import anyio.abc
 from . import events
 from .client import ApiClient, Kind, Outcome, SendRequest
 from .clock import Clock
-from .config import account_label
+from .config import CampaignSettings, account_label
 from .errors import StoreError
-from .store import ELSEWHERE_POLL, CampaignSettings, Claimed, Drained, Store, Waiting
+from .store import ELSEWHERE_POLL, Claimed, Drained, Store, Waiting
 
 DEFAULT_HOLD = 3600.0  # a rate-limit answer that says nothing of when to come back: wait an hour
 MIN_HOLD = 1.0  # never come straight back after a 429, whatever the server's clock says
@@ -94,7 +94,7 @@ class Scheduler:
         """Account id -> the campaigns it sends for, in the order given."""
         found: dict[str, list[str]] = {}
         for campaign in self._campaigns.values():
-            for account in campaign.accounts:
+            for account in campaign.account_ids:
                 found.setdefault(account, []).append(campaign.name)
         return found
 

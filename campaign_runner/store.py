@@ -29,7 +29,7 @@ import anyio
 
 from . import config
 from .client import Kind, Outcome
-from .config import Limit
+from .config import Account, CampaignSettings, Limit
 from .errors import ChangeRefusedError, StoreError, UnknownCampaignError
 from .events import Recovered
 from .limiter import IN_FLIGHT, AccountState, Pacing, Verdict, advance, decide
@@ -42,19 +42,6 @@ REMOVED_FROM_FILE = "removed from the campaign file"
 DIED_IN_FLIGHT = "the process stopped while the request was in flight; it may have been delivered"
 ELSEWHERE_POLL = 5.0  # seconds between looks when only other workers' requests remain
 STALE_MARGIN = 60.0  # past the request timeout, a claim nobody recorded belongs to a process that is gone
-
-
-@dataclass(frozen=True)
-class CampaignSettings:
-    name: str
-    group_id: str
-    endpoint: str
-    message_template: str
-    limit: Limit
-    burst: int
-    max_attempts: int
-    backoff: float
-    accounts: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -339,8 +326,8 @@ class Store:
             " source = excluded.source, updated_at = excluded.updated_at",
             (
                 campaign.name, campaign.group_id, campaign.endpoint, campaign.message_template,
-                campaign.limit.cap, campaign.limit.window, campaign.burst, campaign.retry.attempts,
-                campaign.retry.backoff, campaign.source, now, now,
+                campaign.limit.cap, campaign.limit.window, campaign.burst, campaign.max_attempts,
+                campaign.backoff, campaign.source, now, now,
             ),
         )  # fmt: skip
         await db.execute("DELETE FROM campaign_accounts WHERE campaign = ?", (campaign.name,))
@@ -418,12 +405,13 @@ class Store:
             if row is None:
                 raise UnknownCampaignError(f"no campaign named {name!r} in {self.path}")
             accounts = await self._all(
-                "SELECT account_id FROM campaign_accounts WHERE campaign = ? ORDER BY rowid", (name,)
+                "SELECT account_id, limit_cap, limit_window FROM campaign_accounts WHERE campaign = ? ORDER BY rowid",
+                (name,),
             )
         return CampaignSettings(
             name=row[0], group_id=row[1], endpoint=row[2], message_template=row[3],
             limit=Limit(row[4], row[5]), burst=row[6], max_attempts=row[7], backoff=row[8],
-            accounts=tuple(a[0] for a in accounts),
+            accounts=tuple(Account(a[0], Limit(a[1], a[2])) for a in accounts),
         )  # fmt: skip
 
     async def campaign_names(self, unfinished_only: bool = False) -> list[str]:

@@ -69,7 +69,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert campaign.endpoint == "send-group-with-typing"
     assert campaign.accounts[0].id == DEFAULT_ACCOUNT
     assert campaign.limit == Limit(150, 86400)
-    assert campaign.retry.attempts == 3
+    assert (campaign.max_attempts, campaign.backoff) == (3, 2.0)
     assert campaign.recipients[0].message == "Hi Person0!"
 
 
