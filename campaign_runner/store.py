@@ -41,7 +41,7 @@ STATUSES = ("pending", "in_flight", "sent", "failed", "unknown", "skipped")
 REMOVED_FROM_FILE = "removed from the campaign file"
 DIED_IN_FLIGHT = "the process stopped while the request was in flight; it may have been delivered"
 ELSEWHERE_POLL = 5.0  # seconds between looks when only other workers' requests remain
-STALE_MARGIN = 60.0  # past the request timeout, a claim nobody recorded belongs to a process that is gone
+STALE_MARGIN = 60.0  # past a run's request deadline, a claim it never recorded belongs to a process that is gone
 
 
 @dataclass(frozen=True)
