@@ -271,3 +271,25 @@ def test_the_run_ends_when_the_work_does_not_when_a_slow_account_may_send_again(
     assert time.monotonic() - started < 30  # not the 90 s the slow account would have to wait
     assert out.splitlines()[-1] == "test-campaign: 4 sent"
     assert Counter(d.account_id for d in box.log) == {"fast": 3, "slow": 1}
+
+
+def test_429_without_hold_until_waits_for_the_reset_header(cli, serve_sandbox, tmp_path: Path) -> None:
+    """Another tool used up the account: the server's 429 and Reset win over the local count."""
+    import httpx
+
+    from campaign_runner.clock import parse_iso
+
+    box, url = serve_sandbox(quota=3, quota_window=2.0)
+    with httpx.Client(base_url=url + "/", headers={"Authorization": f"Bearer {API_KEY}"}) as other_tool:
+        for i in range(3):
+            body = {"recipientProfileUrn": urn(100 + i), "groupId": "1", "message": "hi", "accountId": "acc_1"}
+            assert other_tool.post("messaging/send-group", json=body).status_code == 200
+    code, out, _ = cli("run", str(write_campaign(tmp_path, limit="100/1s")), base_url=url)
+    assert code == 0
+    assert out.splitlines()[-1] == "test-campaign: 5 sent"
+    (refused,) = [r for r in box.requests if r.status == 429]
+    held = next(line for line in out.splitlines() if " held by the API until " in line)
+    reset = parse_iso(held.split(" held by the API until ")[1].split()[0])
+    assert reset >= refused.at
+    later = [r.at for r in box.requests if r.at > refused.at]
+    assert later and min(later) >= reset  # nothing before the reset the server named
