@@ -253,7 +253,8 @@ def test_the_run_ends_as_soon_as_the_last_request_does(cli, serve_sandbox, tmp_p
                           recipients=[{"profile_urn": urn(i)} for i in range(3)])  # fmt: skip
     started = time.monotonic()
     assert cli("run", str(path), base_url=url)[0] == 0
-    assert time.monotonic() - started < ELSEWHERE_POLL / 2
+    # About a second of work; a missed wake-up would add a whole polling period on top.
+    assert time.monotonic() - started < ELSEWHERE_POLL
     assert len(box.log) == 3
 
 
