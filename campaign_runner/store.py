@@ -486,7 +486,8 @@ class Store:
             pacing = await self._pacing(account_id, campaigns)
             if pacing is None or not campaigns:
                 return Drained()
-            verdict = decide(pacing, await self._account_state(account_id, pacing), now)
+            state = await self._account_state(account_id, pacing)
+            verdict = decide(pacing, state, now)
             found = None
             if verdict.go(now):
                 for name in campaigns:
@@ -511,10 +512,9 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (recipient_id, run_id, account_id, endpoint_of[name], now, IN_FLIGHT),
             )
-            tat_row = await self._one("SELECT tat FROM accounts WHERE id = ?", (account_id,))
             await db.execute(
                 "INSERT INTO accounts (id, tat) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET tat = excluded.tat",
-                (account_id, advance(pacing, tat_row[0] if tat_row else 0.0, now)),
+                (account_id, advance(pacing, state.tat, now)),
             )
             return Claimed(
                 recipient_id=recipient_id,
