@@ -75,6 +75,11 @@ def sending_options(f: F) -> F:
             ),
             click.option("--sandbox", "use_sandbox", is_flag=True, help="Send to a built-in sandbox in this process."),
             click.option("--no-wait", is_flag=True, help="Send what the limits allow now, then exit 0 (for cron)."),
+            click.option(
+                "--allow-insecure",
+                is_flag=True,
+                help="Allow a plain http:// base URL on a host other than this machine.",
+            ),  # fmt: skip
         ]
     ):
         f = option(f)
@@ -119,7 +124,7 @@ def validate(file: str) -> int:
 @sending_options
 @click.option("--accept-changes", is_flag=True, help="Apply a changed message/group/endpoint to unsent recipients.")
 def run(files: tuple[str, ...], db: str, base_url: str, timeout: float, use_sandbox: bool, no_wait: bool,
-        accept_changes: bool) -> int:  # fmt: skip
+        allow_insecure: bool, accept_changes: bool) -> int:  # fmt: skip
     """Load campaign files and send until every recipient is done.
 
     Sleeps while the accounts' limits refill. Running the same file again adds new recipients
@@ -134,7 +139,7 @@ def run(files: tuple[str, ...], db: str, base_url: str, timeout: float, use_sand
     names = [c.name for c in campaigns]
     if len(set(names)) != len(names):
         raise ConfigError("two of the files name the same campaign")
-    connection = _connection(base_url, use_sandbox)
+    connection = _connection(base_url, use_sandbox, allow_insecure)
     return anyio.run(_run, db, campaigns, connection, timeout, no_wait, accept_changes)
 
 
@@ -142,14 +147,15 @@ def run(files: tuple[str, ...], db: str, base_url: str, timeout: float, use_sand
 @click.argument("name", required=False)
 @db_option
 @sending_options
-def resume(name: str | None, db: str, base_url: str, timeout: float, use_sandbox: bool, no_wait: bool) -> int:
+def resume(name: str | None, db: str, base_url: str, timeout: float, use_sandbox: bool, no_wait: bool,
+           allow_insecure: bool) -> int:  # fmt: skip
     """Continue a campaign from the database (all unfinished ones when NAME is left out).
 
     \b
     Example:
         campaign-runner resume spring-meetup-invite
     """
-    connection = _connection(base_url, use_sandbox)
+    connection = _connection(base_url, use_sandbox, allow_insecure)
     return anyio.run(_resume, db, name, connection, timeout, no_wait)
 
 
@@ -163,10 +169,10 @@ class _Connection:
         return f"_Connection(base_url={self.base_url!r}, sandbox={self.use_sandbox})"
 
 
-def _connection(base_url: str, use_sandbox: bool) -> _Connection:
+def _connection(base_url: str, use_sandbox: bool, allow_insecure: bool) -> _Connection:
     if use_sandbox:
         return _Connection("", secrets.token_urlsafe(16), True)
-    base_url = client.check_base_url(base_url)
+    base_url = client.check_base_url(base_url, allow_insecure)
     key = os.environ.get("CONNECTSAFELY_API_KEY", "").strip()
     if not key:
         raise ConfigError("CONNECTSAFELY_API_KEY is not set: export your API key, or try --sandbox")
@@ -245,7 +251,7 @@ async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettin
 
 
 def _exit_code(result: RunResult) -> int:
-    if result.reason == "fatal":
+    if result.reason in ("fatal", "accounts_stopped"):
         click.echo(f"error: {result.message}", err=True)
         return EXIT_FATAL
     if result.reason == "interrupted":
@@ -398,6 +404,21 @@ async def _retry(db: str, name: str, which: str) -> int:
 # --- sandbox ---------------------------------------------------------------------------------
 
 
+def _share(name: str, what: str) -> Callable[[F], F]:
+    return click.option(name, type=click.FloatRange(0, 1), default=0.0, help=f"Share (0-1) of requests {what}.")
+
+
+def _by_account(values: tuple[str, ...], option: str) -> dict[str | None, int]:
+    """`ACCOUNT=N` pairs; an empty ACCOUNT is the key's default account."""
+    found: dict[str | None, int] = {}
+    for value in values:
+        account, sep, count = value.rpartition("=")
+        if not sep or not count.isdigit() or int(count) < 1:
+            raise ConfigError(f"{option}: expected ACCOUNT=N with N >= 1, got {value!r}")
+        found[account or None] = int(count)
+    return found
+
+
 @cli.command(name="sandbox")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
@@ -406,15 +427,38 @@ async def _retry(db: str, name: str, which: str) -> int:
               help="Seconds the -with-typing endpoint takes.")  # fmt: skip
 @click.option("--quota", default="150/day", show_default=True, help="Messages per account, e.g. 150/day or 5/3s.")
 @click.option("--non-member", multiple=True, help="A recipient URN to refuse with 403 (repeatable).")
+@click.option("--seed", type=int, help="Seed for the shares below, to repeat a run exactly.")
+@_share("--error-rate", "answered 500")
+@_share("--drop-rate", "delivered, then closed with no answer")
+@_share("--slow-rate", "delivered, then answered after --slow-delay")
+@click.option("--slow-delay", type=click.FloatRange(min=0), default=90.0, show_default=True)
+@_share("--storm-rate", "starting a 429 storm on their account")
+@click.option("--storm-length", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds a 429 storm lasts.")  # fmt: skip
+@_share("--bad-gateway-rate", "answered with an HTML 502 page")
+@_share("--bad-headers-rate", "answered with missing or malformed X-RateLimit-* headers")
+@click.option("--credentials-error", multiple=True, metavar="ACCOUNT",
+              help="Answer this account's every request with the credentials 500 (repeatable).")  # fmt: skip
+@click.option("--forbidden-after", multiple=True, metavar="ACCOUNT=N",
+              help="Refuse every recipient of ACCOUNT with 403 from its Nth request on (repeatable).")  # fmt: skip
+@click.option("--unauthorized-after", type=click.IntRange(min=1), metavar="N",
+              help="Answer 401 from the Nth request on.")  # fmt: skip
 def sandbox_command(host: str, port: int, api_key: str, typing_delay: float, quota: str,
-                    non_member: tuple[str, ...]) -> int:  # fmt: skip
+                    non_member: tuple[str, ...], seed: int | None, error_rate: float, drop_rate: float,
+                    slow_rate: float, slow_delay: float, storm_rate: float, storm_length: float,
+                    bad_gateway_rate: float, bad_headers_rate: float, credentials_error: tuple[str, ...],
+                    forbidden_after: tuple[str, ...], unauthorized_after: int | None) -> int:  # fmt: skip
     """Serve a local emulator of the ConnectSafely API, for trying campaigns without sending.
+
+    Fault options make it misbehave the ways the real API and the network can. An empty ACCOUNT
+    means the key's default account.
 
     \b
     Example:
         campaign-runner sandbox --port 8765 &
         CONNECTSAFELY_API_KEY=sandbox-key campaign-runner run campaigns/demo.yaml \\
             --base-url http://127.0.0.1:8765/linkedin
+        campaign-runner sandbox --error-rate 0.1 --drop-rate 0.05 --forbidden-after acc_2=20
     """
     from .config import Limit
 
@@ -424,7 +468,11 @@ def sandbox_command(host: str, port: int, api_key: str, typing_delay: float, quo
         raise ConfigError(f"--quota: {exc}") from None
     config = sandbox.SandboxConfig(
         api_key=api_key, typing_delay=typing_delay, quota=limit.cap, quota_window=limit.window,
-        non_members=set(non_member),
+        non_members=set(non_member), seed=seed, error_rate=error_rate, drop_rate=drop_rate,
+        slow_rate=slow_rate, slow_delay=slow_delay, storm_rate=storm_rate, storm_length=storm_length,
+        bad_gateway_rate=bad_gateway_rate, bad_headers_rate=bad_headers_rate,
+        credentials_error={a or None for a in credentials_error},
+        forbidden_after=_by_account(forbidden_after, "--forbidden-after"), unauthorized_after=unauthorized_after,
     )  # fmt: skip
 
     async def serve() -> None:

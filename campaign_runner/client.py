@@ -12,6 +12,7 @@ whether the request can have reached the server:
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from .errors import ConfigError
 DEFAULT_BASE_URL = "https://api.connectsafely.ai/linkedin"
 DEFAULT_TIMEOUT = 60.0  # seconds: the -with-typing endpoint types before it answers
 CONNECT_TIMEOUT = 10.0
+CREDENTIALS_ERROR = "failed to get linkedin authentication credentials"  # a 500 that names the account
 MAX_BODY_KEPT = 4000  # characters of a response body stored with an attempt
 USER_AGENT = "campaign-runner"
 
@@ -82,6 +84,11 @@ class Outcome:
     rate_limit: RateLimitHeaders = field(default_factory=RateLimitHeaders)
     hold_until: float | None = None  # the 429 body's holdUntil, when given
 
+    @property
+    def blames_account(self) -> bool:
+        """A 500 whose text says the sending account's LinkedIn credentials are the trouble."""
+        return self.kind is Kind.SERVER_ERROR and CREDENTIALS_ERROR in (self.error or "").lower()
+
 
 @dataclass(frozen=True)
 class SendRequest:
@@ -98,13 +105,33 @@ class SendRequest:
         return body
 
 
-def check_base_url(base_url: str) -> str:
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"invalid base URL {base_url!r}: expected http(s)://host/path")
+def check_base_url(base_url: str, allow_insecure: bool = True) -> str:
+    """The base URL without a trailing slash. Unless `allow_insecure`, plain http:// is refused for
+    any host but this machine's loopback: the API key would cross the network readable by anyone."""
+    invalid = ConfigError(f"invalid base URL {base_url!r}: expected http(s)://host/path")
+    try:
+        parts = urlsplit(base_url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        raise invalid from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise invalid
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigError("invalid base URL: it must not carry a query, a fragment or credentials")
+    if parts.scheme == "http" and not allow_insecure and not _is_loopback(host):
+        raise ConfigError(
+            f"refusing to send the API key over plain http:// to {host}: use https://, or --allow-insecure"
+        )
     return base_url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def make_http_client(base_url: str, api_key: str, timeout: float, connections: int) -> httpx.AsyncClient:
@@ -191,6 +218,8 @@ def _error_text(payload: dict[str, Any], text: str, reason: str) -> str:
             return value
         if value:
             return json.dumps(value, separators=(",", ":"))[:500]
+    if text.lstrip().startswith("<"):  # a proxy's or server's HTML page: its markup is no message
+        return f"{reason} (an HTML page)" if reason else "an HTML page"
     snippet = " ".join(text.split())[:200]
     return snippet or reason
 

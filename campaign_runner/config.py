@@ -11,6 +11,7 @@ import csv
 import io
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -117,6 +118,18 @@ class RetryPolicy(_Strict):
         return parse_duration(value)
 
 
+class BreakerPolicy(_Strict):
+    failures: int = Field(default=3, ge=1, le=100)
+    cooldown: float = Field(default=30.0, le=86400)
+    pauses: int = Field(default=3, ge=0, le=20)
+    forbidden: int = Field(default=5, ge=2, le=1000)
+
+    @field_validator("cooldown", mode="before")
+    @classmethod
+    def _cooldown(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
 class CampaignFile(_Strict):
     """Schema v1 of a campaign file."""
 
@@ -128,6 +141,7 @@ class CampaignFile(_Strict):
     limit: str = DEFAULT_LIMIT
     burst: int = Field(default=1, ge=1, le=1000)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
     message: str = Field(min_length=1)
     recipients: list[dict[str, Any]] = Field(default_factory=list)
     recipients_file: str | None = Field(default=None, min_length=1)
@@ -173,6 +187,27 @@ class Recipient:
 
 
 @dataclass(frozen=True)
+class Breaker:
+    """When an account's own answers say the trouble is the account, not its recipients."""
+
+    failures: int = 3  # failed requests in a row (500, no connection, no answer) that pause the account
+    cooldown: float = 30.0  # seconds of the first pause; each further one doubles
+    pauses: int = 3  # pauses with no success in between; the next opening stops the account for the run
+    forbidden: int = 5  # 403s in a row, each for a different recipient: the account is blocked
+
+    @classmethod
+    def strictest(cls, breakers: Iterable[Breaker]) -> Breaker:
+        """For an account several campaigns share: every campaign's caution holds at once."""
+        found = list(breakers) or [cls()]
+        return cls(
+            failures=min(b.failures for b in found),
+            cooldown=max(b.cooldown for b in found),
+            pauses=min(b.pauses for b in found),
+            forbidden=min(b.forbidden for b in found),
+        )
+
+
+@dataclass(frozen=True)
 class CampaignSettings:
     """What a campaign is, whether read from its file or from the database."""
 
@@ -184,6 +219,7 @@ class CampaignSettings:
     burst: int
     max_attempts: int
     backoff: float
+    breaker: Breaker
     accounts: tuple[Account, ...]
 
     @property
@@ -267,6 +303,7 @@ def load_campaign(path: str | Path) -> Campaign:
         burst=spec.burst,
         max_attempts=spec.retry.attempts,
         backoff=spec.retry.backoff,
+        breaker=Breaker(**spec.breaker.model_dump()),
         accounts=tuple(accounts),
         recipients=tuple(recipients),
         source=str(path),

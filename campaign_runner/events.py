@@ -44,6 +44,24 @@ class AccountHeld:
 
 
 @dataclass(frozen=True)
+class AccountPaused:
+    """The circuit breaker opened: the account's requests keep failing."""
+
+    account_id: str
+    until: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class AccountStopped:
+    """The account sends nothing more in this run (its requests keep failing, or it looks blocked)."""
+
+    account_id: str
+    reason: str
+    put_back: dict[str, int]  # campaign -> recipients of a 403 streak put back to pending
+
+
+@dataclass(frozen=True)
 class AccountFinished:
     account_id: str
     reason: str  # drained: nothing left; deferred: --no-wait and the next send must wait; stopped
@@ -64,7 +82,17 @@ class Stopping:
     message: str
 
 
-Event = RunStarted | Attempted | AccountWaiting | AccountHeld | AccountFinished | Recovered | Stopping
+Event = (
+    RunStarted
+    | Attempted
+    | AccountWaiting
+    | AccountHeld
+    | AccountPaused
+    | AccountStopped
+    | AccountFinished
+    | Recovered
+    | Stopping
+)
 EventSink = Callable[[Event], None]
 
 

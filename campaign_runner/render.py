@@ -17,7 +17,7 @@ from .store import STATUSES
 
 def describe_wait(reason: str) -> str:
     return {
-        "hold": "on hold (rate limit)",
+        "hold": "on hold",
         "pace": "pacing",
         "window": "limit reached for this window",
         "in_flight": "another process is sending",
@@ -60,6 +60,10 @@ class LogLines:
                 return f"{account_label(account)} {describe_wait(reason)}: next send at {iso(until)}"
             case events.AccountHeld(account_id=account, until=until, reason=reason):
                 return f"{account_label(account)} held by the API until {iso(until)} ({reason})"
+            case events.AccountPaused(account_id=account, until=until, reason=reason):
+                return f"{account_label(account)} paused until {iso(until)} ({reason})"
+            case events.AccountStopped(account_id=account, reason=reason):
+                return f"{account_label(account)} stopped for this run: {reason}"
             case events.AccountFinished(account_id=account, reason=reason):
                 return f"{account_label(account)}: {_FINISHED.get(reason, reason)}"
             case events.Recovered(campaign=campaign, profile_urn=urn):
@@ -128,6 +132,15 @@ class LiveView:
                 ).state = f"{describe_wait(reason)}, next {iso(until)[11:19]}"
             case events.AccountHeld(account_id=account, until=until):
                 self.accounts.setdefault(account, _AccountRow()).state = f"held until {iso(until)}"
+            case events.AccountPaused(account_id=account, until=until):
+                self.accounts.setdefault(account, _AccountRow()).state = f"paused (failures) until {iso(until)}"
+            case events.AccountStopped(account_id=account, put_back=put_back):
+                self.accounts.setdefault(account, _AccountRow()).state = "stopped"
+                for name, count in put_back.items():
+                    counts = self.counts.setdefault(name, dict.fromkeys(STATUSES, 0))
+                    counts["failed"] -= count
+                    counts["pending"] += count
+                self.notes.append(LogLines.line(event))  # type: ignore[arg-type]
             case events.AccountFinished(account_id=account, reason=reason):
                 self.accounts.setdefault(account, _AccountRow()).state = _FINISHED.get(reason, reason)
             case events.Recovered() | events.Stopping():

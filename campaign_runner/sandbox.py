@@ -4,9 +4,13 @@ It answers the three send endpoints under `/linkedin` as the API contract docume
 auth, the documented 200/400/401/403/429/500 bodies, the five `X-RateLimit-*` headers, schema checks
 (no unknown fields), and a MESSAGE quota per account (`accountId`, or the key's default account)
 over a sliding window of delivered messages. `SandboxConfig` switches on the faults a runner must
-survive: non-members (403), invalid recipients (400), transient server errors (500), a revoked key
-(401), account holds (429 with `holdUntil`) and a slow typing indicator. Each accepted message is
-kept as a `Delivery`; `GET /linkedin/_sandbox/log` serves them to other processes.
+survive: non-members (403), invalid recipients (400), server errors (500, and the "credentials" 500
+for an account), a revoked key (401 from the Nth request), a blocked subscription (403 for every
+recipient of an account from its Nth request), account holds and 429 storms, messages delivered
+whose answer is lost (connection closed) or late (after the client's timeout), HTML 502 pages, and
+missing or malformed X-RateLimit-* headers. Shares of requests are drawn from a seeded random
+generator. Each accepted message is kept as a `Delivery`; `GET /linkedin/_sandbox/log` serves them
+to other processes.
 
 A plain ASGI app, served by uvicorn via `serve()` (an anyio task group on asyncio) or
 `serve_in_thread()` (tests). It reads time only through its `Clock`.
@@ -18,8 +22,10 @@ import contextlib
 import hmac
 import json
 import logging
+import random
 import socket
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -40,6 +46,10 @@ MAX_BODY = 64 * 1024  # a larger body is drained and refused with a 400, never b
 SHUTDOWN_GRACE = 2  # seconds in-flight requests (a long typing delay) may take once serving stops
 REQUIRED = ("recipientProfileUrn", "groupId", "message")
 REQUIRED_ERROR = {"success": False, "error": "recipientProfileUrn, groupId, and message are required"}
+CREDENTIALS_ERROR = "Failed to get LinkedIn authentication credentials"
+SUBSCRIPTION_ERROR = "Your trial has expired or you have no active subscription"
+BAD_GATEWAY_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+NO_ANSWER = 0  # RequestRecord.status of a request whose connection was closed without an answer
 LOG_PATH = f"{PREFIX}/_sandbox/log"
 SEND_PATHS = {
     f"{PREFIX}/messaging/{name}": name for name in ("send-group", "send-group-with-typing", "send-group-with-ack")
@@ -77,6 +87,19 @@ class SandboxConfig:
     fail_500: dict[str, int] = field(default_factory=dict)  # URN -> 500s left before it behaves
     unauthorized_after: int | None = None  # from the Nth send request on (1-based), answer 401
     holds: dict[str | None, float] = field(default_factory=dict)  # account key -> 429 until epoch
+    # Faults by account (None: the key's default account).
+    credentials_error: set[str | None] = field(default_factory=set)  # every request: the "credentials" 500
+    forbidden_after: dict[str | None, int] = field(default_factory=dict)  # from its Nth request on: 403 for all
+    # Faults on a share (0..1) of the send requests that pass the checks, drawn from `seed`.
+    seed: int | None = None
+    error_rate: float = 0.0  # answered 500, not delivered
+    drop_rate: float = 0.0  # delivered, then the connection is closed with no answer
+    slow_rate: float = 0.0  # delivered, answered only after `slow_delay` seconds (beyond a client's timeout)
+    slow_delay: float = 90.0
+    storm_rate: float = 0.0  # starts a 429 storm: the account is refused for `storm_length` seconds
+    storm_length: float = 5.0
+    bad_gateway_rate: float = 0.0  # an HTML 502 page from "a proxy", not delivered
+    bad_headers_rate: float = 0.0  # X-RateLimit-* headers missing or malformed on the answer
 
     def __repr__(self) -> str:  # the key stays out of reprs
         return f"SandboxConfig(quota={self.quota}, quota_window={self.quota_window})"
@@ -111,6 +134,9 @@ class _Reply:
     status: int
     payload: object
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    raw: bytes | None = None  # a body sent as it is (not JSON), with a text/html type
+    after: float = 0.0  # seconds to wait before answering
+    dropped: bool = False  # close the connection instead of answering
 
 
 class _Disconnected(Exception):
@@ -128,7 +154,11 @@ class Sandbox:
         self._log: list[Delivery] = []
         self._requests: list[RequestRecord] = []
         self._pending: dict[str | None, int] = {}  # accepted sends still in their typing delay
+        self._windows: dict[str | None, deque[float]] = {}  # delivered_at per account, oldest first
         self._count = 0
+        self._by_account: dict[str | None, int] = {}  # send requests per account
+        self._storms: dict[str | None, float] = {}  # account -> end of its 429 storm
+        self._random = random.Random(self.config.seed)
 
     @property
     def log(self) -> list[Delivery]:
@@ -170,7 +200,12 @@ class Sandbox:
             logger.exception("sandbox failed on %s %s", method, path)
             reply = _Reply(500, {"error": "Sandbox internal error", "success": False})
         with self._lock:
-            self._requests.append(RequestRecord(at=at, status=reply.status, **record))
+            self._requests.append(RequestRecord(at=at, status=NO_ANSWER if reply.dropped else reply.status, **record))
+        if reply.dropped:
+            await _hang_up(send)
+            return
+        if reply.after:
+            await anyio.sleep(reply.after)
         await _respond(send, reply)
 
     async def _send(self, endpoint: str, receive: Receive, scope: Scope, at: float, record: dict[str, Any]) -> _Reply:
@@ -188,12 +223,43 @@ class Sandbox:
         body = _parse_object(raw)
         account = body.get("accountId") if body is not None and _is_text(body.get("accountId")) else None
         record["account_id"] = account
+        with self._lock:
+            self._by_account[account] = self._by_account.get(account, 0) + 1
         reply = self._check(endpoint, body, account, record)
+        if reply is None:
+            reply = self._fault(account)
         if reply is None:
             assert body is not None  # _check refuses a missing body
             reply = await self._deliver(endpoint, body, account, at)
-        reply.headers = self._rate_headers(account)
+            reply.dropped = self._chance(config.drop_rate)
+            reply.after = config.slow_delay if not reply.dropped and self._chance(config.slow_rate) else 0.0
+        if reply.raw is None and not reply.headers:  # a storm's 429 already says when it ends
+            reply.headers = self._rate_headers(account)
         return reply
+
+    def _chance(self, share: float) -> bool:
+        return share > 0 and self._random.random() < share
+
+    def _fault(self, account: str | None) -> _Reply | None:
+        """A refusal drawn from the configured shares, after the documented checks passed."""
+        config, now = self.config, self.clock.now()
+        used, _ = self._window(account, now)
+        storm_end = self._storms.get(account, 0.0)
+        if storm_end <= now and self._chance(config.storm_rate):
+            storm_end = self._storms[account] = now + config.storm_length
+        if storm_end > now:
+            # Half of a storm's answers carry holdUntil; the rest say when only in X-RateLimit-Reset.
+            payload = _limit_body(used, config.quota)
+            if self._random.random() < 0.5:
+                payload["holdUntil"] = iso(storm_end)
+            reply = _Reply(429, payload)
+            reply.headers = self._rate_headers(account, reset=storm_end)
+            return reply
+        if self._chance(config.error_rate):
+            return _Reply(500, {"error": "Internal server error", "success": False})
+        if self._chance(config.bad_gateway_rate):
+            return _Reply(502, None, raw=BAD_GATEWAY_PAGE)
+        return None
 
     def _check(
         self, endpoint: str, body: dict[str, Any] | None, account: str | None, record: dict[str, Any]
@@ -215,11 +281,16 @@ class Sandbox:
             return _Reply(429, _limit_body(used, config.quota) | {"holdUntil": iso(hold)})
         if used >= config.quota:
             return _Reply(429, _limit_body(used, config.quota))
+        if account in config.credentials_error:
+            return _Reply(500, {"error": CREDENTIALS_ERROR, "success": False})
         if config.fail_500.get(urn, 0) > 0:
             config.fail_500[urn] -= 1
-            return _Reply(500, {"error": "Failed to get LinkedIn authentication credentials", "success": False})
+            return _Reply(500, {"error": "Internal server error", "success": False})
         if urn in config.invalid:
             return _Reply(400, REQUIRED_ERROR)
+        blocked_from = config.forbidden_after.get(account)
+        if blocked_from is not None and self._by_account.get(account, 0) >= blocked_from:
+            return _Reply(403, {"success": False, "error": SUBSCRIPTION_ERROR, "typingIndicatorSent": False})
         if urn in config.non_members:
             message = "Error sending group context message: Request failed with status code 403"
             return _Reply(
@@ -238,24 +309,26 @@ class Sandbox:
         # Count the send against the quota while it types, so concurrent sends cannot overshoot it.
         with self._lock:
             self._pending[account] = self._pending.get(account, 0) + 1
-        delivery: Delivery | None = None
+        delivered = False
         try:
             if endpoint == "send-group-with-typing" and self.config.typing_delay > 0:
                 await anyio.sleep(self.config.typing_delay)
-            delivery = Delivery(
-                received_at=at,
-                delivered_at=self.clock.now(),
-                endpoint=endpoint,
-                account_id=account,
-                recipient=body["recipientProfileUrn"],
-                group_id=body["groupId"],
-                message=body["message"],
-            )
+            delivered = True
         finally:
             with self._lock:
                 self._pending[account] -= 1
-                if delivery is not None:
+                if delivered:  # read the time under the lock, so each account's times stay in order
+                    delivery = Delivery(
+                        received_at=at,
+                        delivered_at=self.clock.now(),
+                        endpoint=endpoint,
+                        account_id=account,
+                        recipient=body["recipientProfileUrn"],
+                        group_id=body["groupId"],
+                        message=body["message"],
+                    )
                     self._log.append(delivery)
+                    self._windows.setdefault(account, deque()).append(delivery.delivered_at)
         payload: dict[str, Any] = {
             "success": True,
             "message": "Group context message sent successfully",
@@ -272,20 +345,30 @@ class Sandbox:
         """Messages of `account` counted in the window ending at `now`, and when the oldest leaves it."""
         window = self.config.quota_window
         with self._lock:
-            times = [d.delivered_at for d in self._log if d.account_id == account and d.delivered_at + window > now]
+            times = self._windows.get(account)
+            if times is None:
+                return self._pending.get(account, 0), now + window
+            # Only ever asked about the present, so what has left the window can be dropped for good.
+            while times and times[0] + window <= now:
+                times.popleft()
             used = len(times) + self._pending.get(account, 0)
-        return used, (min(times) if times else now) + window
+            return used, (times[0] if times else now) + window
 
-    def _rate_headers(self, account: str | None) -> list[tuple[bytes, bytes]]:
-        used, reset = self._window(account, self.clock.now())
+    def _rate_headers(self, account: str | None, reset: float | None = None) -> list[tuple[bytes, bytes]]:
+        used, window_reset = self._window(account, self.clock.now())
         limit = self.config.quota
-        values = {
+        values: dict[str, object] = {
             "Action": "MESSAGE",
             "Limit": limit,
             "Used": used,
             "Remaining": max(limit - used, 0),
-            "Reset": iso(reset),
+            "Reset": iso(reset if reset is not None else window_reset),
         }
+        if self._chance(self.config.bad_headers_rate):
+            # One of the ways a proxy or a bug can mangle them: gone, or not numbers and dates.
+            if self._random.random() < 0.5:
+                return []
+            values |= {"Limit": "unlimited", "Used": "-", "Remaining": "n/a", "Reset": "tomorrow"}
         return [(f"X-RateLimit-{name}".encode(), str(value).encode()) for name, value in values.items()]
 
 
@@ -341,10 +424,28 @@ async def _read_body(receive: Receive) -> bytes | None:
 
 
 async def _respond(send: Send, reply: _Reply) -> None:
-    body = json.dumps(reply.payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if reply.raw is not None:
+        body, kind = reply.raw, b"text/html"
+    else:
+        body, kind = json.dumps(reply.payload).encode(), b"application/json"
+    headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers + reply.headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _hang_up(send: Send) -> None:
+    """Close the connection without a byte of answer, as a proxy or a crashed server would.
+
+    ASGI has no message for it, so this reaches for the server's transport (uvicorn's h11 cycle
+    keeps it). If that is not there, it starts an answer and never finishes it: the client gets
+    no complete response either way.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is not None:
+        transport.close()
+        await anyio.sleep(0)  # let the server see the connection is gone before the app returns
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -3,6 +3,8 @@
 A worker claims a recipient (store), sends it (client), records the outcome (store) and repeats,
 sleeping through the clock when its account's limits or the backoff say so. Recipients are not
 assigned to accounts up front: whichever account of a campaign has quota first claims the next one.
+Each worker's `AccountGuard` reads its answers for trouble with the account itself: it pauses the
+account, or stops it for the run while the other accounts go on.
 
 Stopping: the first SIGINT/SIGTERM (or a fatal API answer) stops new claims, lets each request in
 flight finish or time out and records it; a second signal cancels what is in flight, and those
@@ -23,8 +25,9 @@ import anyio.abc
 from . import events
 from .client import ApiClient, Kind, Outcome, SendRequest
 from .clock import Clock
-from .config import CampaignSettings, account_label
+from .config import Breaker, CampaignSettings, account_label
 from .errors import StoreError
+from .guard import AccountGuard, Judgement
 from .store import ELSEWHERE_POLL, Claimed, Drained, Store, Waiting
 
 DEFAULT_HOLD = 3600.0  # a rate-limit answer that says nothing of when to come back: wait an hour
@@ -35,7 +38,7 @@ INTERRUPTED = "the request was interrupted in flight; it may have been delivered
 
 @dataclass(frozen=True)
 class RunResult:
-    reason: str  # done, deferred (--no-wait left work for later), interrupted, fatal
+    reason: str  # done, deferred (--no-wait left work for later), accounts_stopped, interrupted, fatal
     message: str | None = None
 
 
@@ -88,6 +91,7 @@ class Scheduler:
         self._result: RunResult | None = None
         self._errors: list[Exception] = []
         self._deferred = False
+        self._stopped: dict[str, str] = {}  # account -> why its guard stopped it
         self._workers_scope: anyio.CancelScope | None = None
 
     def accounts(self) -> dict[str, list[str]]:
@@ -141,6 +145,9 @@ class Scheduler:
             raise self._errors[0]
         if self._result is not None:
             return self._result
+        if self._stopped:
+            stopped = "; ".join(f"{account_label(a)} stopped: {why}" for a, why in self._stopped.items())
+            return RunResult("accounts_stopped", f"{stopped}. Fix the account, then run `campaign-runner resume`")
         return RunResult("deferred") if self._deferred else RunResult("done")
 
     async def _watch_signals(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -180,6 +187,7 @@ class Scheduler:
     async def _work(self, account: str, names: list[str]) -> None:
         order = deque(names)
         endpoint_of = {name: self._campaigns[name].endpoint for name in names}
+        guard = AccountGuard(Breaker.strictest(self._campaigns[name].breaker for name in names))
         announced: tuple[float, str] | None = None
         next_recovery = 0.0
         while not self._stop.is_set():
@@ -214,12 +222,24 @@ class Scheduler:
                     await self._store.release(decision, self._clock.now())
                 break
             announced = None
-            await self._send(decision)
+            judgement = await self._send(decision, guard)
             order.rotate(-1)  # campaigns sharing an account take turns
             self._set_progress()
+            if judgement.stop:
+                self._stop_account(account, judgement)
+                return
         self._emit(events.AccountFinished(account, "stopped"))
 
-    async def _send(self, claim: Claimed) -> None:
+    def _stop_account(self, account: str, judgement: Judgement) -> None:
+        reason = judgement.reason or "stopped"
+        self._stopped[account] = reason
+        put_back: dict[str, int] = {}
+        for refused in judgement.put_back:
+            put_back[refused.campaign] = put_back.get(refused.campaign, 0) + 1
+        self._emit(events.AccountStopped(account, reason, put_back))
+        self._set_drained()  # the campaigns it sent for may have nothing left for the others
+
+    async def _send(self, claim: Claimed, guard: AccountGuard) -> Judgement:
         """Send one claimed recipient and record the outcome, whatever happens to this task."""
         campaign = self._campaigns[claim.campaign]
         request = SendRequest(
@@ -234,19 +254,22 @@ class Scheduler:
             outcome = await self._api.send(request)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                await self._record(claim, Outcome(Kind.UNKNOWN, error=INTERRUPTED), started)
+                await self._record(claim, Outcome(Kind.UNKNOWN, error=INTERRUPTED), started, Judgement())
             raise
+        judgement = guard.judge(claim.recipient_id, claim.campaign, claim.requeued, outcome, self._clock.now())
         with anyio.CancelScope(shield=True):
-            await self._record(claim, outcome, started)
+            await self._record(claim, outcome, started, judgement)
         if outcome.kind is Kind.UNAUTHORIZED:
             self.stop("fatal", f"the API refused the key (401: {outcome.error}); nothing was marked failed")
         elif outcome.kind is Kind.MISROUTED:
             self.stop("fatal", f"the API address looks wrong ({outcome.error}); check --base-url")
+        return judgement
 
-    async def _record(self, claim: Claimed, outcome: Outcome, started: float) -> None:
+    async def _record(self, claim: Claimed, outcome: Outcome, started: float, judgement: Judgement) -> None:
         campaign = self._campaigns[claim.campaign]
         now = self._clock.now()
         hold = hold_for(outcome, now)
+        pause = judgement.pause_until
         try:
             status = await self._store.record(
                 claim,
@@ -255,7 +278,11 @@ class Scheduler:
                 latency=max(now - started, 0.0),
                 max_attempts=campaign.max_attempts,
                 retry_at=now + backoff(claim.retries + 1, campaign.backoff, self._rng),
-                hold_until=hold,
+                hold_until=max(hold or 0.0, pause or 0.0) or None,
+                hold_reason=judgement.reason if pause and pause > (hold or 0.0) else None,
+                charged=judgement.charged,
+                put_back=[r.recipient_id for r in judgement.put_back],
+                put_back_note=judgement.reason and f"put back: {judgement.reason}; another 403 fails it for good",
             )
         except StoreError as exc:
             # Say what was lost: the recipient stays in_flight, and the next run marks it unknown.
@@ -280,6 +307,8 @@ class Scheduler:
         )
         if hold is not None:
             self._emit(events.AccountHeld(claim.account_id, hold, outcome.error or "X-RateLimit-Remaining: 0"))
+        if pause is not None:
+            self._emit(events.AccountPaused(claim.account_id, pause, judgement.reason or "circuit breaker"))
 
     async def _sleep(self, until: float, *wakes: anyio.Event) -> None:
         """Sleep until `until`, or until stopped, or until one of `wakes` is set."""

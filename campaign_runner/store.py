@@ -29,7 +29,7 @@ import anyio
 
 from . import config
 from .client import Kind, Outcome
-from .config import Account, CampaignSettings, Limit
+from .config import Account, Breaker, CampaignSettings, Limit
 from .errors import ChangeRefusedError, StoreError, UnknownCampaignError
 from .events import Recovered
 from .limiter import IN_FLIGHT, AccountState, Pacing, Verdict, advance, decide
@@ -68,6 +68,7 @@ class Claimed:
     account_id: str
     attempt: int  # 1 for the first request to this recipient
     retries: int  # retryable failures so far
+    requeued: int  # times put back after a 403 streak blamed its account
     window_used: int  # requests of the account in the window of its slowest limit, this one included
     window_cap: int
 
@@ -317,17 +318,21 @@ class Store:
                 )
         await db.execute(
             "INSERT INTO campaigns (name, group_id, endpoint, message_template, limit_cap, limit_window,"
-            " burst, max_attempts, backoff, source, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " burst, max_attempts, backoff, breaker_failures, breaker_cooldown, breaker_pauses,"
+            " breaker_forbidden, source, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET group_id = excluded.group_id, endpoint = excluded.endpoint,"
             " message_template = excluded.message_template, limit_cap = excluded.limit_cap,"
             " limit_window = excluded.limit_window, burst = excluded.burst,"
             " max_attempts = excluded.max_attempts, backoff = excluded.backoff,"
+            " breaker_failures = excluded.breaker_failures, breaker_cooldown = excluded.breaker_cooldown,"
+            " breaker_pauses = excluded.breaker_pauses, breaker_forbidden = excluded.breaker_forbidden,"
             " source = excluded.source, updated_at = excluded.updated_at",
             (
                 campaign.name, campaign.group_id, campaign.endpoint, campaign.message_template,
                 campaign.limit.cap, campaign.limit.window, campaign.burst, campaign.max_attempts,
-                campaign.backoff, campaign.source, now, now,
+                campaign.backoff, campaign.breaker.failures, campaign.breaker.cooldown, campaign.breaker.pauses,
+                campaign.breaker.forbidden, campaign.source, now, now,
             ),
         )  # fmt: skip
         await db.execute("DELETE FROM campaign_accounts WHERE campaign = ?", (campaign.name,))
@@ -399,7 +404,8 @@ class Store:
         async with self.snapshot():
             row = await self._one(
                 "SELECT name, group_id, endpoint, message_template, limit_cap, limit_window, burst,"
-                " max_attempts, backoff FROM campaigns WHERE name = ?",
+                " max_attempts, backoff, breaker_failures, breaker_cooldown, breaker_pauses, breaker_forbidden"
+                " FROM campaigns WHERE name = ?",
                 (name,),
             )
             if row is None:
@@ -411,6 +417,7 @@ class Store:
         return CampaignSettings(
             name=row[0], group_id=row[1], endpoint=row[2], message_template=row[3],
             limit=Limit(row[4], row[5]), burst=row[6], max_attempts=row[7], backoff=row[8],
+            breaker=Breaker(failures=row[9], cooldown=row[10], pauses=row[11], forbidden=row[12]),
             accounts=tuple(Account(a[0], Limit(a[1], a[2])) for a in accounts),
         )  # fmt: skip
 
@@ -492,7 +499,7 @@ class Store:
             if verdict.go(now):
                 for name in campaigns:
                     found = await self._one(
-                        "SELECT id, profile_urn, message, attempts, retries FROM recipients"
+                        "SELECT id, profile_urn, message, attempts, retries, requeued FROM recipients"
                         " WHERE campaign = ? AND status = 'pending' AND not_before <= ? ORDER BY id LIMIT 1",
                         (name, now),
                     )
@@ -501,7 +508,7 @@ class Store:
                         break
             if found is None:
                 return await self._why_not(campaigns, verdict, now)
-            name, recipient_id, urn, message, attempts, retries = found
+            name, recipient_id, urn, message, attempts, retries, requeued = found
             await db.execute(
                 "UPDATE recipients SET status = 'in_flight', account_id = ?, attempts = attempts + 1,"
                 " run_id = ?, updated_at = ? WHERE id = ?",
@@ -526,6 +533,7 @@ class Store:
                 account_id=account_id,
                 attempt=attempts + 1,
                 retries=retries,
+                requeued=requeued,
                 window_used=await self._window_used(account_id, pacing.slowest, now),
                 window_cap=pacing.slowest.cap,
             )
@@ -564,9 +572,14 @@ class Store:
 
     async def record(
         self, claim: Claimed, outcome: Outcome, now: float, *, latency: float, max_attempts: int,
-        retry_at: float, hold_until: float | None,
+        retry_at: float, hold_until: float | None, hold_reason: str | None = None, charged: bool = True,
+        put_back: Sequence[int] = (), put_back_note: str | None = None,
     ) -> str:  # fmt: skip
-        """Write an outcome; return the recipient's status after it."""
+        """Write an outcome; return the recipient's status after it.
+
+        `charged`: a retryable failure counts against the recipient's attempts (not when its
+        account is to blame). `put_back`: recipients failed by 403s that turned out to be their
+        account's fault, back to pending with `put_back_note`, in the same transaction."""
         retries = claim.retries
         sent_at = None
         if outcome.kind is Kind.SENT:
@@ -576,7 +589,7 @@ class Store:
         elif outcome.kind is Kind.UNKNOWN:
             status, not_before = "unknown", 0.0
         elif outcome.kind in (Kind.SERVER_ERROR, Kind.NOT_SENT):
-            retries += 1
+            retries += 1 if charged else 0
             status = "failed" if retries >= max_attempts else "pending"
             not_before = retry_at if status == "pending" else 0.0
         else:  # rate limited, unauthorized, misrouted: nothing is wrong with the recipient
@@ -608,8 +621,17 @@ class Store:
                 await db.execute(
                     "INSERT INTO accounts (id, hold_until, hold_reason) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE"
                     " SET hold_until = max(hold_until, excluded.hold_until), hold_reason = excluded.hold_reason",
-                    (claim.account_id, hold_until, outcome.error or outcome.kind.value),
+                    (claim.account_id, hold_until, hold_reason or outcome.error or outcome.kind.value),
                 )
+            if put_back:
+                marks = ",".join("?" * len(put_back))
+                await db.execute(
+                    "UPDATE recipients SET status = 'pending', error = ?, requeued = requeued + 1, updated_at = ?"
+                    f" WHERE id IN ({marks}) AND status = 'failed' AND http_status = 403",
+                    (put_back_note, now, *put_back),
+                )
+                if claim.recipient_id in put_back and status == "failed":
+                    status = "pending"
         return status
 
     # --- reading ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from collections.abc import Callable, Iterator
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from campaign_runner.cli import run_cli
 from campaign_runner.sandbox import Sandbox, SandboxConfig, serve_in_thread
 
 API_KEY = "test-key-0123456789"
@@ -71,3 +73,35 @@ def write_campaign(folder: Path, filename: str = "campaign.yaml", **fields: Any)
 def write_text(path: Path, text: str) -> Path:
     path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path):
+    """Run the CLI in this process against one database: `cli(*args, base_url=...)` -> (code, out, err)."""
+    monkeypatch.setenv("CONNECTSAFELY_API_KEY", API_KEY)
+    db = str(tmp_path / "runs.db")
+
+    def invoke(*args: str, base_url: str | None = None) -> tuple[int, str, str]:
+        extra = ["--db", db]
+        if base_url is not None:
+            extra += ["--base-url", base_url]
+        code = run_cli([*args, *extra])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
+
+
+def report(cli, name: str = "test-campaign") -> dict:
+    code, out, _ = cli("report", name, "--format", "json")
+    assert code == 0
+    return json.loads(out)
+
+
+def by_urn(data: dict) -> dict[str, dict]:
+    return {r["profile_urn"]: r for r in data["recipients"]}
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    return max((sum(1 for t in times[i:] if t <= start + window) for i, start in enumerate(times)), default=0)

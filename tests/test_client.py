@@ -54,9 +54,9 @@ async def answer(status: int, body: object, headers: dict[str, str] | None = Non
         (500, {"error": "Failed to get LinkedIn authentication credentials", "success": False}, Kind.SERVER_ERROR,
          "Failed to get LinkedIn authentication credentials"),
         (503, "<html>down for maintenance</html>", Kind.UNKNOWN,
-         "HTTP 503: <html>down for maintenance</html>; the message may have been sent"),
+         "HTTP 503: Service Unavailable (an HTML page); the message may have been sent"),
         (502, "<html><h1>502 Bad Gateway</h1></html>", Kind.UNKNOWN,
-         "HTTP 502: <html><h1>502 Bad Gateway</h1></html>; the message may have been sent"),
+         "HTTP 502: Bad Gateway (an HTML page); the message may have been sent"),
         (504, "", Kind.UNKNOWN, "HTTP 504: Gateway Timeout; the message may have been sent"),
         (404, {"error": "Not found"}, Kind.MISROUTED, "HTTP 404 Not Found at http://api.test/linkedin/messaging/send-group"),
         (301, "", Kind.MISROUTED, "HTTP 301 Moved Permanently at http://api.test/linkedin/messaging/send-group"),
@@ -150,10 +150,26 @@ async def test_connection_cut_after_the_request_is_unknown() -> None:
     assert outcome.error.startswith("connection lost (")
 
 
-@pytest.mark.parametrize("url", ["ftp://x/y", "api.connectsafely.ai", "http://", "https://h/p?key=1", "https://u:p@h/"])
+@pytest.mark.parametrize(
+    "url", ["ftp://x/y", "api.connectsafely.ai", "http://", "https://h/p?key=1", "https://u:p@h/", "http://[::1/x"]
+)
 def test_bad_base_urls(url: str) -> None:
     with pytest.raises(ConfigError, match="invalid base URL"):
         check_base_url(url)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "[::1]", "localhost"])
+def test_plain_http_is_allowed_to_this_machine(host: str) -> None:
+    assert check_base_url(f"http://{host}:8765/linkedin/", allow_insecure=False) == f"http://{host}:8765/linkedin"
+
+
+@pytest.mark.parametrize("host", ["api.connectsafely.ai", "10.0.0.5", "[2001:db8::1]", "localhost.example.com"])
+def test_plain_http_elsewhere_needs_allow_insecure(host: str) -> None:
+    url = f"http://{host}/linkedin"
+    with pytest.raises(ConfigError, match=r"refusing to send the API key over plain http:// to .*--allow-insecure"):
+        check_base_url(url, allow_insecure=False)
+    assert check_base_url(url, allow_insecure=True) == url
+    assert check_base_url(f"https://{host}/linkedin", allow_insecure=False) == f"https://{host}/linkedin"
 
 
 async def test_key_is_not_in_the_repr() -> None:

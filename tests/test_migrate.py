@@ -6,6 +6,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from campaign_runner.config import Breaker
 from campaign_runner.errors import SchemaTooNewError, StoreError
 from campaign_runner.migrate import Migration, discover, migrate, statements
 from campaign_runner.store import Store
@@ -84,7 +85,10 @@ async def test_database_file_is_private(tmp_path: Path) -> None:
 
 # Once a migration has shipped, databases out there have run it: it must never change. A new
 # schema change is a new file. Add each new migration's digest here when it ships.
-SHIPPED = {1: "8bbef63d7890b00ce924203c6b76653c3863b6552b077f6c73be2958112bd484"}
+SHIPPED = {
+    1: "8bbef63d7890b00ce924203c6b76653c3863b6552b077f6c73be2958112bd484",
+    2: "91116326e4de39c7295a99808e2311dbcf2c629126b04aad90c6f02ae6dd9179",
+}
 
 
 def test_shipped_migrations_never_change() -> None:
@@ -96,3 +100,21 @@ def test_shipped_migrations_never_change() -> None:
             f"migration {migration.version:03d} differs from what shipped; add a new migration instead"
             f" (or, for a new one, record its digest: {digest})"
         )
+
+
+async def test_a_database_of_the_first_schema_is_upgraded_with_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    async with aiosqlite.connect(path, isolation_level=None) as db:
+        await migrate(db, 1.0, discover()[:1])
+        await db.execute(
+            "INSERT INTO campaigns (name, group_id, endpoint, message_template, limit_cap, limit_window,"
+            " created_at, updated_at) VALUES ('old', '1', 'send-group', 'hi', 150, 86400, 1, 1)"
+        )
+        await db.execute("INSERT INTO campaign_accounts VALUES ('old', 'acc_1', 150, 86400)")
+    store = await Store.open(path, 2.0)
+    try:
+        settings = await store.campaign("old")
+    finally:
+        await store.close()
+    assert settings.breaker == Breaker()
+    assert settings.account_ids == ("acc_1",)

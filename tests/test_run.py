@@ -2,46 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
-from campaign_runner.cli import run_cli
-
-from conftest import API_KEY, urn, write_campaign
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch, tmp_path):
-    monkeypatch.setenv("CONNECTSAFELY_API_KEY", API_KEY)
-    db = str(tmp_path / "runs.db")
-
-    def invoke(*args: str, base_url: str | None = None) -> tuple[int, str, str]:
-        extra = ["--db", db]
-        if base_url is not None:
-            extra += ["--base-url", base_url]
-        code = run_cli([*args, *extra])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
-
-
-def report(cli, name: str = "test-campaign") -> dict:
-    code, out, _ = cli("report", name, "--format", "json")
-    assert code == 0
-    return json.loads(out)
-
-
-def by_urn(data: dict) -> dict[str, dict]:
-    return {r["profile_urn"]: r for r in data["recipients"]}
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    times = sorted(times)
-    return max((sum(1 for t in times[i:] if t <= start + window) for i, start in enumerate(times)), default=0)
+from conftest import API_KEY, by_urn, max_in_window, report, urn, write_campaign
 
 
 def test_full_campaign_is_sent_once_and_a_second_run_sends_nothing(cli, serve_sandbox, tmp_path: Path) -> None:
@@ -157,8 +121,11 @@ def test_500_is_retried_with_backoff_then_failed(cli, serve_sandbox, tmp_path: P
     assert code == 0
     rows = by_urn(report(cli))
     assert (rows[urn(1)]["status"], rows[urn(1)]["attempts"]) == ("sent", 3)
-    assert (rows[urn(2)]["status"], rows[urn(2)]["attempts"], rows[urn(2)]["http_status"]) == ("failed", 3, 500)
-    assert rows[urn(2)]["error"] == "Failed to get LinkedIn authentication credentials"
+    assert (rows[urn(2)]["status"], rows[urn(2)]["http_status"]) == ("failed", 500)
+    # 3 attempts count against it; one that came straight after urn(1)'s failure was put down to
+    # the account (see test_guard.py), so it may have taken one or two more.
+    assert 3 <= rows[urn(2)]["attempts"] <= 5
+    assert rows[urn(2)]["error"] == "Internal server error"
     times = [r.at for r in box.requests if r.recipient == urn(2)]
     assert times[1] - times[0] >= 0.05 and times[2] - times[1] >= 0.1  # 50 ms backoff, doubling
 

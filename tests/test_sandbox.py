@@ -230,7 +230,7 @@ def test_fail_500_counts_down_then_delivers(start: Start) -> None:
     first, second = send(client), send(client)
     for response in (first, second):
         assert response.status_code == 500
-        assert response.json() == {"error": "Failed to get LinkedIn authentication credentials", "success": False}
+        assert response.json() == {"error": "Internal server error", "success": False}
         assert all(name in response.headers for name in RATE_HEADERS)
     assert send(client).status_code == 200
     assert sandbox.config.fail_500 == {URN: 0}
@@ -348,3 +348,81 @@ async def test_serve_in_a_task_group_never_overshoots_the_quota() -> None:
         tg.cancel_scope.cancel()
     assert sorted(statuses) == [200, 200, 429, 429]
     assert len(sandbox.log) == 2
+
+
+# --- fault switches ------------------------------------------------------------------------
+
+
+def test_credentials_error_and_forbidden_after_hit_only_their_account(start: Start) -> None:
+    sandbox, client = start(credentials_error={"acc-bad"}, forbidden_after={"acc-blocked": 2})
+    bad = send(client, accountId="acc-bad")
+    assert (bad.status_code, bad.json()) == (
+        500,
+        {"error": "Failed to get LinkedIn authentication credentials", "success": False},
+    )
+    assert send(client, accountId="acc-blocked").status_code == 200  # its first request goes through
+    for other in ("urn:li:fsd_profile:a", "urn:li:fsd_profile:b"):  # from the 2nd on, everyone is refused
+        refused = send(client, accountId="acc-blocked", recipientProfileUrn=other)
+        assert refused.status_code == 403
+        assert refused.json() == {
+            "success": False,
+            "error": "Your trial has expired or you have no active subscription",
+            "typingIndicatorSent": False,
+        }
+    assert send(client).status_code == 200
+    assert [d.account_id for d in sandbox.log] == ["acc-blocked", None]
+
+
+def test_a_dropped_request_is_delivered_and_the_connection_closed_without_an_answer(start: Start) -> None:
+    sandbox, client = start(drop_rate=1.0)
+    with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+        send(client)
+    assert [d.recipient for d in sandbox.log] == [URN]
+    assert [r.status for r in sandbox.requests] == [0]
+
+
+def test_a_slow_answer_comes_after_the_clients_timeout_but_the_message_is_delivered(start: Start) -> None:
+    sandbox, client = start(slow_rate=1.0, slow_delay=1.0)
+    with pytest.raises(httpx.ReadTimeout):
+        client.post("/messaging/send-group", json=BODY, timeout=0.3)
+    assert [d.recipient for d in sandbox.log] == [URN]
+
+
+def test_a_429_storm_refuses_the_account_until_it_ends(start: Start) -> None:
+    sandbox, client = start(storm_rate=1.0, storm_length=0.5, seed=1)
+    answers = [send(client) for _ in range(6)]
+    assert {a.status_code for a in answers} == {429}
+    resets = {a.headers["x-ratelimit-reset"] for a in answers}
+    assert len(resets) == 1  # one storm, one end
+    holds = [a.json().get("holdUntil") for a in answers]
+    assert set(holds) == {None, resets.pop()}  # some say it in the body too, some only in the header
+    assert sandbox.log == []
+
+
+def test_bad_gateway_is_an_html_page_without_rate_headers(start: Start) -> None:
+    sandbox, client = start(bad_gateway_rate=1.0)
+    answer = send(client)
+    assert (answer.status_code, answer.headers["content-type"]) == (502, "text/html")
+    assert answer.text.startswith("<html>")
+    assert not any(name in answer.headers for name in RATE_HEADERS)
+    assert sandbox.log == []
+
+
+def test_bad_headers_are_missing_or_malformed(start: Start) -> None:
+    sandbox, client = start(bad_headers_rate=1.0, seed=3)
+    answers = [send(client, recipientProfileUrn=f"urn:li:fsd_profile:{n}") for n in range(12)]
+    assert {a.status_code for a in answers} == {200}
+    shapes = {tuple(a.headers.get(name) for name in RATE_HEADERS) for a in answers}
+    assert shapes == {(None,) * 5, ("MESSAGE", "unlimited", "-", "n/a", "tomorrow")}
+    assert len(sandbox.log) == 12
+
+
+def test_shares_are_drawn_from_the_seed(start: Start) -> None:
+    def statuses(seed: int) -> list[int]:
+        _, client = start(error_rate=0.5, seed=seed)
+        return [send(client, recipientProfileUrn=f"urn:li:fsd_profile:{n}").status_code for n in range(30)]
+
+    first = statuses(7)
+    assert first == statuses(7)
+    assert set(first) == {200, 500}
+    assert first != statuses(8)
