@@ -126,7 +126,8 @@ class RequestRecord:
     endpoint: str
     account_id: str | None
     recipient: str | None
-    status: int
+    status: int  # NO_ANSWER when the connection was closed instead
+    fault: str | None = None  # the injected fault: error, drop, slow, storm, bad_gateway, bad_headers
 
 
 @dataclass
@@ -183,7 +184,7 @@ class Sandbox:
         at = self.clock.now()
         path, method = scope["path"], scope["method"]
         endpoint = SEND_PATHS.get(path)
-        record = {"endpoint": endpoint or path, "account_id": None, "recipient": None}
+        record: dict[str, Any] = {"endpoint": endpoint or path, "account_id": None, "recipient": None}
         try:
             if endpoint is None and path != LOG_PATH:
                 reply = _Reply(404, {"error": "Not found"})
@@ -227,20 +228,22 @@ class Sandbox:
             self._by_account[account] = self._by_account.get(account, 0) + 1
         reply = self._check(endpoint, body, account, record)
         if reply is None:
-            reply = self._fault(account)
+            reply = self._fault(account, record)
         if reply is None:
             assert body is not None  # _check refuses a missing body
             reply = await self._deliver(endpoint, body, account, at)
-            reply.dropped = self._chance(config.drop_rate)
-            reply.after = config.slow_delay if not reply.dropped and self._chance(config.slow_rate) else 0.0
+            if self._chance(config.drop_rate):
+                reply.dropped, record["fault"] = True, "drop"
+            elif self._chance(config.slow_rate):
+                reply.after, record["fault"] = config.slow_delay, "slow"
         if reply.raw is None and not reply.headers:  # a storm's 429 already says when it ends
-            reply.headers = self._rate_headers(account)
+            reply.headers = self._rate_headers(account, record=record)
         return reply
 
     def _chance(self, share: float) -> bool:
         return share > 0 and self._random.random() < share
 
-    def _fault(self, account: str | None) -> _Reply | None:
+    def _fault(self, account: str | None, record: dict[str, Any]) -> _Reply | None:
         """A refusal drawn from the configured shares, after the documented checks passed."""
         config, now = self.config, self.clock.now()
         used, _ = self._window(account, now)
@@ -254,10 +257,13 @@ class Sandbox:
                 payload["holdUntil"] = iso(storm_end)
             reply = _Reply(429, payload)
             reply.headers = self._rate_headers(account, reset=storm_end)
+            record["fault"] = "storm"
             return reply
         if self._chance(config.error_rate):
+            record["fault"] = "error"
             return _Reply(500, {"error": "Internal server error", "success": False})
         if self._chance(config.bad_gateway_rate):
+            record["fault"] = "bad_gateway"
             return _Reply(502, None, raw=BAD_GATEWAY_PAGE)
         return None
 
@@ -354,7 +360,10 @@ class Sandbox:
             used = len(times) + self._pending.get(account, 0)
             return used, (times[0] if times else now) + window
 
-    def _rate_headers(self, account: str | None, reset: float | None = None) -> list[tuple[bytes, bytes]]:
+    def _rate_headers(
+        self, account: str | None, reset: float | None = None, record: dict[str, Any] | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """The five headers; mangled by `bad_headers_rate` when `record` (the request's) is given."""
         used, window_reset = self._window(account, self.clock.now())
         limit = self.config.quota
         values: dict[str, object] = {
@@ -364,7 +373,8 @@ class Sandbox:
             "Remaining": max(limit - used, 0),
             "Reset": iso(reset if reset is not None else window_reset),
         }
-        if self._chance(self.config.bad_headers_rate):
+        if record is not None and self._chance(self.config.bad_headers_rate):
+            record["fault"] = record.get("fault") or "bad_headers"
             # One of the ways a proxy or a bug can mangle them: gone, or not numbers and dates.
             if self._random.random() < 0.5:
                 return []

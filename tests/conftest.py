@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -105,3 +109,48 @@ def by_urn(data: dict) -> dict[str, dict]:
 def max_in_window(times: list[float], window: float) -> int:
     times = sorted(times)
     return max((sum(1 for t in times[i:] if t <= start + window) for i, start in enumerate(times)), default=0)
+
+
+# --- real runner processes ------------------------------------------------------------------
+
+EXECUTABLE = str(Path(sys.executable).parent / "campaign-runner")
+
+
+def start(started: list, args: list[str], db: Path, url: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "CONNECTSAFELY_API_KEY": API_KEY, "CAMPAIGN_RUNNER_DB": str(db), "CONNECTSAFELY_BASE_URL": url}
+    with log.open("ab") as out:
+        process = subprocess.Popen([EXECUTABLE, *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)  # fmt: skip
+    started.append(process)
+    return process
+
+
+def statuses(db: Path) -> dict[str, str]:
+    if not db.exists():
+        return {}
+    conn = sqlite3.connect(db)
+    try:
+        return dict(conn.execute("SELECT profile_urn, status FROM recipients"))
+    except sqlite3.OperationalError:  # not migrated yet
+        return {}
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen]]:
+    """Every runner a test starts is gone when it ends, whatever happened."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def wait_for(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.02)

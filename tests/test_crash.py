@@ -2,61 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, urn, write_campaign
-
-EXECUTABLE = str(Path(sys.executable).parent / "campaign-runner")
-
-
-def start(started: list, args: list[str], db: Path, url: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "CONNECTSAFELY_API_KEY": API_KEY, "CAMPAIGN_RUNNER_DB": str(db), "CONNECTSAFELY_BASE_URL": url}
-    with log.open("ab") as out:
-        process = subprocess.Popen([EXECUTABLE, *args], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)  # fmt: skip
-    started.append(process)
-    return process
-
-
-def statuses(db: Path) -> dict[str, str]:
-    if not db.exists():
-        return {}
-    conn = sqlite3.connect(db)
-    try:
-        return dict(conn.execute("SELECT profile_urn, status FROM recipients"))
-    except sqlite3.OperationalError:  # not migrated yet
-        return {}
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def processes():
-    """Every runner a test starts is gone when it ends, whatever happened."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-
-
-def wait_for(predicate, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.02)
+from conftest import start, statuses, urn, wait_for, write_campaign
 
 
 def test_sigkill_mid_campaign_then_resume(serve_sandbox, processes, tmp_path: Path) -> None:
