@@ -1,0 +1,251 @@
+"""Every bad input: one clear error line, the right exit code, nothing sent, the database unchanged.
+
+Each case runs against a copy of a database that already holds a partly sent campaign, and
+compares a full dump of it before and after.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from campaign_runner.cli import run_cli
+
+from conftest import API_KEY, urn, write_campaign, write_text
+
+FILE = "c.yaml"
+CSV_FILE = "leads.csv"
+
+
+def good(**fields) -> dict:
+    """The fields of a valid campaign file, with `fields` changed."""
+    spec = {
+        "name": "test-campaign",
+        "group_id": "12345678",
+        "endpoint": "send-group",
+        "accounts": ["acc_1"],
+        "limit": "1000/1s",
+        "message": "Hi {{ first_name | default('there') }}!",
+        "recipients": [{"profile_urn": urn(i), "first_name": f"P{i}"} for i in range(3)],
+    }
+    return spec | fields
+
+
+def with_csv(text: str, **fields) -> Callable[[Path], None]:
+    def make(folder: Path) -> None:
+        (folder / CSV_FILE).write_bytes(text.encode("utf-8"))
+        write_campaign(folder, FILE, **good(recipients=None, recipients_file=CSV_FILE, **fields))
+
+    return make
+
+
+def yaml_text(text: str) -> Callable[[Path], None]:
+    return lambda folder: write_text(folder / FILE, text)
+
+
+def fields(**changes) -> Callable[[Path], None]:
+    return lambda folder: write_campaign(folder, FILE, **good(**changes))
+
+
+def raw_bytes(data: bytes) -> Callable[[Path], None]:
+    return lambda folder: (folder / FILE).write_bytes(data)
+
+
+def corrupt_db(db: Path) -> None:
+    db.write_bytes(b"this is not a database, just some text that happens to be long enough" * 100)
+
+
+def newer_db(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 0)")
+    conn.close()
+
+
+@dataclass
+class Case:
+    id: str
+    args: list[str]
+    message: str  # the whole of standard error; {file}, {db}, {dir} are filled in
+    setup: Callable[[Path], None] | None = None  # writes the campaign file(s) into the folder
+    env: dict[str, str] = field(default_factory=lambda: {"CONNECTSAFELY_API_KEY": API_KEY})
+    db_setup: Callable[[Path], None] | None = None  # spoils the database first
+    code: int = 2
+    db_option: bool = True  # add --db (every command but `sandbox` takes it)
+
+
+CASES = [
+    Case("malformed-yaml", ["run", FILE], "error: {file}: line 4, column 1: YAML syntax: could not find expected ':'",
+         yaml_text("name: x\ngroup_id: '1'\nmessage\n")),
+    Case("unknown-key-typo", ["run", FILE], "error: {file}: recipents: unknown key (check its spelling)",
+         fields(recipents=[])),
+    Case("wrong-type-burst", ["run", FILE],
+         "error: {file}: burst: Input should be a valid integer, unable to parse string as an integer",
+         fields(burst="many")),
+    Case("wrong-type-accounts", ["run", FILE], "error: {file}: accounts: Input should be a valid list",
+         fields(accounts=5)),
+    Case("wrong-type-recipients", ["run", FILE], "error: {file}: recipients: Input should be a valid list",
+         fields(recipients="everyone")),
+    Case("top-level-list", ["run", FILE], "error: {file}: expected a mapping of campaign settings at the top",
+         yaml_text("- name: x\n")),
+    Case("invalid-urn", ["run", FILE],
+         "error: {file}: recipients[0].profile_urn: invalid profile_urn 'urn:li:person:123':"
+         " expected urn:li:fsd_profile:<id>",
+         fields(recipients=[{"profile_urn": "urn:li:person:123"}])),
+    Case("empty-message", ["run", FILE], "error: {file}: message: String should have at least 1 character",
+         fields(message="")),
+    Case("message-renders-empty", ["run", FILE], "error: {file}: recipients[0]: message renders empty",
+         fields(message="{{ ' ' }}", recipients=[{"profile_urn": urn(1)}])),
+    Case("over-long-message", ["run", FILE],
+         "error: {file}: recipients[0]: message renders to 9000 characters (at most 8000)",
+         fields(message="x" * 9000, recipients=[{"profile_urn": urn(1)}])),
+    Case("undefined-variable", ["run", FILE],
+         "error: {file}: recipients[0]: message does not render: 'company' is undefined",
+         fields(message="Hi from {{ company }}", recipients=[{"profile_urn": urn(1)}])),
+    Case("template-reaches-internals", ["run", FILE],
+         "error: {file}: recipients[0]: message does not render: access to attribute '__class__' of 'str'"
+         " object is unsafe.",
+         fields(message="{{ ''.__class__.__mro__ }}", recipients=[{"profile_urn": urn(1)}])),
+    Case("template-syntax", ["run", FILE],
+         "error: {file}: message line 1: template syntax: unexpected end of template, expected 'end of print"
+         " statement'.",
+         fields(message="Hi {{ first_name ")),
+    Case("not-utf8", ["run", FILE], "error: {file}: not UTF-8 text (byte 34)",
+         raw_bytes(b"name: x\ngroup_id: '1'\nmessage: caf\xe9\n")),
+    Case("csv-without-urn-column", ["run", FILE],
+         "error: {file}: leads.csv line 1: no profile_urn column (columns: urn, first_name)",
+         with_csv(f"urn,first_name\n{urn(1)},Ada\n")),
+    Case("csv-duplicate-headers", ["run", FILE],
+         "error: {file}: leads.csv line 1: duplicate column names: first_name",
+         with_csv(f"profile_urn,first_name,first_name\n{urn(1)},Ada,Bea\n")),
+    Case("csv-empty", ["run", FILE],
+         "error: {file}: leads.csv: empty CSV: expected a header row with a profile_urn column", with_csv("")),
+    Case("csv-header-only", ["run", FILE], "error: {file}: leads.csv: the CSV has a header but no recipients",
+         with_csv("profile_urn,first_name\n")),
+    Case("csv-missing", ["run", FILE],
+         "error: {file}: recipients_file: cannot read leads.csv: No such file or directory",
+         lambda folder: write_campaign(folder, FILE, **good(recipients=None, recipients_file=CSV_FILE))),
+    Case("no-recipients", ["run", FILE],
+         "error: {file}: recipients: no recipients: give `recipients`, `recipients_file`, or both",
+         fields(recipients=[])),
+    Case("bad-limit", ["run", FILE],
+         "error: {file}: limit: '150/fortnight' is not a limit: use N/day, N/hour, N/week, N/minute or"
+         " N/<number><s|m|h|d>",
+         fields(limit="150/fortnight")),
+    Case("bad-endpoint", ["run", FILE],
+         "error: {file}: endpoint: Input should be 'send-group', 'send-group-with-typing' or 'send-group-with-ack'",
+         fields(endpoint="send-everyone")),
+    Case("bad-name", ["run", FILE],
+         "error: {file}: name: String should match pattern '^[a-z0-9_-]{{1,64}}$'", fields(name="Spring Meetup!")),
+    Case("bad-backoff", ["run", FILE],
+         "error: {file}: retry.backoff: 'soon' is not a duration: use a number of seconds or e.g. 500ms, 2s, 5m",
+         fields(retry={"backoff": "soon"})),
+    Case("bad-breaker", ["run", FILE],
+         "error: {file}: breaker.failures: Input should be greater than or equal to 1",
+         fields(breaker={"failures": 0})),
+    Case("unknown-version", ["run", FILE], "error: {file}: version: Input should be 1", fields(version=2)),
+    Case("same-name-twice", ["run", FILE, "b.yaml"], "error: two of the files name the same campaign",
+         lambda folder: [write_campaign(folder, name, **good()) for name in (FILE, "b.yaml")]),
+    Case("missing-file", ["run", "absent.yaml"], "error: absent.yaml: cannot read the file: No such file or directory"),
+    Case("no-api-key", ["run", FILE], "error: CONNECTSAFELY_API_KEY is not set: export your API key, or try --sandbox",
+         fields(), env={}),
+    Case("api-key-with-spaces", ["run", FILE], "error: CONNECTSAFELY_API_KEY contains spaces or control characters",
+         fields(), env={"CONNECTSAFELY_API_KEY": "two words"}),
+    Case("invalid-base-url", ["run", FILE, "--base-url", "api.connectsafely.ai"],
+         "error: invalid base URL 'api.connectsafely.ai': expected http(s)://host/path", fields()),
+    Case("insecure-base-url", ["run", FILE, "--base-url", "http://api.example.com/linkedin"],
+         "error: refusing to send the API key over plain http:// to api.example.com: use https://, or"
+         " --allow-insecure", fields()),
+    Case("timeout-zero", ["run", FILE, "--timeout", "0"],
+         "error: Invalid value for '--timeout': 0.0 is not in the range x>=1.", fields()),
+    Case("unknown-option", ["run", FILE, "--frobnicate"], "error: No such option '--frobnicate'.", fields()),
+    Case("changed-after-sending", ["run", FILE],
+         "error: campaign 'test-campaign' has already sent messages and its message changed; run again with"
+         " --accept-changes to apply the change to unsent recipients only, or give the campaign a new name",
+         fields(message="A different message")),
+    Case("corrupt-db", ["run", FILE],
+         "error: cannot use the database {db}: file is not a database (is it a campaign-runner database?)",
+         fields(), db_setup=corrupt_db),
+    Case("newer-db", ["status"], "error: the database has schema version 999, newer than this"
+         " campaign-runner knows (2); upgrade campaign-runner to use it", db_setup=newer_db),
+    Case("unwritable-db", ["run", FILE, "--db", "{dir}/no/such/folder/x.db"],
+         "error: cannot create the database {dir}/no/such/folder/x.db: No such file or directory", fields()),
+    Case("report-unknown-campaign", ["report", "nope"], "error: no campaign named 'nope' in {db}"),
+    Case("retry-unknown-campaign", ["retry", "nope", "--status", "failed"], "error: no campaign named 'nope' in {db}"),
+    Case("resume-unknown-campaign", ["resume", "nope"], "error: no campaign named 'nope' in {db}"),
+    Case("status-unknown-campaign", ["status", "nope"], "error: no campaign named 'nope' in {db}"),
+    Case("no-db-status", ["status"], "error: no database at {db} (give --db, or run a campaign first)",
+         db_setup=Path.unlink),
+    Case("no-db-resume", ["resume"], "error: no database at {db} (give --db, or run a campaign first)",
+         db_setup=Path.unlink),
+    Case("no-db-report", ["report", "test-campaign"], "error: no database at {db} (give --db, or run a campaign first)",
+         db_setup=Path.unlink),
+    Case("sandbox-bad-quota", ["sandbox", "--quota", "lots"],
+         "error: --quota: 'lots' is not a limit: use N/day, N/hour, N/week, N/minute or N/<number><s|m|h|d>",
+         db_option=False),
+    Case("sandbox-bad-fault", ["sandbox", "--forbidden-after", "acc_1"],
+         "error: --forbidden-after: expected ACCOUNT=N with N >= 1, got 'acc_1'", db_option=False),
+    Case("retry-bad-status", ["retry", "test-campaign", "--status", "sent"],
+         "error: Invalid value for '--status': 'sent' is not one of 'unknown', 'failed'."),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def started_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database holding a campaign that has sent to some of its recipients."""
+    folder = tmp_path_factory.mktemp("started")
+    db = folder / "start.db"
+    path = write_campaign(folder, FILE, **good())
+    assert run_cli(["run", str(path), "--sandbox", "--db", str(db)]) == 0
+    path = write_campaign(folder, FILE, **good(recipients=good()["recipients"] + [{"profile_urn": urn(9)}]))
+    assert run_cli(["run", str(path), "--sandbox", "--db", str(db), "--no-wait"]) == 0
+    return db
+
+
+def dump(db: Path) -> list[str] | bytes | None:
+    if not db.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return list(conn.iterdump())
+    except sqlite3.DatabaseError:
+        return db.read_bytes()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, started_db: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value)
+    db = tmp_path / "campaigns.db"
+    shutil.copy(started_db, db)
+    if case.db_setup:
+        case.db_setup(db)
+    if case.setup:
+        case.setup(tmp_path)
+    before = dump(db)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    args = [a.format(dir=tmp_path) for a in case.args]
+    code = run_cli([*args, "--db", str(db)] if case.db_option and "--db" not in args else args)
+    out, err = capsys.readouterr()
+    assert (code, err) == (case.code, case.message.format(file=FILE, db=db, dir=tmp_path) + "\n")
+    assert "Traceback" not in out
+    assert dump(db) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == files  # nothing else written either
+
+
+def test_there_are_at_least_thirty_cases() -> None:
+    assert len({c.id for c in CASES}) == len(CASES) >= 30
+
+
+def test_a_csv_starting_with_a_bom_loads_normally(started_db: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("CONNECTSAFELY_API_KEY", API_KEY)
+    with_csv(f"\ufeffprofile_urn,first_name\r\n{urn(1)},Ada\r\n", name="bom")(tmp_path)
+    assert run_cli(["validate", FILE]) == 0
+    assert capsys.readouterr().out == (
+        f"{FILE}: ok: campaign bom, 1 recipients (0 duplicates dropped), endpoint send-group,"
+        " accounts: acc_1 1000/second\n"
+    )
