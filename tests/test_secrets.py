@@ -1,0 +1,50 @@
+"""The API key never lands anywhere: not in the database, the output, a report or an error."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+from conftest import EXECUTABLE, urn, write_campaign
+
+
+def test_the_key_is_in_no_byte_written(serve_sandbox, tmp_path: Path) -> None:
+    key = f"sk-live-{secrets.token_hex(16)}"
+    box, url = serve_sandbox(
+        api_key=key, seed=11, error_rate=0.1, drop_rate=0.1, bad_gateway_rate=0.1, bad_headers_rate=0.2,
+        non_members={urn(3)}, invalid={urn(4)}, unauthorized_after=25,
+    )  # fmt: skip
+    path = write_campaign(
+        tmp_path, accounts=["acc_1", "acc_2"], retry={"attempts": 2, "backoff": "10ms"},
+        breaker={"cooldown": "10ms", "pauses": 20},
+        recipients=[{"profile_urn": urn(i), "first_name": f"P{i}"} for i in range(30)],
+    )  # fmt: skip
+    db = tmp_path / "secret.db"
+    env = {**os.environ, "CONNECTSAFELY_API_KEY": key, "CAMPAIGN_RUNNER_DB": str(db)}
+    outputs: list[str] = []
+
+    def runner(*args: str) -> int:
+        done = subprocess.run([EXECUTABLE, *args], env=env, capture_output=True, text=True, timeout=60)
+        outputs.extend([done.stdout, done.stderr])
+        return done.returncode
+
+    assert runner("run", str(path), "--base-url", url, "--timeout", "1") == 1  # ends on the 401
+    assert "error: the API refused the key (401: Unauthorized - Invalid credentials)" in outputs[-1]
+    assert len(box.log) > 5  # it did send, through the faults, before the 401
+    assert runner("--debug", "resume", "--base-url", url + "/wrong") == 1  # 404s: the address is wrong
+    assert runner("--debug", "resume", "--base-url", "http://example.com/linkedin") == 2  # refused: plain http
+    assert runner("report", "test-campaign", "--format", "csv", "--output", str(tmp_path / "r.csv")) == 0
+    assert runner("report", "test-campaign", "--format", "json", "--output", str(tmp_path / "r.json")) == 0
+    assert runner("status", "--json") == 0
+    assert runner("--debug", "status", "--db", str(tmp_path / "missing.db")) == 2  # a traceback, with --debug
+    assert "Traceback" in outputs[-1]
+
+    written = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert {p.name for p in written} >= {"secret.db", "r.csv", "r.json"}
+    for place in written:
+        assert key.encode() not in place.read_bytes(), place
+    for text in outputs:
+        assert key not in text
+    assert [r for r in box.requests if r.status == 401]  # the key did reach the server, and only there
