@@ -308,8 +308,8 @@ async def _status(db: str, name: str | None, as_json: bool) -> int:
         settings = [await store.campaign(n) for n in names]
         campaigns = [{"name": c.name, "counts": await store.counts(c.name)} for c in settings]
         account_ids = sorted({a for c in settings for a in c.account_ids})
-        pacing = await store.pacing(account_ids, names)
         now = clock.now()
+        pacing = await store.pacing(account_ids, names, now)
         accounts = []
         for account_id in account_ids:
             state = await store.account_status(account_id, pacing[account_id], now)

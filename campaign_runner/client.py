@@ -11,6 +11,7 @@ whether the request can have reached the server:
 
 from __future__ import annotations
 
+import email.utils
 import enum
 import ipaddress
 import json
@@ -52,6 +53,7 @@ class RateLimitHeaders:
     used: str | None = None
     remaining: str | None = None
     reset: str | None = None
+    date: str | None = None  # the response's Date header: the server's clock, to the second
 
     @classmethod
     def from_response(cls, headers: httpx.Headers) -> RateLimitHeaders:
@@ -61,7 +63,16 @@ class RateLimitHeaders:
             used=headers.get("x-ratelimit-used"),
             remaining=headers.get("x-ratelimit-remaining"),
             reset=headers.get("x-ratelimit-reset"),
+            date=headers.get("date"),
         )
+
+    @property
+    def server_now(self) -> float | None:
+        """The server's clock when it answered, from the Date header."""
+        try:
+            return email.utils.parsedate_to_datetime(self.date).timestamp() if self.date else None
+        except (TypeError, ValueError):
+            return None
 
     @property
     def remaining_count(self) -> int | None:

@@ -12,7 +12,7 @@ import io
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,10 +22,12 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import CampaignFileError, Problem
+from .schedule import DAY_NAMES, Schedule, parse_hours, zone
 
 ENDPOINTS = ("send-group", "send-group-with-typing", "send-group-with-ack")
 DEFAULT_ENDPOINT = "send-group-with-typing"
 DEFAULT_LIMIT = "150/day"
+DEFAULT_API_LIMITS = ("60/minute", "100/10s")  # the vendor's allowance per API key, shared by its accounts
 MAX_MESSAGE_CHARS = 8000
 URN_PATTERN = re.compile(r"^urn:li:fsd_profile:[A-Za-z0-9_-]+$")
 URN_COLUMN = "profile_urn"
@@ -72,6 +74,18 @@ class Limit:
         return f"{self.cap}/{self.window:g}s"
 
 
+def parse_delay(value: Any) -> tuple[float, float]:
+    """`45s-180s` -> (45.0, 180.0); a single duration is a fixed gap."""
+    low, sep, high = str(value).partition("-")
+    first = parse_duration(low)
+    second = parse_duration(high) if sep else first
+    if second < first:
+        raise ValueError(f"{value!r}: the range runs from the shorter gap to the longer")
+    if second > 86400:
+        raise ValueError(f"{value!r}: a gap of at most a day")
+    return first, second
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from a number or a string such as `500ms`, `2s`, `1.5m`."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -96,7 +110,49 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-class AccountEntry(_Strict):
+class ScheduleFields(_Strict):
+    """The schedule keys; a campaign's `schedule:` and each account entry may set any of them."""
+
+    timezone: str | None = None
+    hours: str | None = None
+    days: list[str] | None = None
+    delay: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None) -> str | None:
+        if value is not None:
+            zone(value)
+        return value
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_hours(value)
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            names = [str(day).strip().lower()[:3] for day in value]
+            unknown = [day for day, name in zip(value, names, strict=True) if name not in DAY_NAMES]
+            if unknown or not names:
+                raise ValueError(f"expected a list of days from mon to sun, got {value!r}")
+            return names
+        return value
+
+    @field_validator("delay", mode="before")
+    @classmethod
+    def _delay(cls, value: Any) -> str | None:
+        if value is not None:
+            parse_delay(value)
+            return str(value)
+        return value
+
+
+class AccountEntry(ScheduleFields):
     id: str = Field(min_length=1, max_length=200, pattern=r"^[^\s\x00-\x1f]+$")
     limit: str | None = None
 
@@ -116,6 +172,11 @@ class RetryPolicy(_Strict):
     @classmethod
     def _backoff(cls, value: Any) -> float:
         return parse_duration(value)
+
+
+class WarmupPolicy(_Strict):
+    start: int = Field(ge=1, le=MAX_CAP)
+    increase: int = Field(ge=0, le=MAX_CAP)
 
 
 class BreakerPolicy(_Strict):
@@ -142,6 +203,9 @@ class CampaignFile(_Strict):
     burst: int = Field(default=1, ge=1, le=1000)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
+    schedule: ScheduleFields = Field(default_factory=ScheduleFields)
+    warmup: WarmupPolicy | None = None
+    api_limit: list[str] | None = None
     message: str = Field(min_length=1)
     recipients: list[dict[str, Any]] = Field(default_factory=list)
     recipients_file: str | None = Field(default=None, min_length=1)
@@ -169,14 +233,37 @@ class CampaignFile(_Strict):
         Limit.parse(value)
         return value
 
+    @field_validator("api_limit", mode="before")
+    @classmethod
+    def _api_limit(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for item in value:
+                Limit.parse(item)
+        return value
+
 
 # --- what the rest of the program uses ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """A new account's daily cap: `start` on its first day of sending, `increase` more each day."""
+
+    start: int
+    increase: int
+
+    def cap(self, day: int) -> int:
+        """The cap on the account's `day`-th day of sending (1 is the first)."""
+        return self.start + self.increase * max(day - 1, 0)
 
 
 @dataclass(frozen=True)
 class Account:
     id: str  # DEFAULT_ACCOUNT for the key's default account
     limit: Limit
+    schedule: Schedule = field(default_factory=Schedule)
 
 
 @dataclass(frozen=True)
@@ -221,6 +308,8 @@ class CampaignSettings:
     backoff: float
     breaker: Breaker
     accounts: tuple[Account, ...]
+    warmup: Warmup | None
+    api_limits: tuple[Limit, ...]  # the API key's own allowance, shared by every account it drives
 
     @property
     def account_ids(self) -> tuple[str, ...]:
@@ -263,6 +352,7 @@ def load_campaign(path: str | Path) -> Campaign:
 
     limit = Limit.parse(spec.limit)
     accounts = _accounts(spec, limit, problems)
+    api_limits = tuple(sorted({Limit.parse(text) for text in (spec.api_limit or DEFAULT_API_LIMITS)}))
 
     env = make_environment()
     try:
@@ -305,6 +395,8 @@ def load_campaign(path: str | Path) -> Campaign:
         backoff=spec.retry.backoff,
         breaker=Breaker(**spec.breaker.model_dump()),
         accounts=tuple(accounts),
+        warmup=Warmup(spec.warmup.start, spec.warmup.increase) if spec.warmup else None,
+        api_limits=api_limits,
         recipients=tuple(recipients),
         source=str(path),
         duplicates=duplicates,
@@ -349,7 +441,7 @@ def _pydantic_problem(err: Any) -> Problem:
 
 def _accounts(spec: CampaignFile, limit: Limit, problems: list[Problem]) -> list[Account]:
     if not spec.accounts:
-        return [Account(DEFAULT_ACCOUNT, limit)]
+        return [Account(DEFAULT_ACCOUNT, limit, _schedule(spec.schedule, ScheduleFields()))]
     accounts: list[Account] = []
     seen: set[str] = set()
     for index, entry in enumerate(spec.accounts):
@@ -357,8 +449,27 @@ def _accounts(spec: CampaignFile, limit: Limit, problems: list[Problem]) -> list
             problems.append(Problem(f"accounts[{index}]", f"account {entry.id!r} is listed twice"))
             continue
         seen.add(entry.id)
-        accounts.append(Account(entry.id, Limit.parse(entry.limit) if entry.limit else limit))
+        schedule = _schedule(spec.schedule, entry)
+        accounts.append(Account(entry.id, Limit.parse(entry.limit) if entry.limit else limit, schedule))
     return accounts
+
+
+def _schedule(campaign: ScheduleFields, account: ScheduleFields) -> Schedule:
+    """The campaign's schedule with the account's own keys over it."""
+
+    def pick(name: str) -> Any:
+        value = getattr(account, name)
+        return value if value is not None else getattr(campaign, name)
+
+    hours, days, delay = pick("hours"), pick("days"), pick("delay")
+    start, end = parse_hours(hours) if hours else (0, 1440)
+    return Schedule(
+        timezone=pick("timezone") or "UTC",
+        start=start,
+        end=end,
+        days=frozenset(DAY_NAMES.index(day) for day in days) if days else frozenset(range(7)),
+        delay=parse_delay(delay) if delay else (0.0, 0.0),
+    )
 
 
 Row = tuple[str, str, dict[str, Any]]  # place, urn, template variables

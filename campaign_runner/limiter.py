@@ -1,12 +1,16 @@
 """Pacing math for one account: state and `now` in, "go" or "wait until t" out. No I/O, no awaits.
 
-Two rules hold together for every account:
+These rules hold together for every account:
 
 * a token bucket (GCRA form) refilling at cap/window with a small burst (default 1), so sends are
-  spread across the window instead of bunched at its start;
+  spread across the window instead of bunched at its start. With a schedule the cap is spread
+  over the hours the account may send (150 over 8.5 hours: one every 3.4 minutes), not the day;
 * a sliding-window check: a bucket alone admits its burst on top of the rate, so it could pass
   cap + burst requests in one window. A new request is admitted only when the cap-th most recent
-  request of the account lies more than `window` in the past, for every limit in force.
+  request of the account lies more than `window` in the past, for every limit in force, and
+  likewise for the API key's own limits over the requests of all its accounts;
+* the random gap drawn after the last send, the server's holds and remaining budget;
+* the schedule: whatever the rest allows happens only inside a sending window.
 
 Invariant: for every limit (cap, window) in force and every closed interval of length `window`,
 the account starts at most `cap` requests in it.
@@ -22,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import Limit
+from .schedule import Schedule, next_open
 
 EPSILON = 0.001  # seconds added past a window's edge, so two requests never share an edge
 IN_FLIGHT = 1e18  # slot time of a request whose outcome is not known yet
@@ -34,6 +39,7 @@ class Pacing:
 
     limits: tuple[Limit, ...]
     burst: int = 1
+    schedules: tuple[Schedule, ...] = ()  # all must allow a send (an account campaigns share)
 
     def __post_init__(self) -> None:
         if not self.limits:
@@ -42,17 +48,40 @@ class Pacing:
             raise ValueError("burst must be at least 1")
 
     @property
+    def open_schedules(self) -> tuple[Schedule, ...]:
+        return tuple(s for s in self.schedules if not s.always)
+
+    @property
+    def delay(self) -> tuple[float, float]:
+        """The random gap after each send: the longest of every schedule's."""
+        return max((s.delay for s in self.schedules), default=(0.0, 0.0))
+
+    def span(self, window: float) -> float:
+        """How much of a `window` the account may actually send in: all of it without a schedule;
+        with one, the open hours of the days it covers (so a daily cap spreads over the hours)."""
+        schedules = self.open_schedules
+        if not schedules:
+            return window
+        daily = min(s.open_seconds for s in schedules)
+        if window < 86400:
+            return min(window, daily)
+        days = min(len(s.days) for s in schedules)
+        return daily * max(1.0, window / 86400 * days / 7)
+
+    @property
     def slowest(self) -> Limit:
         """The limit with the lowest rate: the one that paces the account."""
-        return max(self.limits, key=lambda limit: limit.window / limit.cap)
+        return max(self.limits, key=lambda limit: self.span(limit.window) / limit.cap)
 
     @property
     def interval(self) -> float:
         """Seconds between two tokens: the slowest rate in force."""
-        return max(limit.window / limit.cap for limit in self.limits)
+        return max(self.span(limit.window) / limit.cap for limit in self.limits)
 
     def __str__(self) -> str:
-        return ", ".join(str(limit) for limit in sorted(set(self.limits)))
+        text = ", ".join(str(limit) for limit in sorted(set(self.limits)))
+        shown = sorted({str(s) for s in self.schedules if not s.always or s.delay[1]})
+        return f"{text} ({'; '.join(shown)})" if shown else text
 
 
 @dataclass(frozen=True)
@@ -62,12 +91,16 @@ class AccountState:
     # Per limit of the Pacing, in the same order: slot time of the cap-th most recent request,
     # or None when the account has fewer than cap requests on record.
     kth_recent: tuple[float | None, ...] = ()
+    gap_until: float = 0.0  # the random gap drawn after the last send ends then
+    server_until: float = 0.0  # the server's X-RateLimit-Remaining is used up until its reset
+    # The API key's limits, over the requests of every account: (limit, cap-th most recent slot).
+    key_recent: tuple[tuple[Limit, float | None], ...] = ()
 
 
 @dataclass(frozen=True)
 class Verdict:
     at: float  # earliest moment a request may start; <= now means "go"
-    reason: str  # "ready", "hold", "pace", "window" or "in_flight"
+    reason: str  # "ready", "hold", "pace", "window", "in_flight", "delay", "server", "key" or "schedule"
 
     def go(self, now: float) -> bool:
         return self.at <= now
@@ -78,8 +111,12 @@ def decide(pacing: Pacing, state: AccountState, now: float) -> Verdict:
         (now, "ready"),
         (state.hold_until, "hold"),
         (state.tat - (pacing.burst - 1) * pacing.interval, "pace"),
+        (state.gap_until, "delay"),
+        (state.server_until, "server"),
     ]
-    for limit, kth in zip(pacing.limits, state.kth_recent, strict=True):
+    windows = [(limit, kth, "window") for limit, kth in zip(pacing.limits, state.kth_recent, strict=True)]
+    windows += [(limit, kth, "key") for limit, kth in state.key_recent]
+    for limit, kth, why in windows:
         if kth is None:
             continue
         if kth >= IN_FLIGHT:
@@ -87,8 +124,13 @@ def decide(pacing: Pacing, state: AccountState, now: float) -> Verdict:
             # not known yet, so look again shortly.
             candidates.append((now + IN_FLIGHT_POLL, "in_flight"))
         else:
-            candidates.append((kth + limit.window + EPSILON, "window"))
+            candidates.append((kth + limit.window + EPSILON, why))
     at, reason = max(candidates, key=lambda item: item[0])
+    schedules = pacing.open_schedules
+    if schedules:
+        opens = next_open(schedules, at)
+        if opens > at:
+            at, reason = opens, "schedule"
     return Verdict(at, reason if at > now else "ready")
 
 

@@ -25,13 +25,15 @@ import anyio.abc
 from . import events
 from .client import ApiClient, Kind, Outcome, SendRequest
 from .clock import Clock
-from .config import Breaker, CampaignSettings, account_label
+from .config import Breaker, CampaignSettings, Limit, account_label
 from .errors import StoreError
 from .guard import AccountGuard, Judgement
 from .store import ELSEWHERE_POLL, Claimed, Drained, Store, Waiting
 
 DEFAULT_HOLD = 3600.0  # a rate-limit answer that says nothing of when to come back: wait an hour
 MIN_HOLD = 1.0  # never come straight back after a 429, whatever the server's clock says
+SKEW_TOLERANCE = 2.0  # seconds: the Date header has whole seconds, and the answer took a while
+NO_RESET = "no usable reset time in the answer: holding for an hour"
 MAX_BACKOFF = 300.0
 INTERRUPTED = "the request was interrupted in flight; it may have been delivered"
 
@@ -42,13 +44,28 @@ class RunResult:
     message: str | None = None
 
 
+def server_skew(outcome: Outcome, now: float) -> float:
+    """How far the server's clock runs ahead of ours (its Date header), when that is clear."""
+    server_now = outcome.rate_limit.server_now
+    if server_now is None or abs(server_now - now) <= SKEW_TOLERANCE:
+        return 0.0
+    return server_now - now
+
+
+def reset_at(outcome: Outcome, now: float) -> float | None:
+    """X-RateLimit-Reset on our clock: a server whose clock runs behind would otherwise have us
+    come back early, one running ahead have us wait too long."""
+    reset = outcome.rate_limit.reset_at
+    return None if reset is None else reset - server_skew(outcome, now)
+
+
 def hold_for(outcome: Outcome, now: float) -> float | None:
     """Until when the account must send nothing, from a 429 or a `Remaining: 0` header."""
     headers = outcome.rate_limit
     if outcome.kind is Kind.RATE_LIMITED:
-        until = outcome.hold_until or headers.reset_at
+        until = outcome.hold_until - server_skew(outcome, now) if outcome.hold_until else reset_at(outcome, now)
     elif headers.remaining_count == 0:
-        until = headers.reset_at
+        until = reset_at(outcome, now)
     else:
         return None
     if until is None:
@@ -74,6 +91,7 @@ class Scheduler:
         no_wait: bool = False,
         handle_signals: bool = False,
         rng: random.Random | None = None,
+        api_limits: Sequence[Limit] | None = None,
     ):
         self._store = store
         self._api = api
@@ -85,6 +103,10 @@ class Scheduler:
         self._no_wait = no_wait
         self._handle_signals = handle_signals
         self._rng = rng or random.Random()
+        # The API key's own allowance: given, or every running campaign's (all hold at once).
+        self._api_limits = tuple(
+            sorted(set(api_limits if api_limits is not None else (x for c in campaigns for x in c.api_limits)))
+        )
         self._stop = anyio.Event()
         self._progress = anyio.Event()  # set (and renewed) whenever an outcome is recorded
         self._drained = anyio.Event()  # set (and renewed) whenever an account has nothing left
@@ -130,7 +152,7 @@ class Scheduler:
         accounts = self.accounts()
         await self._recover()
         counts = {name: await self._store.counts(name) for name in self._campaigns}
-        pacing = await self._store.pacing(list(accounts), list(self._campaigns))
+        pacing = await self._store.pacing(list(accounts), list(self._campaigns), self._clock.now())
         self._emit(events.RunStarted(counts, {a: str(pacing[a]) for a in accounts if a in pacing}))
         async with anyio.create_task_group() as outer:
             if self._handle_signals:
@@ -195,7 +217,10 @@ class Scheduler:
             progress, drained = self._progress, self._drained
             with anyio.CancelScope(shield=True):
                 now = self._clock.now()
-                decision = await self._store.claim(self._run_id, account, list(order), endpoint_of, now)
+                decision = await self._store.claim(
+                    self._run_id, account, list(order), endpoint_of, now, key_limits=self._api_limits,
+                    draw=self._rng.uniform,
+                )  # fmt: skip
             if isinstance(decision, Drained):
                 self._emit(events.AccountFinished(account, "drained"))
                 self._set_drained()  # others waiting on their own quota may have nothing left either
@@ -279,7 +304,8 @@ class Scheduler:
                 max_attempts=campaign.max_attempts,
                 retry_at=now + backoff(claim.retries + 1, campaign.backoff, self._rng),
                 hold_until=max(hold or 0.0, pause or 0.0) or None,
-                hold_reason=judgement.reason if pause and pause > (hold or 0.0) else None,
+                hold_reason=judgement.reason if pause and pause > (hold or 0.0) else self._hold_reason(outcome),
+                server_reset=reset_at(outcome, now),
                 charged=judgement.charged,
                 put_back=[r.recipient_id for r in judgement.put_back],
                 put_back_note=judgement.reason and f"put back: {judgement.reason}; another 403 fails it for good",
@@ -306,9 +332,16 @@ class Scheduler:
             )
         )
         if hold is not None:
-            self._emit(events.AccountHeld(claim.account_id, hold, outcome.error or "X-RateLimit-Remaining: 0"))
+            self._emit(events.AccountHeld(claim.account_id, hold, self._hold_reason(outcome)))
         if pause is not None:
             self._emit(events.AccountPaused(claim.account_id, pause, judgement.reason or "circuit breaker"))
+
+    @staticmethod
+    def _hold_reason(outcome: Outcome) -> str:
+        reason = outcome.error or "X-RateLimit-Remaining: 0"
+        if outcome.hold_until is None and outcome.rate_limit.reset_at is None:
+            reason += f" ({NO_RESET})"
+        return reason
 
     async def _sleep(self, until: float, *wakes: anyio.Event) -> None:
         """Sleep until `until`, or until stopped, or until one of `wakes` is set."""

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,12 @@ import anyio
 
 from . import config
 from .client import Kind, Outcome
-from .config import Account, Breaker, CampaignSettings, Limit
+from .config import Account, Breaker, CampaignSettings, Limit, Warmup
 from .errors import ChangeRefusedError, StoreError, UnknownCampaignError
 from .events import Recovered
 from .limiter import IN_FLIGHT, AccountState, Pacing, Verdict, advance, decide
 from .migrate import migrate
+from .schedule import Schedule
 
 DEFAULT_DB = "campaign-runner.db"
 BUSY_TIMEOUT_MS = 15_000
@@ -319,27 +321,32 @@ class Store:
         await db.execute(
             "INSERT INTO campaigns (name, group_id, endpoint, message_template, limit_cap, limit_window,"
             " burst, max_attempts, backoff, breaker_failures, breaker_cooldown, breaker_pauses,"
-            " breaker_forbidden, source, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " breaker_forbidden, warmup_start, warmup_increase, api_limits, source, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET group_id = excluded.group_id, endpoint = excluded.endpoint,"
             " message_template = excluded.message_template, limit_cap = excluded.limit_cap,"
             " limit_window = excluded.limit_window, burst = excluded.burst,"
             " max_attempts = excluded.max_attempts, backoff = excluded.backoff,"
             " breaker_failures = excluded.breaker_failures, breaker_cooldown = excluded.breaker_cooldown,"
             " breaker_pauses = excluded.breaker_pauses, breaker_forbidden = excluded.breaker_forbidden,"
-            " source = excluded.source, updated_at = excluded.updated_at",
+            " warmup_start = excluded.warmup_start, warmup_increase = excluded.warmup_increase,"
+            " api_limits = excluded.api_limits, source = excluded.source, updated_at = excluded.updated_at",
             (
                 campaign.name, campaign.group_id, campaign.endpoint, campaign.message_template,
                 campaign.limit.cap, campaign.limit.window, campaign.burst, campaign.max_attempts,
                 campaign.backoff, campaign.breaker.failures, campaign.breaker.cooldown, campaign.breaker.pauses,
-                campaign.breaker.forbidden, campaign.source, now, now,
+                campaign.breaker.forbidden, campaign.warmup.start if campaign.warmup else None,
+                campaign.warmup.increase if campaign.warmup else None,
+                ",".join(str(limit) for limit in campaign.api_limits), campaign.source, now, now,
             ),
         )  # fmt: skip
         await db.execute("DELETE FROM campaign_accounts WHERE campaign = ?", (campaign.name,))
         await db.executemany(
-            "INSERT INTO campaign_accounts (campaign, account_id, limit_cap, limit_window) VALUES (?, ?, ?, ?)",
-            [(campaign.name, a.id, a.limit.cap, a.limit.window) for a in campaign.accounts],
-        )
+            "INSERT INTO campaign_accounts (campaign, account_id, limit_cap, limit_window, schedule)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(campaign.name, a.id, a.limit.cap, a.limit.window, None if a.schedule == Schedule() else
+              a.schedule.to_json()) for a in campaign.accounts],
+        )  # fmt: skip
         known = {
             row[0]: (row[1], row[2])
             for row in await self._all(
@@ -404,21 +411,24 @@ class Store:
         async with self.snapshot():
             row = await self._one(
                 "SELECT name, group_id, endpoint, message_template, limit_cap, limit_window, burst,"
-                " max_attempts, backoff, breaker_failures, breaker_cooldown, breaker_pauses, breaker_forbidden"
-                " FROM campaigns WHERE name = ?",
+                " max_attempts, backoff, breaker_failures, breaker_cooldown, breaker_pauses, breaker_forbidden,"
+                " warmup_start, warmup_increase, api_limits FROM campaigns WHERE name = ?",
                 (name,),
             )
             if row is None:
                 raise UnknownCampaignError(f"no campaign named {name!r} in {self.path}")
             accounts = await self._all(
-                "SELECT account_id, limit_cap, limit_window FROM campaign_accounts WHERE campaign = ? ORDER BY rowid",
+                "SELECT account_id, limit_cap, limit_window, schedule FROM campaign_accounts WHERE campaign = ?"
+                " ORDER BY rowid",
                 (name,),
             )
         return CampaignSettings(
             name=row[0], group_id=row[1], endpoint=row[2], message_template=row[3],
             limit=Limit(row[4], row[5]), burst=row[6], max_attempts=row[7], backoff=row[8],
             breaker=Breaker(failures=row[9], cooldown=row[10], pauses=row[11], forbidden=row[12]),
-            accounts=tuple(Account(a[0], Limit(a[1], a[2])) for a in accounts),
+            accounts=tuple(Account(a[0], Limit(a[1], a[2]), Schedule.from_json(a[3])) for a in accounts),
+            warmup=Warmup(row[13], row[14]) if row[13] is not None else None,
+            api_limits=tuple(Limit.parse(text) for text in row[15].split(",")),
         )  # fmt: skip
 
     async def campaign_names(self, unfinished_only: bool = False) -> list[str]:
@@ -432,30 +442,54 @@ class Store:
             rows = await self._all(sql + " ORDER BY created_at, name")
         return [row[0] for row in rows]
 
-    async def pacing(self, accounts: Sequence[str], running: Sequence[str]) -> dict[str, Pacing]:
+    async def pacing(self, accounts: Sequence[str], running: Sequence[str], now: float) -> dict[str, Pacing]:
         """Limits in force per account (see `_pacing`)."""
         async with self.snapshot():
-            return {account: pacing for account in accounts if (pacing := await self._pacing(account, running))}
+            return {account: pacing for account in accounts if (pacing := await self._pacing(account, running, now))}
 
-    async def _pacing(self, account_id: str, running: Sequence[str]) -> Pacing | None:
-        """The limits of the campaigns running now and of every other campaign with work left
-        that uses the account. Every one of them holds at once, so the smallest wins."""
+    async def _pacing(self, account_id: str, running: Sequence[str], now: float) -> Pacing | None:
+        """The limits and schedules of the campaigns running now and of every other campaign with
+        work left that uses the account. Every one of them holds at once, so the smallest wins.
+        A warm-up adds a daily limit that grows with the account's days of sending."""
         run_marks = ",".join("?" * len(running)) or "NULL"
         rows = await self._all(
-            "SELECT ca.limit_cap, ca.limit_window, c.burst FROM campaign_accounts ca"
-            " JOIN campaigns c ON c.name = ca.campaign"
+            "SELECT ca.limit_cap, ca.limit_window, c.burst, ca.schedule, c.warmup_start, c.warmup_increase"
+            " FROM campaign_accounts ca JOIN campaigns c ON c.name = ca.campaign"
             f" WHERE ca.account_id = ? AND (c.name IN ({run_marks}) OR EXISTS ("
             "  SELECT 1 FROM recipients r WHERE r.campaign = c.name AND r.status IN ('pending', 'in_flight')))",
             (account_id, *running),
         )
         if not rows:
             return None
-        return Pacing(tuple(sorted({Limit(cap, window) for cap, window, _ in rows})), min(b for _, _, b in rows))
+        limits = {Limit(cap, window) for cap, window, *_ in rows}
+        schedules = tuple(sorted({Schedule.from_json(row[3]) for row in rows}, key=str))
+        warmups = [Warmup(row[4], row[5]) for row in rows if row[4] is not None]
+        if warmups:
+            day = await self._sending_day(account_id, schedules[0], now)
+            limits.add(Limit(min(w.cap(day) for w in warmups), 86400.0))
+        return Pacing(tuple(sorted(limits)), min(row[2] for row in rows), schedules)
+
+    async def _sending_day(self, account_id: str, schedule: Schedule, now: float) -> int:
+        """Which day of sending this is for the account (1 on its first), in its own time zone,
+        counted from its first request on record: a restart does not begin the warm-up again."""
+        row = await self._one(
+            "SELECT coalesce((SELECT first_at FROM accounts WHERE id = ?),"
+            " (SELECT min(started_at) FROM attempts WHERE account_id = ?))",
+            (account_id, account_id),
+        )
+        first = row[0] if row and row[0] is not None else now
+        return (schedule.local(now).date() - schedule.local(first).date()).days + 1
 
     # --- sending ---------------------------------------------------------------------------
 
-    async def _account_state(self, account_id: str, pacing: Pacing) -> AccountState:
-        row = await self._one("SELECT tat, hold_until FROM accounts WHERE id = ?", (account_id,))
+    async def _account_state(
+        self, account_id: str, pacing: Pacing, now: float, key_limits: Sequence[Limit] = ()
+    ) -> AccountState:
+        row = await self._one(
+            "SELECT tat, hold_until, gap_until, server_remaining, server_reset, server_seen_at FROM accounts"
+            " WHERE id = ?",
+            (account_id,),
+        )
         kth: list[float | None] = []
         for limit in pacing.limits:
             found = await self._one(
@@ -463,8 +497,26 @@ class Store:
                 (account_id, limit.cap - 1),
             )
             kth.append(found[0] if found else None)
-        tat, hold = (row[0], row[1]) if row else (0.0, 0.0)
-        return AccountState(tat=tat, hold_until=hold, kth_recent=tuple(kth))
+        key: list[tuple[Limit, float | None]] = []
+        for limit in key_limits:
+            found = await self._one("SELECT slot_at FROM attempts ORDER BY slot_at DESC LIMIT 1 OFFSET ?",
+                                    (limit.cap - 1,))  # fmt: skip
+            key.append((limit, found[0] if found else None))
+        if row is None:
+            return AccountState(kth_recent=tuple(kth), key_recent=tuple(key))
+        tat, hold, gap, remaining, reset, seen = row
+        server_until = 0.0
+        if remaining is not None and reset is not None and reset > now:
+            # The server knows better when another tool (or a person) used the account too: no
+            # more than its Remaining until its Reset. Local limits still hold on top.
+            (since,) = await self._one(
+                "SELECT count(*) FROM attempts WHERE account_id = ? AND slot_at > ? AND started_at > ?",
+                (account_id, seen, seen),
+            )
+            if since >= remaining:
+                server_until = reset
+        return AccountState(tat=tat, hold_until=hold, kth_recent=tuple(kth), gap_until=gap,
+                            server_until=server_until, key_recent=tuple(key))  # fmt: skip
 
     async def _window_used(self, account_id: str, limit: Limit, now: float) -> int:
         row = await self._one(
@@ -473,8 +525,9 @@ class Store:
         return int(row[0])
 
     async def claim(
-        self, run_id: int, account_id: str, campaigns: Sequence[str], endpoint_of: dict[str, str], now: float
-    ) -> Claimed | Waiting | Drained:
+        self, run_id: int, account_id: str, campaigns: Sequence[str], endpoint_of: dict[str, str], now: float,
+        *, key_limits: Sequence[Limit] = (), draw: Callable[[float, float], float] = random.uniform,
+    ) -> Claimed | Waiting | Drained:  # fmt: skip
         """Claim one recipient of `campaigns` for `account_id`, if every limit in force allows a
         request now. The limits are read inside the transaction, so a campaign loaded by another
         process a moment ago counts too."""
@@ -490,10 +543,10 @@ class Store:
                 )
             }
             campaigns = [name for name in campaigns if name in listed]
-            pacing = await self._pacing(account_id, campaigns)
+            pacing = await self._pacing(account_id, campaigns, now)
             if pacing is None or not campaigns:
                 return Drained()
-            state = await self._account_state(account_id, pacing)
+            state = await self._account_state(account_id, pacing, now, key_limits)
             verdict = decide(pacing, state, now)
             found = None
             if verdict.go(now):
@@ -519,9 +572,11 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (recipient_id, run_id, account_id, endpoint_of[name], now, IN_FLIGHT),
             )
+            low, high = pacing.delay
             await db.execute(
-                "INSERT INTO accounts (id, tat) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET tat = excluded.tat",
-                (account_id, advance(pacing, state.tat, now)),
+                "INSERT INTO accounts (id, tat, gap_until, first_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
+                " SET tat = excluded.tat, gap_until = excluded.gap_until, first_at = coalesce(first_at, ?)",
+                (account_id, advance(pacing, state.tat, now), now + (draw(low, high) if high else 0.0), now, now),
             )
             return Claimed(
                 recipient_id=recipient_id,
@@ -573,7 +628,7 @@ class Store:
     async def record(
         self, claim: Claimed, outcome: Outcome, now: float, *, latency: float, max_attempts: int,
         retry_at: float, hold_until: float | None, hold_reason: str | None = None, charged: bool = True,
-        put_back: Sequence[int] = (), put_back_note: str | None = None,
+        put_back: Sequence[int] = (), put_back_note: str | None = None, server_reset: float | None = None,
     ) -> str:  # fmt: skip
         """Write an outcome; return the recipient's status after it.
 
@@ -623,6 +678,14 @@ class Store:
                     " SET hold_until = max(hold_until, excluded.hold_until), hold_reason = excluded.hold_reason",
                     (claim.account_id, hold_until, hold_reason or outcome.error or outcome.kind.value),
                 )
+            remaining = headers.remaining_count
+            if remaining is not None and server_reset is not None and server_reset > now:
+                await db.execute(
+                    "INSERT INTO accounts (id, server_remaining, server_reset, server_seen_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET server_remaining = excluded.server_remaining,"
+                    " server_reset = excluded.server_reset, server_seen_at = excluded.server_seen_at",
+                    (claim.account_id, remaining, server_reset, now),
+                )
             if put_back:
                 marks = ",".join("?" * len(put_back))
                 await db.execute(
@@ -644,9 +707,11 @@ class Store:
         found = dict(rows)
         return {status: int(found.get(status, 0)) for status in STATUSES}
 
-    async def account_status(self, account_id: str, pacing: Pacing, now: float) -> AccountStatus:
+    async def account_status(
+        self, account_id: str, pacing: Pacing, now: float, key_limits: Sequence[Limit] = ()
+    ) -> AccountStatus:
         async with self.snapshot():
-            state = await self._account_state(account_id, pacing)
+            state = await self._account_state(account_id, pacing, now, key_limits)
             used = await self._window_used(account_id, pacing.slowest, now)
         verdict = decide(pacing, state, now)
         return AccountStatus(

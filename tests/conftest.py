@@ -64,6 +64,7 @@ def write_campaign(folder: Path, filename: str = "campaign.yaml", **fields: Any)
         "accounts": ["acc_1"],
         "limit": "1000/1s",
         "retry": {"attempts": 3, "backoff": "50ms"},
+        "api_limit": "1000000/1s",  # the API key's own limit, out of the way unless a test sets it
         "message": "Hi {{ first_name | default('there') }}!",
         "recipients": [{"profile_urn": urn(i), "first_name": f"Person{i}"} for i in range(5)],
     }

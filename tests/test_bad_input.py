@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from campaign_runner.cli import run_cli
+from campaign_runner.migrate import discover
 
 from conftest import API_KEY, urn, write_campaign, write_text
 
@@ -171,7 +172,7 @@ CASES = [
          "error: cannot use the database {db}: file is not a database (is it a campaign-runner database?)",
          fields(), db_setup=corrupt_db),
     Case("newer-db", ["status"], "error: the database has schema version 999, newer than this"
-         " campaign-runner knows (2); upgrade campaign-runner to use it", db_setup=newer_db),
+         " campaign-runner knows ({latest}); upgrade campaign-runner to use it", db_setup=newer_db),
     Case("unwritable-db", ["run", FILE, "--db", "{dir}/no/such/folder/x.db"],
          "error: cannot create the database {dir}/no/such/folder/x.db: No such file or directory", fields()),
     Case("report-unknown-campaign", ["report", "nope"], "error: no campaign named 'nope' in {db}"),
@@ -231,7 +232,8 @@ def test_bad_input(case: Case, started_db: Path, tmp_path: Path, monkeypatch, ca
     args = [a.format(dir=tmp_path) for a in case.args]
     code = run_cli([*args, "--db", str(db)] if case.db_option and "--db" not in args else args)
     out, err = capsys.readouterr()
-    assert (code, err) == (case.code, case.message.format(file=FILE, db=db, dir=tmp_path) + "\n")
+    message = case.message.format(file=FILE, db=db, dir=tmp_path, latest=discover()[-1].version)
+    assert (code, err) == (case.code, message + "\n")
     assert "Traceback" not in out
     assert dump(db) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == files  # nothing else written either

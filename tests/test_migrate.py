@@ -88,6 +88,7 @@ async def test_database_file_is_private(tmp_path: Path) -> None:
 SHIPPED = {
     1: "8bbef63d7890b00ce924203c6b76653c3863b6552b077f6c73be2958112bd484",
     2: "91116326e4de39c7295a99808e2311dbcf2c629126b04aad90c6f02ae6dd9179",
+    3: "3c7f9b611fc30d287e4d1a91499bdb080312ce5d483c81a818daa6c631030e99",
 }
 
 
