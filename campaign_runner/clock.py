@@ -23,8 +23,8 @@ class Clock(Protocol):
     def now(self) -> float:
         """Seconds since the epoch, UTC."""
 
-    async def sleep_until(self, deadline: float) -> None:
-        """Return at `deadline` (at once if it has passed). Cancellable."""
+    async def sleep_until(self, deadline: float, wake: anyio.Event | None = None) -> None:
+        """Return at `deadline` (at once if it has passed), or as soon as `wake` is set. Cancellable."""
 
     def worker(self) -> AbstractContextManager[None]:
         """Mark the calling task as one whose sleeps the clock may skip (see VirtualClock)."""
@@ -37,11 +37,17 @@ class SystemClock:
     def worker(self) -> AbstractContextManager[None]:
         return nullcontext()
 
-    async def sleep_until(self, deadline: float) -> None:
+    async def sleep_until(self, deadline: float, wake: anyio.Event | None = None) -> None:
         # Sleep in bounded steps so a wall-clock jump (NTP, a laptop waking up) is noticed
         # within a minute instead of after the whole originally computed delay.
         while (delay := deadline - time.time()) > 0:
-            await anyio.sleep(min(delay, 60.0))
+            if wake is None:
+                await anyio.sleep(min(delay, 60.0))
+                continue
+            with anyio.move_on_after(min(delay, 60.0)):
+                await wake.wait()
+            if wake.is_set():
+                return
 
     def __repr__(self) -> str:
         return f"SystemClock(now={iso(self.now())})"
@@ -74,17 +80,17 @@ class VirtualClock:
             self._workers -= 1
             self._jump_if_idle()
 
-    async def sleep_until(self, deadline: float) -> None:
-        if deadline <= self._now:
+    async def sleep_until(self, deadline: float, wake: anyio.Event | None = None) -> None:
+        if deadline <= self._now or (wake is not None and wake.is_set()):
             await anyio.lowlevel.checkpoint()
             return
-        entry = (deadline, next(self._order), anyio.Event())
+        entry = (deadline, next(self._order), wake or anyio.Event())
         heapq.heappush(self._sleepers, entry)
         try:
             self._jump_if_idle()
             await entry[2].wait()
         finally:
-            if not entry[2].is_set():
+            if entry in self._sleepers:  # woken by `wake` or cancelled, not by time
                 self._sleepers.remove(entry)
                 heapq.heapify(self._sleepers)
                 self._jump_if_idle()

@@ -324,6 +324,7 @@ class Campaign(CampaignSettings):
     source: str
     duplicates: int = 0
     warnings: tuple[Problem, ...] = ()
+    timezone: str = "UTC"  # the campaign's schedule's (accounts may have their own)
 
 
 def account_label(account_id: str) -> str:
@@ -401,6 +402,7 @@ def load_campaign(path: str | Path) -> Campaign:
         source=str(path),
         duplicates=duplicates,
         warnings=tuple(warnings),
+        timezone=spec.schedule.timezone or "UTC",
     )
 
 

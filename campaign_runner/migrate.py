@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from importlib import resources
 from importlib.abc import Traversable
 
-import aiosqlite
-
 from .errors import SchemaTooNewError, StoreError
 
 FILENAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
@@ -60,11 +58,11 @@ def statements(sql: str) -> list[str]:
     return out
 
 
-async def migrate(db: aiosqlite.Connection, now: float, migrations: list[Migration] | None = None) -> list[int]:
+def migrate(db: sqlite3.Connection, now: float, migrations: list[Migration] | None = None) -> list[int]:
     """Apply what is missing; return the versions applied. `db` must be in autocommit mode."""
     migrations = discover() if migrations is None else migrations
     known = migrations[-1].version if migrations else 0
-    await db.execute(
+    db.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
     )
@@ -72,9 +70,9 @@ async def migrate(db: aiosqlite.Connection, now: float, migrations: list[Migrati
     for migration in migrations:
         # One transaction per migration, re-checking inside it: another process may be
         # migrating the same file at the same moment.
-        await db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
         try:
-            newest = await _newest(db)
+            newest = _newest(db)
             if newest > known:
                 raise SchemaTooNewError(
                     f"the database has schema version {newest}, newer than this campaign-runner"
@@ -82,17 +80,17 @@ async def migrate(db: aiosqlite.Connection, now: float, migrations: list[Migrati
                 )
             if migration.version > newest:
                 for statement in statements(migration.sql):
-                    await db.execute(statement)
-                await db.execute(
+                    db.execute(statement)
+                db.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (migration.version, migration.name, now),
                 )
                 applied.append(migration.version)
-            await db.execute("COMMIT")
+            db.execute("COMMIT")
         except BaseException:
-            await db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
-    newest = await _newest(db)
+    newest = _newest(db)
     if newest > known:
         raise SchemaTooNewError(
             f"the database has schema version {newest}, newer than this campaign-runner knows ({known});"
@@ -101,7 +99,6 @@ async def migrate(db: aiosqlite.Connection, now: float, migrations: list[Migrati
     return applied
 
 
-async def _newest(db: aiosqlite.Connection) -> int:
-    async with db.execute("SELECT coalesce(max(version), 0) FROM schema_migrations") as cursor:
-        row = await cursor.fetchone()
-    return int(row[0])
+def _newest(db: sqlite3.Connection) -> int:
+    (newest,) = db.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(newest)

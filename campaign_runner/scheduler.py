@@ -108,8 +108,9 @@ class Scheduler:
             sorted(set(api_limits if api_limits is not None else (x for c in campaigns for x in c.api_limits)))
         )
         self._stop = anyio.Event()
-        self._progress = anyio.Event()  # set (and renewed) whenever an outcome is recorded
-        self._drained = anyio.Event()  # set (and renewed) whenever an account has nothing left
+        # Sleeping workers to wake when an outcome is recorded, or when an account has nothing left.
+        self._on_progress: set[anyio.Event] = set()
+        self._on_drained: set[anyio.Event] = set()
         self._result: RunResult | None = None
         self._errors: list[Exception] = []
         self._deferred = False
@@ -131,6 +132,7 @@ class Scheduler:
         if first:
             self._result = RunResult(reason, message)
         self._stop.set()
+        self._wake(self._on_progress | self._on_drained)
         if first:
             self._emit(events.Stopping(reason, message))
 
@@ -191,12 +193,15 @@ class Scheduler:
             self._emit(item)
 
     def _set_progress(self) -> None:
-        self._progress.set()
-        self._progress = anyio.Event()
+        self._wake(self._on_progress)
 
     def _set_drained(self) -> None:
-        self._drained.set()
-        self._drained = anyio.Event()
+        self._wake(self._on_drained)
+
+    @staticmethod
+    def _wake(sleepers: set[anyio.Event]) -> None:
+        for wake in list(sleepers):
+            wake.set()
 
     async def _worker(self, account: str, names: list[str]) -> None:
         with self._clock.worker():
@@ -213,8 +218,10 @@ class Scheduler:
         announced: tuple[float, str] | None = None
         next_recovery = 0.0
         while not self._stop.is_set():
-            # Taken before the claim, so a change in between is not missed.
-            progress, drained = self._progress, self._drained
+            # Registered before the claim, so a change in between is not missed.
+            wake = anyio.Event()
+            self._on_progress.add(wake)
+            self._on_drained.add(wake)
             with anyio.CancelScope(shield=True):
                 now = self._clock.now()
                 decision = await self._store.claim(
@@ -222,11 +229,13 @@ class Scheduler:
                     draw=self._rng.uniform,
                 )  # fmt: skip
             if isinstance(decision, Drained):
+                self._forget(wake)
                 self._emit(events.AccountFinished(account, "drained"))
                 self._set_drained()  # others waiting on their own quota may have nothing left either
                 return
             if isinstance(decision, Waiting):
                 if self._no_wait:
+                    self._forget(wake)
                     self._deferred = True
                     self._emit(events.AccountFinished(account, "deferred"))
                     return
@@ -239,9 +248,11 @@ class Scheduler:
                 announced = (decision.until, decision.reason)
                 # Waiting for work, any recorded outcome may bring it (handed back, or the last one
                 # ending); waiting for the account's own quota, only the end of all work matters.
-                wakes = (progress, drained) if decision.reason in ("elsewhere", "backoff") else (drained,)
-                await self._sleep(decision.until, *wakes)
+                if decision.reason not in ("elsewhere", "backoff"):
+                    self._on_progress.discard(wake)
+                await self._sleep(decision.until, wake)
                 continue
+            self._forget(wake)
             if self._stop.is_set():  # stopped while the claim was being made: it never left
                 with anyio.CancelScope(shield=True):
                     await self._store.release(decision, self._clock.now())
@@ -253,6 +264,12 @@ class Scheduler:
             if judgement.stop:
                 self._stop_account(account, judgement)
                 return
+            if decision.next_at > self._clock.now() and not self._no_wait:
+                # The account's own pacing rules out another send before then: sleep now
+                # instead of asking the database to be told so.
+                wake = anyio.Event()
+                self._on_drained.add(wake)
+                await self._sleep(decision.next_at, wake)
         self._emit(events.AccountFinished(account, "stopped"))
 
     def _stop_account(self, account: str, judgement: Judgement) -> None:
@@ -343,18 +360,14 @@ class Scheduler:
             reason += f" ({NO_RESET})"
         return reason
 
-    async def _sleep(self, until: float, *wakes: anyio.Event) -> None:
-        """Sleep until `until`, or until stopped, or until one of `wakes` is set."""
-        async with anyio.create_task_group() as tg:
+    def _forget(self, wake: anyio.Event) -> None:
+        self._on_progress.discard(wake)
+        self._on_drained.discard(wake)
 
-            async def timer() -> None:
-                await self._clock.sleep_until(until)
-                tg.cancel_scope.cancel()
-
-            async def wait_for(event: anyio.Event) -> None:
-                await event.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(timer)
-            for event in (self._stop, *wakes):
-                tg.start_soon(wait_for, event)
+    async def _sleep(self, until: float, wake: anyio.Event) -> None:
+        """Sleep until `until`, or until `wake` is set (stopping sets every one)."""
+        try:
+            if not self._stop.is_set():
+                await self._clock.sleep_until(until, wake)
+        finally:
+            self._forget(wake)

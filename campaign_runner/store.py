@@ -1,4 +1,4 @@
-"""All SQL but the migrations: one aiosqlite connection, one transaction per decision.
+"""All SQL but the migrations: one SQLite connection, one transaction per decision, one thread trip each.
 
 The two transactions that carry the guarantees:
 
@@ -19,14 +19,15 @@ import os
 import random
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import aiosqlite
 import anyio
+import anyio.to_thread
 
 from . import config
 from .client import Kind, Outcome
@@ -37,7 +38,9 @@ from .limiter import IN_FLIGHT, AccountState, Pacing, Verdict, advance, decide
 from .migrate import migrate
 from .schedule import Schedule
 
+T = TypeVar("T")
 DEFAULT_DB = "campaign-runner.db"
+REPORT_BATCH = 1000  # report rows fetched per trip to the worker thread
 BUSY_TIMEOUT_MS = 15_000
 STATUSES = ("pending", "in_flight", "sent", "failed", "unknown", "skipped")
 REMOVED_FROM_FILE = "removed from the campaign file"
@@ -73,6 +76,7 @@ class Claimed:
     requeued: int  # times put back after a 403 streak blamed its account
     window_used: int  # requests of the account in the window of its slowest limit, this one included
     window_cap: int
+    next_at: float = 0.0  # the account's own pacing allows no other request before then
 
 
 @dataclass(frozen=True)
@@ -117,49 +121,81 @@ def resolve_db_path(path: str | os.PathLike[str] | None) -> Path:
 
 
 class Store:
-    def __init__(self, db: aiosqlite.Connection, path: Path):
-        self._db = db
+    """The database, for async callers. Every operation is one plain `sqlite3` function run in a
+    worker thread, in one trip: a claim or a record is a single hop, not a dozen round trips.
+
+    A trip is never abandoned: a cancelled caller waits for its thread to finish, so a
+    transaction always ends in its COMMIT or ROLLBACK (the shield the guarantees need).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, scratch: bool = False):
+        self._conn = conn
         self.path = path
-        # Workers share the one connection: their transactions must take turns, and a read must
-        # not run inside another task's open transaction.
+        self._scratch = scratch
+        # Tasks share the one connection: their operations take turns, and a read must not run
+        # inside another task's open transaction. `snapshot()` holds the turn across several.
         self._lock = anyio.Lock()
         self._owner: int | None = None  # the task holding the lock
+        self._thread = anyio.CapacityLimiter(1)
 
     # --- opening ---------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str], now: float) -> Store:
+    async def open(cls, path: str | os.PathLike[str], now: float, *, scratch: bool = False) -> Store:
+        """Open (creating and migrating) the database. `scratch` is for a throwaway copy that one
+        task uses alone (`plan`): commits skip the fsync that makes them survive a power cut, and
+        operations run on the event loop's own thread, which is faster when nothing else waits."""
         path = Path(path)
         _create_private(path)
+        return await anyio.to_thread.run_sync(cls._open, path, now, scratch)
+
+    @classmethod
+    def _open(cls, path: Path, now: float, scratch: bool) -> Store:
         try:
-            db = await aiosqlite.connect(path, isolation_level=None)
+            # check_same_thread: the connection moves between worker threads, one at a time.
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from None
-        store = cls(db, path)
+        store = cls(conn, path, scratch)
         try:
-            await store._configure()
-            await migrate(db, now)
+            store._configure(durable=not scratch)
+            migrate(conn, now)
         except sqlite3.DatabaseError as exc:
-            await db.close()
+            conn.close()
             raise StoreError(f"cannot use the database {path}: {exc} (is it a campaign-runner database?)") from None
         except BaseException:
-            await db.close()
+            conn.close()
             raise
         return store
 
-    async def _configure(self) -> None:
-        await self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        async with self._db.execute("PRAGMA journal_mode = WAL") as cursor:
-            mode = (await cursor.fetchone())[0]
+    def _configure(self, durable: bool) -> None:
+        self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # Turning a new file to WAL needs it alone, and SQLite may answer "locked" at once instead
+        # of waiting when another process opens it at the same moment: try again for a while.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                (mode,) = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         if mode != "wal":
             raise StoreError(f"the database {self.path} cannot use WAL mode (got {mode})")
-        await self._db.execute("PRAGMA synchronous = FULL")
-        await self._db.execute("PRAGMA foreign_keys = ON")
+        self._conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'OFF'}")
+        self._conn.execute("PRAGMA foreign_keys = ON")
         # Reading the schema is what makes a file that is not a database fail here, clearly.
-        await self._db.execute("SELECT count(*) FROM sqlite_master")
+        self._conn.execute("SELECT count(*) FROM sqlite_master")
 
     async def close(self) -> None:
-        await self._db.close()
+        async with self._locked():
+            await anyio.to_thread.run_sync(self._conn.close, limiter=self._thread)
+
+    def __repr__(self) -> str:
+        return f"Store(path={str(self.path)!r})"
+
+    # --- taking turns ----------------------------------------------------------------------
 
     @asynccontextmanager
     async def _locked(self) -> AsyncIterator[bool]:
@@ -175,84 +211,95 @@ class Store:
             finally:
                 self._owner = None
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction that takes the lock up front (no upgrade deadlocks between processes).
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` in the worker thread, in this task's turn."""
+        async with self._locked():
+            if self._scratch:
+                return fn(*args)
+            return await anyio.to_thread.run_sync(fn, *args, limiter=self._thread)
 
-        BEGIN, COMMIT and ROLLBACK are shielded: aiosqlite's thread finishes a statement even when
-        the awaiting task is cancelled, so a cancelled BEGIN would leave the connection inside a
-        transaction nobody owns.
-        """
-        async with self._locked() as outermost:
-            if not outermost:
-                raise RuntimeError("transactions do not nest")
-            with anyio.CancelScope(shield=True):
-                await self._execute_or_fail("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException as exc:
-                with anyio.CancelScope(shield=True):
-                    with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
-                        await self._db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"database error in {self.path}: {exc}") from exc
-                raise
-            else:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await self._execute_or_fail("COMMIT")
-                    except StoreError:
-                        with contextlib.suppress(sqlite3.Error):
-                            await self._db.execute("ROLLBACK")
-                        raise
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the lock up front (no upgrade deadlocks between processes)."""
+        if self._conn.in_transaction:
+            raise RuntimeError("transactions do not nest")
+        self._execute_or_fail("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+                self._conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"database error in {self.path}: {exc}") from exc
+            raise
+        try:
+            self._execute_or_fail("COMMIT")
+        except StoreError:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """A read transaction, unless one is open already (inside `snapshot()`)."""
+        if self._conn.in_transaction:
+            yield
+            return
+        self._execute_or_fail("BEGIN")
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error in {self.path}: {exc}") from exc
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("COMMIT")
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[None]:
-        """A read transaction: every query inside it, reads of this store included, sees one state."""
+        """A read transaction across several operations of this task: every one sees one state."""
         async with self._locked() as outermost:
             if not outermost:
                 yield
                 return
-            with anyio.CancelScope(shield=True):
-                await self._execute_or_fail("BEGIN")
+            await anyio.to_thread.run_sync(self._execute_or_fail, "BEGIN", limiter=self._thread)
             try:
                 yield
-            except sqlite3.Error as exc:
-                raise StoreError(f"database error in {self.path}: {exc}") from exc
             finally:
-                with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
-                    await self._db.execute("COMMIT")
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._end_read, limiter=self._thread)
 
-    async def _execute_or_fail(self, sql: str) -> None:
+    def _end_read(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("COMMIT")
+
+    def _execute_or_fail(self, sql: str) -> None:
         try:
-            await self._db.execute(sql)
+            self._conn.execute(sql)
         except sqlite3.Error as exc:
             raise StoreError(f"database error in {self.path}: {exc}") from exc
 
-    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        async with self._db.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._conn.execute(sql, params).fetchall()
 
-    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        async with self._db.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(sql, params).fetchone()
 
     # --- runs and recovery -----------------------------------------------------------------
 
-    async def begin_run(self, command: str, now: float, deadline: float) -> int:
+    def _begin_run(self, command: str, now: float, deadline: float) -> int:
         """Record this process as a run; `deadline`: the longest one of its requests can take."""
-        async with self.transaction() as db:
-            cursor = await db.execute(
+        with self._transaction() as db:
+            cursor = db.execute(
                 "INSERT INTO runs (pid, pid_start, host, command, stale_after, started_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (os.getpid(), _process_start(os.getpid()), socket.gethostname(), command, deadline + STALE_MARGIN, now),
             )
             return int(cursor.lastrowid)
 
-    async def end_run(self, run_id: int, now: float) -> None:
-        async with self.transaction() as db:
-            await db.execute("UPDATE runs SET ended_at = ? WHERE id = ?", (now, run_id))
+    def _end_run(self, run_id: int, now: float) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE runs SET ended_at = ? WHERE id = ?", (now, run_id))
 
-    async def recover(self, run_id: int, now: float) -> list[Recovered]:
+    def _recover(self, run_id: int, now: float) -> list[Recovered]:
         """Mark `unknown` what gone processes left in flight: their requests may have been delivered.
 
         On this host a run is gone when it ended, when its pid is free, or when the pid now
@@ -260,8 +307,8 @@ class Store:
         another host cannot be checked: its claim is given up once older than that run's own
         request deadline plus a margin, by when a live process would have recorded it.
         """
-        async with self.transaction() as db:
-            rows = await self._all(
+        with self._transaction() as db:
+            rows = self._all(
                 "SELECT r.id, r.campaign, r.profile_urn, r.account_id, r.run_id, runs.pid, runs.pid_start,"
                 " runs.host, runs.ended_at, runs.stale_after, a.started_at FROM recipients r"
                 " LEFT JOIN runs ON runs.id = r.run_id"
@@ -274,12 +321,12 @@ class Store:
                 if _claim_may_be_live(pid, pid_start, host, ended_at, stale_after, started, now):
                     continue
                 recovered.append(Recovered(campaign, account or "", urn))
-                await db.execute(
+                db.execute(
                     "UPDATE recipients SET status = 'unknown', error = ?, run_id = NULL, updated_at = ? WHERE id = ?",
                     (DIED_IN_FLIGHT, now, rid),
                 )
                 # The lost request reached the server, if at all, before now: count it from now.
-                await db.execute(
+                db.execute(
                     "UPDATE attempts SET outcome = 'unknown', error = ?, finished_at = ?, slot_at = ?"
                     " WHERE recipient_id = ? AND run_id IS ? AND slot_at >= ?",
                     (DIED_IN_FLIGHT, now, now, rid, owner, IN_FLIGHT),
@@ -288,19 +335,19 @@ class Store:
 
     # --- campaigns -------------------------------------------------------------------------
 
-    async def load(
+    def _load(
         self, campaigns: Sequence[config.Campaign], now: float, accept_changes: bool = False
     ) -> list[LoadSummary]:
         """Upsert campaigns, all or none: new recipients are added, known ones keep their state."""
-        async with self.transaction():
-            return [await self._load_one(campaign, now, accept_changes) for campaign in campaigns]
+        with self._transaction():
+            return [self._load_one(campaign, now, accept_changes) for campaign in campaigns]
 
-    async def _load_one(self, campaign: config.Campaign, now: float, accept_changes: bool) -> LoadSummary:
-        db = self._db
-        existing = await self._one(
+    def _load_one(self, campaign: config.Campaign, now: float, accept_changes: bool) -> LoadSummary:
+        db = self._conn
+        existing = self._one(
             "SELECT group_id, endpoint, message_template FROM campaigns WHERE name = ?", (campaign.name,)
         )
-        started = existing is not None and await self._has_started(campaign.name)
+        started = existing is not None and self._has_started(campaign.name)
         changed: tuple[str, ...] = ()
         if existing:
             changed = tuple(
@@ -318,7 +365,7 @@ class Store:
                     " changed; run again with --accept-changes to apply the change to unsent"
                     " recipients only, or give the campaign a new name"
                 )
-        await db.execute(
+        db.execute(
             "INSERT INTO campaigns (name, group_id, endpoint, message_template, limit_cap, limit_window,"
             " burst, max_attempts, backoff, breaker_failures, breaker_cooldown, breaker_pauses,"
             " breaker_forbidden, warmup_start, warmup_increase, api_limits, source, created_at, updated_at)"
@@ -340,8 +387,8 @@ class Store:
                 ",".join(str(limit) for limit in campaign.api_limits), campaign.source, now, now,
             ),
         )  # fmt: skip
-        await db.execute("DELETE FROM campaign_accounts WHERE campaign = ?", (campaign.name,))
-        await db.executemany(
+        db.execute("DELETE FROM campaign_accounts WHERE campaign = ?", (campaign.name,))
+        db.executemany(
             "INSERT INTO campaign_accounts (campaign, account_id, limit_cap, limit_window, schedule)"
             " VALUES (?, ?, ?, ?, ?)",
             [(campaign.name, a.id, a.limit.cap, a.limit.window, None if a.schedule == Schedule() else
@@ -349,24 +396,24 @@ class Store:
         )  # fmt: skip
         known = {
             row[0]: (row[1], row[2])
-            for row in await self._all(
+            for row in self._all(
                 "SELECT profile_urn, status, message FROM recipients WHERE campaign = ?", (campaign.name,)
             )
         }
         new = [r for r in campaign.recipients if r.profile_urn not in known]
-        await db.executemany(
+        db.executemany(
             "INSERT INTO recipients (campaign, profile_urn, message, updated_at) VALUES (?, ?, ?, ?)",
             [(campaign.name, r.profile_urn, r.message, now) for r in new],
         )
         in_file = {r.profile_urn for r in campaign.recipients}
         gone = [urn for urn, (status, _) in known.items() if status == "pending" and urn not in in_file]
-        await db.executemany(
+        db.executemany(
             "UPDATE recipients SET status = 'skipped', error = ?, updated_at = ?"
             " WHERE campaign = ? AND profile_urn = ?",
             [(REMOVED_FROM_FILE, now, campaign.name, urn) for urn in gone],
         )
         back = [urn for urn, (status, _) in known.items() if status == "skipped" and urn in in_file]
-        await db.executemany(
+        db.executemany(
             "UPDATE recipients SET status = 'pending', error = NULL, updated_at = ?"
             " WHERE campaign = ? AND profile_urn = ?",
             [(now, campaign.name, urn) for urn in back],
@@ -382,7 +429,7 @@ class Store:
         ]  # fmt: skip
         rewrite = accept_changes or not started
         if rewrite:
-            await db.executemany(
+            db.executemany(
                 "UPDATE recipients SET message = ?, updated_at = ? WHERE campaign = ? AND profile_urn = ?"
                 " AND status = 'pending'",
                 differing,
@@ -399,17 +446,17 @@ class Store:
             changed=changed,
         )
 
-    async def _has_started(self, name: str) -> bool:
-        row = await self._one(
+    def _has_started(self, name: str) -> bool:
+        row = self._one(
             "SELECT 1 FROM recipients WHERE campaign = ? AND (status NOT IN ('pending', 'skipped') OR attempts > 0)"
             " LIMIT 1",
             (name,),
         )
         return row is not None
 
-    async def campaign(self, name: str) -> CampaignSettings:
-        async with self.snapshot():
-            row = await self._one(
+    def _campaign(self, name: str) -> CampaignSettings:
+        with self._snapshot():
+            row = self._one(
                 "SELECT name, group_id, endpoint, message_template, limit_cap, limit_window, burst,"
                 " max_attempts, backoff, breaker_failures, breaker_cooldown, breaker_pauses, breaker_forbidden,"
                 " warmup_start, warmup_increase, api_limits FROM campaigns WHERE name = ?",
@@ -417,7 +464,7 @@ class Store:
             )
             if row is None:
                 raise UnknownCampaignError(f"no campaign named {name!r} in {self.path}")
-            accounts = await self._all(
+            accounts = self._all(
                 "SELECT account_id, limit_cap, limit_window, schedule FROM campaign_accounts WHERE campaign = ?"
                 " ORDER BY rowid",
                 (name,),
@@ -431,28 +478,28 @@ class Store:
             api_limits=tuple(Limit.parse(text) for text in row[15].split(",")),
         )  # fmt: skip
 
-    async def campaign_names(self, unfinished_only: bool = False) -> list[str]:
+    def _campaign_names(self, unfinished_only: bool = False) -> list[str]:
         sql = "SELECT name FROM campaigns c"
         if unfinished_only:
             sql += (
                 " WHERE EXISTS (SELECT 1 FROM recipients r"
                 " WHERE r.campaign = c.name AND r.status IN ('pending', 'in_flight'))"
             )
-        async with self.snapshot():
-            rows = await self._all(sql + " ORDER BY created_at, name")
+        with self._snapshot():
+            rows = self._all(sql + " ORDER BY created_at, name")
         return [row[0] for row in rows]
 
-    async def pacing(self, accounts: Sequence[str], running: Sequence[str], now: float) -> dict[str, Pacing]:
+    def _pacing_of(self, accounts: Sequence[str], running: Sequence[str], now: float) -> dict[str, Pacing]:
         """Limits in force per account (see `_pacing`)."""
-        async with self.snapshot():
-            return {account: pacing for account in accounts if (pacing := await self._pacing(account, running, now))}
+        with self._snapshot():
+            return {account: pacing for account in accounts if (pacing := self._pacing(account, running, now))}
 
-    async def _pacing(self, account_id: str, running: Sequence[str], now: float) -> Pacing | None:
+    def _pacing(self, account_id: str, running: Sequence[str], now: float) -> Pacing | None:
         """The limits and schedules of the campaigns running now and of every other campaign with
         work left that uses the account. Every one of them holds at once, so the smallest wins.
         A warm-up adds a daily limit that grows with the account's days of sending."""
         run_marks = ",".join("?" * len(running)) or "NULL"
-        rows = await self._all(
+        rows = self._all(
             "SELECT ca.limit_cap, ca.limit_window, c.burst, ca.schedule, c.warmup_start, c.warmup_increase"
             " FROM campaign_accounts ca JOIN campaigns c ON c.name = ca.campaign"
             f" WHERE ca.account_id = ? AND (c.name IN ({run_marks}) OR EXISTS ("
@@ -465,14 +512,14 @@ class Store:
         schedules = tuple(sorted({Schedule.from_json(row[3]) for row in rows}, key=str))
         warmups = [Warmup(row[4], row[5]) for row in rows if row[4] is not None]
         if warmups:
-            day = await self._sending_day(account_id, schedules[0], now)
+            day = self._sending_day(account_id, schedules[0], now)
             limits.add(Limit(min(w.cap(day) for w in warmups), 86400.0))
         return Pacing(tuple(sorted(limits)), min(row[2] for row in rows), schedules)
 
-    async def _sending_day(self, account_id: str, schedule: Schedule, now: float) -> int:
+    def _sending_day(self, account_id: str, schedule: Schedule, now: float) -> int:
         """Which day of sending this is for the account (1 on its first), in its own time zone,
         counted from its first request on record: a restart does not begin the warm-up again."""
-        row = await self._one(
+        row = self._one(
             "SELECT coalesce((SELECT first_at FROM accounts WHERE id = ?),"
             " (SELECT min(started_at) FROM attempts WHERE account_id = ?))",
             (account_id, account_id),
@@ -482,24 +529,24 @@ class Store:
 
     # --- sending ---------------------------------------------------------------------------
 
-    async def _account_state(
+    def _account_state(
         self, account_id: str, pacing: Pacing, now: float, key_limits: Sequence[Limit] = ()
     ) -> AccountState:
-        row = await self._one(
+        row = self._one(
             "SELECT tat, hold_until, gap_until, server_remaining, server_reset, server_seen_at FROM accounts"
             " WHERE id = ?",
             (account_id,),
         )
         kth: list[float | None] = []
         for limit in pacing.limits:
-            found = await self._one(
+            found = self._one(
                 "SELECT slot_at FROM attempts WHERE account_id = ? ORDER BY slot_at DESC LIMIT 1 OFFSET ?",
                 (account_id, limit.cap - 1),
             )
             kth.append(found[0] if found else None)
         key: list[tuple[Limit, float | None]] = []
         for limit in key_limits:
-            found = await self._one("SELECT slot_at FROM attempts ORDER BY slot_at DESC LIMIT 1 OFFSET ?",
+            found = self._one("SELECT slot_at FROM attempts ORDER BY slot_at DESC LIMIT 1 OFFSET ?",
                                     (limit.cap - 1,))  # fmt: skip
             key.append((limit, found[0] if found else None))
         if row is None:
@@ -509,7 +556,7 @@ class Store:
         if remaining is not None and reset is not None and reset > now:
             # The server knows better when another tool (or a person) used the account too: no
             # more than its Remaining until its Reset. Local limits still hold on top.
-            (since,) = await self._one(
+            (since,) = self._one(
                 "SELECT count(*) FROM attempts WHERE account_id = ? AND slot_at > ? AND started_at > ?",
                 (account_id, seen, seen),
             )
@@ -518,40 +565,40 @@ class Store:
         return AccountState(tat=tat, hold_until=hold, kth_recent=tuple(kth), gap_until=gap,
                             server_until=server_until, key_recent=tuple(key))  # fmt: skip
 
-    async def _window_used(self, account_id: str, limit: Limit, now: float) -> int:
-        row = await self._one(
+    def _window_used(self, account_id: str, limit: Limit, now: float) -> int:
+        row = self._one(
             "SELECT count(*) FROM attempts WHERE account_id = ? AND slot_at > ?", (account_id, now - limit.window)
         )
         return int(row[0])
 
-    async def claim(
+    def _claim(
         self, run_id: int, account_id: str, campaigns: Sequence[str], endpoint_of: dict[str, str], now: float,
-        *, key_limits: Sequence[Limit] = (), draw: Callable[[float, float], float] = random.uniform,
+        key_limits: Sequence[Limit] = (), draw: Callable[[float, float], float] = random.uniform,
     ) -> Claimed | Waiting | Drained:  # fmt: skip
         """Claim one recipient of `campaigns` for `account_id`, if every limit in force allows a
         request now. The limits are read inside the transaction, so a campaign loaded by another
         process a moment ago counts too."""
-        async with self.transaction() as db:
+        with self._transaction() as db:
             # Only campaigns whose file still lists the account (another process may have
             # reloaded one without it since this run started).
             marks = ",".join("?" * len(campaigns))
             listed = {
                 row[0]
-                for row in await self._all(
+                for row in self._all(
                     f"SELECT campaign FROM campaign_accounts WHERE account_id = ? AND campaign IN ({marks})",
                     (account_id, *campaigns),
                 )
             }
             campaigns = [name for name in campaigns if name in listed]
-            pacing = await self._pacing(account_id, campaigns, now)
+            pacing = self._pacing(account_id, campaigns, now)
             if pacing is None or not campaigns:
                 return Drained()
-            state = await self._account_state(account_id, pacing, now, key_limits)
+            state = self._account_state(account_id, pacing, now, key_limits)
             verdict = decide(pacing, state, now)
             found = None
             if verdict.go(now):
                 for name in campaigns:
-                    found = await self._one(
+                    found = self._one(
                         "SELECT id, profile_urn, message, attempts, retries, requeued FROM recipients"
                         " WHERE campaign = ? AND status = 'pending' AND not_before <= ? ORDER BY id LIMIT 1",
                         (name, now),
@@ -560,24 +607,29 @@ class Store:
                         found = (name, *found)
                         break
             if found is None:
-                return await self._why_not(campaigns, verdict, now)
+                return self._why_not(campaigns, verdict, now)
             name, recipient_id, urn, message, attempts, retries, requeued = found
-            await db.execute(
+            db.execute(
                 "UPDATE recipients SET status = 'in_flight', account_id = ?, attempts = attempts + 1,"
                 " run_id = ?, updated_at = ? WHERE id = ?",
                 (account_id, run_id, now, recipient_id),
             )
-            cursor = await db.execute(
+            cursor = db.execute(
                 "INSERT INTO attempts (recipient_id, run_id, account_id, endpoint, started_at, slot_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (recipient_id, run_id, account_id, endpoint_of[name], now, IN_FLIGHT),
             )
             low, high = pacing.delay
-            await db.execute(
+            tat, gap_until = advance(pacing, state.tat, now), now + (draw(low, high) if high else 0.0)
+            db.execute(
                 "INSERT INTO accounts (id, tat, gap_until, first_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
                 " SET tat = excluded.tat, gap_until = excluded.gap_until, first_at = coalesce(first_at, ?)",
-                (account_id, advance(pacing, state.tat, now), now + (draw(low, high) if high else 0.0), now, now),
+                (account_id, tat, gap_until, now, now),
             )
+            # A lower bound for the next request of this account: the bucket, the gap and the
+            # schedule (windows and holds are checked again by the next claim).
+            after = AccountState(tat=tat, hold_until=state.hold_until, gap_until=gap_until,
+                                 kth_recent=tuple(None for _ in state.kth_recent))  # fmt: skip
             return Claimed(
                 recipient_id=recipient_id,
                 attempt_id=int(cursor.lastrowid),
@@ -589,25 +641,26 @@ class Store:
                 attempt=attempts + 1,
                 retries=retries,
                 requeued=requeued,
-                window_used=await self._window_used(account_id, pacing.slowest, now),
+                window_used=self._window_used(account_id, pacing.slowest, now),
                 window_cap=pacing.slowest.cap,
+                next_at=decide(pacing, after, now).at,
             )
 
-    async def _why_not(self, campaigns: Sequence[str], verdict: Verdict, now: float) -> Waiting | Drained:
+    def _why_not(self, campaigns: Sequence[str], verdict: Verdict, now: float) -> Waiting | Drained:
         marks = ",".join("?" * len(campaigns))
-        ready = await self._one(
+        ready = self._one(
             f"SELECT 1 FROM recipients WHERE campaign IN ({marks}) AND status = 'pending' AND not_before <= ? LIMIT 1",
             (*campaigns, now),
         )
         if ready:
             return Waiting(verdict.at, verdict.reason)
-        (next_work,) = await self._one(
+        (next_work,) = self._one(
             f"SELECT min(not_before) FROM recipients WHERE campaign IN ({marks}) AND status = 'pending'",
             tuple(campaigns),
         )
         if next_work is not None:
             return Waiting(max(next_work, verdict.at), "backoff" if next_work > verdict.at else verdict.reason)
-        in_flight = await self._one(
+        in_flight = self._one(
             f"SELECT 1 FROM recipients WHERE campaign IN ({marks}) AND status = 'in_flight' LIMIT 1", tuple(campaigns)
         )
         if in_flight:
@@ -615,18 +668,18 @@ class Store:
             return Waiting(now + ELSEWHERE_POLL, "elsewhere")
         return Drained()
 
-    async def release(self, claim: Claimed, now: float) -> None:
+    def _release(self, claim: Claimed, now: float) -> None:
         """Undo a claim whose request never started (the run was stopped in between)."""
-        async with self.transaction() as db:
-            await db.execute(
+        with self._transaction() as db:
+            db.execute(
                 "UPDATE recipients SET status = 'pending', attempts = attempts - 1, run_id = NULL, updated_at = ?"
                 " WHERE id = ? AND status = 'in_flight' AND run_id = ?",
                 (now, claim.recipient_id, claim.run_id),
             )
-            await db.execute("DELETE FROM attempts WHERE id = ?", (claim.attempt_id,))
+            db.execute("DELETE FROM attempts WHERE id = ?", (claim.attempt_id,))
 
-    async def record(
-        self, claim: Claimed, outcome: Outcome, now: float, *, latency: float, max_attempts: int,
+    def _record(
+        self, claim: Claimed, outcome: Outcome, now: float, latency: float, max_attempts: int,
         retry_at: float, hold_until: float | None, hold_reason: str | None = None, charged: bool = True,
         put_back: Sequence[int] = (), put_back_note: str | None = None, server_reset: float | None = None,
     ) -> str:  # fmt: skip
@@ -650,11 +703,11 @@ class Store:
         else:  # rate limited, unauthorized, misrouted: nothing is wrong with the recipient
             status, not_before = "pending", 0.0
         headers = outcome.rate_limit
-        async with self.transaction() as db:
+        with self._transaction() as db:
             # The attempt row always gets the truth. The recipient takes it while our claim holds,
             # or over the `unknown` a recovery gave it if this process was taken for dead; never
             # over a state someone else gave it since (a retry, another run's claim).
-            cursor = await db.execute(
+            cursor = db.execute(
                 "UPDATE recipients SET status = ?, http_status = ?, error = ?, retries = ?, not_before = ?,"
                 " sent_at = coalesce(?, sent_at), run_id = NULL, updated_at = ? WHERE id = ?"
                 " AND ((status = 'in_flight' AND run_id = ?) OR (status = 'unknown' AND error = ?))",
@@ -662,8 +715,8 @@ class Store:
                  claim.run_id, DIED_IN_FLIGHT),
             )  # fmt: skip
             if cursor.rowcount == 0:
-                status = (await self._one("SELECT status FROM recipients WHERE id = ?", (claim.recipient_id,)))[0]
-            await db.execute(
+                status = (self._one("SELECT status FROM recipients WHERE id = ?", (claim.recipient_id,)))[0]
+            db.execute(
                 "UPDATE attempts SET finished_at = ?, slot_at = ?, outcome = ?, http_status = ?, error = ?,"
                 " response_body = ?, latency = ?, rl_action = ?, rl_limit = ?, rl_used = ?, rl_remaining = ?,"
                 " rl_reset = ? WHERE id = ?",
@@ -673,14 +726,14 @@ class Store:
                 ),
             )  # fmt: skip
             if hold_until is not None and hold_until > now:
-                await db.execute(
+                db.execute(
                     "INSERT INTO accounts (id, hold_until, hold_reason) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE"
                     " SET hold_until = max(hold_until, excluded.hold_until), hold_reason = excluded.hold_reason",
                     (claim.account_id, hold_until, hold_reason or outcome.error or outcome.kind.value),
                 )
             remaining = headers.remaining_count
             if remaining is not None and server_reset is not None and server_reset > now:
-                await db.execute(
+                db.execute(
                     "INSERT INTO accounts (id, server_remaining, server_reset, server_seen_at) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (id) DO UPDATE SET server_remaining = excluded.server_remaining,"
                     " server_reset = excluded.server_reset, server_seen_at = excluded.server_seen_at",
@@ -688,7 +741,7 @@ class Store:
                 )
             if put_back:
                 marks = ",".join("?" * len(put_back))
-                await db.execute(
+                db.execute(
                     "UPDATE recipients SET status = 'pending', error = ?, requeued = requeued + 1, updated_at = ?"
                     f" WHERE id IN ({marks}) AND status = 'failed' AND http_status = 403",
                     (put_back_note, now, *put_back),
@@ -697,22 +750,32 @@ class Store:
                     status = "pending"
         return status
 
+    def _settle_in_flight(self, now: float) -> int:
+        """Take every request still in flight as answered now, outcome unknown. Only for a scratch
+        copy (`plan`): the process that sent them may still be alive."""
+        with self._transaction() as db:
+            db.execute("UPDATE attempts SET slot_at = ?, outcome = 'unknown' WHERE slot_at >= ?", (now, IN_FLIGHT))
+            cursor = db.execute("UPDATE recipients SET status = 'unknown', run_id = NULL WHERE status = 'in_flight'")
+            return cursor.rowcount
+
+    async def copy_to(self, target: Path) -> None:
+        """A consistent copy of the whole database, for `plan`."""
+        await self._run(self._conn.execute, "VACUUM INTO ?", (str(target),))
+
     # --- reading ---------------------------------------------------------------------------
 
-    async def counts(self, name: str) -> dict[str, int]:
-        async with self.snapshot():
-            rows = await self._all(
-                "SELECT status, count(*) FROM recipients WHERE campaign = ? GROUP BY status", (name,)
-            )
+    def _counts(self, name: str) -> dict[str, int]:
+        with self._snapshot():
+            rows = self._all("SELECT status, count(*) FROM recipients WHERE campaign = ? GROUP BY status", (name,))
         found = dict(rows)
         return {status: int(found.get(status, 0)) for status in STATUSES}
 
-    async def account_status(
+    def _account_status(
         self, account_id: str, pacing: Pacing, now: float, key_limits: Sequence[Limit] = ()
     ) -> AccountStatus:
-        async with self.snapshot():
-            state = await self._account_state(account_id, pacing, now, key_limits)
-            used = await self._window_used(account_id, pacing.slowest, now)
+        with self._snapshot():
+            state = self._account_state(account_id, pacing, now, key_limits)
+            used = self._window_used(account_id, pacing.slowest, now)
         verdict = decide(pacing, state, now)
         return AccountStatus(
             account_id=account_id,
@@ -725,7 +788,7 @@ class Store:
         )
 
     async def report_rows(self, name: str, status: str | None = None) -> AsyncIterator[ReportRow]:
-        """Rows in load order, streamed. Run it inside `snapshot()` to pair it with `counts`."""
+        """Rows in load order, streamed in batches. Inside `snapshot()` they pair with `counts`."""
         sql = (
             "SELECT profile_urn, status, account_id, http_status, error, attempts, sent_at, message"
             " FROM recipients WHERE campaign = ?"
@@ -734,26 +797,100 @@ class Store:
         if status:
             sql += " AND status = ?"
             params += (status,)
-        async with self.snapshot(), self._db.execute(sql + " ORDER BY id", params) as cursor:
-            async for row in cursor:
-                account = row[2]
-                yield ReportRow(
-                    profile_urn=row[0], status=row[1], account_id=None if account in (None, "") else account,
-                    http_status=row[3], error=row[4], attempts=row[5], sent_at=row[6], message=row[7],
-                )  # fmt: skip
+        async with self.snapshot():
+            cursor = await self._run(self._conn.execute, sql + " ORDER BY id", params)
+            try:
+                while rows := await self._run(cursor.fetchmany, REPORT_BATCH):
+                    for row in rows:
+                        account = row[2]
+                        yield ReportRow(
+                            profile_urn=row[0], status=row[1], account_id=None if account in (None, "") else account,
+                            http_status=row[3], error=row[4], attempts=row[5], sent_at=row[6], message=row[7],
+                        )  # fmt: skip
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._run(cursor.close)
 
-    async def retry(self, name: str, status: str, now: float) -> int:
+    def _retry(self, name: str, status: str, now: float) -> int:
         """Put `unknown` or `failed` recipients back to pending, with a fresh retry budget."""
         if status not in ("unknown", "failed"):
             raise ValueError(status)
-        await self.campaign(name)
-        async with self.transaction() as db:
-            cursor = await db.execute(
+        self._campaign(name)
+        with self._transaction() as db:
+            cursor = db.execute(
                 "UPDATE recipients SET status = 'pending', retries = 0, not_before = 0, http_status = NULL,"
                 " error = NULL, updated_at = ? WHERE campaign = ? AND status = ?",
                 (now, name, status),
             )
             return cursor.rowcount
+
+    # --- the async face: one trip to the worker thread each ------------------------------------
+
+    async def begin_run(self, command: str, now: float, deadline: float) -> int:
+        """Record this process as a run; `deadline`: the longest one of its requests can take."""
+        return await self._run(self._begin_run, command, now, deadline)
+
+    async def end_run(self, run_id: int, now: float) -> None:
+        await self._run(self._end_run, run_id, now)
+
+    async def recover(self, run_id: int, now: float) -> list[Recovered]:
+        """Mark `unknown` what gone processes left in flight (see `_recover`)."""
+        return await self._run(self._recover, run_id, now)
+
+    async def load(
+        self, campaigns: Sequence[config.Campaign], now: float, accept_changes: bool = False
+    ) -> list[LoadSummary]:
+        """Upsert campaigns, all or none: new recipients are added, known ones keep their state."""
+        return await self._run(self._load, campaigns, now, accept_changes)
+
+    async def campaign(self, name: str) -> CampaignSettings:
+        return await self._run(self._campaign, name)
+
+    async def campaign_names(self, unfinished_only: bool = False) -> list[str]:
+        return await self._run(self._campaign_names, unfinished_only)
+
+    async def pacing(self, accounts: Sequence[str], running: Sequence[str], now: float) -> dict[str, Pacing]:
+        """Limits in force per account (see `_pacing`)."""
+        return await self._run(self._pacing_of, accounts, running, now)
+
+    async def claim(
+        self, run_id: int, account_id: str, campaigns: Sequence[str], endpoint_of: dict[str, str], now: float,
+        *, key_limits: Sequence[Limit] = (), draw: Callable[[float, float], float] = random.uniform,
+    ) -> Claimed | Waiting | Drained:  # fmt: skip
+        """Claim one recipient for `account_id` if every limit in force allows a request now (see `_claim`)."""
+        return await self._run(self._claim, run_id, account_id, campaigns, endpoint_of, now, key_limits, draw)
+
+    async def release(self, claim: Claimed, now: float) -> None:
+        """Undo a claim whose request never started (the run was stopped in between)."""
+        await self._run(self._release, claim, now)
+
+    async def record(
+        self, claim: Claimed, outcome: Outcome, now: float, *, latency: float, max_attempts: int,
+        retry_at: float, hold_until: float | None, hold_reason: str | None = None, charged: bool = True,
+        put_back: Sequence[int] = (), put_back_note: str | None = None, server_reset: float | None = None,
+    ) -> str:  # fmt: skip
+        """Write an outcome; return the recipient's status after it (see `_record`)."""
+        return await self._run(
+            self._record, claim, outcome, now, latency, max_attempts, retry_at, hold_until, hold_reason, charged,
+            put_back, put_back_note, server_reset,
+        )  # fmt: skip
+
+    async def settle_in_flight(self, now: float) -> int:
+        """Take every request still in flight as answered now, outcome unknown. Only for a scratch
+        copy (`plan`): the process that sent them may still be alive."""
+        return await self._run(self._settle_in_flight, now)
+
+    async def counts(self, name: str) -> dict[str, int]:
+        return await self._run(self._counts, name)
+
+    async def account_status(
+        self, account_id: str, pacing: Pacing, now: float, key_limits: Sequence[Limit] = ()
+    ) -> AccountStatus:
+        return await self._run(self._account_status, account_id, pacing, now, key_limits)
+
+    async def retry(self, name: str, status: str, now: float) -> int:
+        """Put `unknown` or `failed` recipients back to pending, with a fresh retry budget."""
+        return await self._run(self._retry, name, status, now)
 
 
 def _create_private(path: Path) -> None:

@@ -22,7 +22,7 @@ API_KEY = "test-key-0123456789"
 
 @pytest.fixture
 def anyio_backend() -> str:
-    return "asyncio"  # aiosqlite runs on asyncio
+    return "asyncio"  # uvicorn (the sandbox) runs on asyncio only
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
-import aiosqlite
 import pytest
 
 from campaign_runner.config import Breaker
@@ -39,24 +39,24 @@ def test_statements_split_on_complete_sql() -> None:
     assert statements(sql) == ["-- a comment\nCREATE TABLE a (x TEXT DEFAULT ';');", "CREATE TABLE b (y);"]
 
 
-async def test_each_migration_runs_once_and_is_recorded(tmp_path: Path) -> None:
+def test_each_migration_runs_once_and_is_recorded(tmp_path: Path) -> None:
     migrations = [Migration(1, "one", "CREATE TABLE one (x);"), Migration(2, "two", "INSERT INTO one VALUES (1);")]
-    async with aiosqlite.connect(tmp_path / "m.db", isolation_level=None) as db:
-        assert await migrate(db, 1.0, migrations) == [1, 2]
-        assert await migrate(db, 2.0, migrations) == []
-        async with db.execute("SELECT count(*) FROM one") as cursor:
-            assert (await cursor.fetchone())[0] == 1
-        async with db.execute("SELECT version, name, applied_at FROM schema_migrations") as cursor:
-            assert await cursor.fetchall() == [(1, "one", 1.0), (2, "two", 1.0)]
+    with contextlib.closing(sqlite3.connect(tmp_path / "m.db", isolation_level=None)) as db:
+        assert migrate(db, 1.0, migrations) == [1, 2]
+        assert migrate(db, 2.0, migrations) == []
+        assert db.execute("SELECT count(*) FROM one").fetchone()[0] == 1
+        assert db.execute("SELECT version, name, applied_at FROM schema_migrations").fetchall() == [
+            (1, "one", 1.0),
+            (2, "two", 1.0),
+        ]
 
 
-async def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path) -> None:
+def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path) -> None:
     migrations = [Migration(1, "bad", "CREATE TABLE t (x);\nINSERT INTO missing VALUES (1);")]
-    async with aiosqlite.connect(tmp_path / "m.db", isolation_level=None) as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "m.db", isolation_level=None)) as db:
         with pytest.raises(sqlite3.OperationalError):
-            await migrate(db, 1.0, migrations)
-        async with db.execute("SELECT name FROM sqlite_master WHERE name = 't'") as cursor:
-            assert await cursor.fetchall() == []
+            migrate(db, 1.0, migrations)
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 't'").fetchall() == []
 
 
 async def test_a_newer_database_is_refused(tmp_path: Path) -> None:
@@ -105,13 +105,13 @@ def test_shipped_migrations_never_change() -> None:
 
 async def test_a_database_of_the_first_schema_is_upgraded_with_its_data(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    async with aiosqlite.connect(path, isolation_level=None) as db:
-        await migrate(db, 1.0, discover()[:1])
-        await db.execute(
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        migrate(db, 1.0, discover()[:1])
+        db.execute(
             "INSERT INTO campaigns (name, group_id, endpoint, message_template, limit_cap, limit_window,"
             " created_at, updated_at) VALUES ('old', '1', 'send-group', 'hi', 150, 86400, 1, 1)"
         )
-        await db.execute("INSERT INTO campaign_accounts VALUES ('old', 'acc_1', 150, 86400)")
+        db.execute("INSERT INTO campaign_accounts VALUES ('old', 'acc_1', 150, 86400)")
     store = await Store.open(path, 2.0)
     try:
         settings = await store.campaign("old")

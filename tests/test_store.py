@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,9 @@ async def store(tmp_path: Path):
 
 
 async def run_of(store: Store, pid: int, host: str, started: float = T0) -> int:
-    async with store.transaction() as db:
-        cursor = await db.execute(
+    """A run of another process, written as that process would: through its own connection."""
+    with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as db:
+        cursor = db.execute(
             "INSERT INTO runs (pid, pid_start, host, command, stale_after, started_at)"
             " VALUES (?, NULL, ?, 'test', 120, ?)",
             (pid, host, started),
