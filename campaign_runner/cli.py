@@ -26,8 +26,10 @@ from . import __version__, client, sandbox
 from .clock import SystemClock, iso
 from .config import Campaign, CampaignSettings, account_label, load_campaign
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
+from .plan import estimate_finish, make_plan
 from .render import LiveView, LogLines, describe_wait
 from .report import FORMATS, write_report
+from .schedule import Schedule
 from .scheduler import RunResult, Scheduler
 from .store import STATUSES, Store, resolve_db_path
 
@@ -284,6 +286,85 @@ async def _open_store(db: str, clock: SystemClock, *, create: bool) -> AsyncIter
             await store.close()
 
 
+# --- plan ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@db_option
+@click.option("--start", help="When sending would begin (ISO 8601; without an offset, the campaign's time zone).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plan(file: str, db: str, start: str | None, as_json: bool) -> int:
+    """Predict, per account and per day, what a campaign sends and when it finishes.
+
+    Runs the campaign on a virtual clock against the built-in sandbox: nothing is sent, and the
+    database (whose state it starts from, if it exists) is not written.
+
+    \b
+    Example:
+        campaign-runner plan campaigns/example.yaml --start 2027-03-01T09:00
+    """
+    campaign = _load([file])[0]
+    begin = _parse_start(start, campaign.timezone) if start else SystemClock().now()
+    result = anyio.run(make_plan, campaign, begin, resolve_db_path(db))
+    if as_json:
+        click.echo(json.dumps(_plan_json(result), indent=2))
+        return EXIT_OK
+    accounts = result.accounts
+    click.echo(
+        f"plan for {result.campaign}: {result.to_send} recipients to send over {len(accounts)}"
+        f" account{'s' if len(accounts) != 1 else ''}, from {result.local(result.start)} ({result.timezone})"
+    )
+    labels = [account_label(a) for a in accounts]
+    widths = [max(len(label), 5) for label in labels]
+    click.echo("  ".join(["date      ", "day", *(f"{label:>{w}}" for label, w in zip(labels, widths, strict=True)),
+                          "total"]))  # fmt: skip
+    for day, counts in result.per_day.items():
+        cells = [f"{counts.get(a, 0):>{w}}" for a, w in zip(accounts, widths, strict=True)]
+        click.echo("  ".join([day.isoformat(), day.strftime("%a"), *cells, f"{sum(counts.values()):>5}"]))
+    if result.finish is None:
+        click.echo("nothing to send")
+    else:
+        click.echo(
+            f"projected finish: {result.local(result.finish)}, after {len(result.per_day)} sending"
+            f" day{'s' if len(result.per_day) != 1 else ''} ({result.sent} sent)"
+        )
+    if result.result == "accounts_stopped":
+        click.echo("warning: the plan ended with accounts stopped; see `campaign-runner status`", err=True)
+    return EXIT_OK
+
+
+def _parse_start(text: str, timezone: str) -> float:
+    from datetime import datetime
+
+    from .schedule import zone
+
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--start: {text!r} is not an ISO 8601 time, e.g. 2027-03-01T09:00") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone(timezone))
+    return moment.timestamp()
+
+
+def _plan_json(result: Any) -> dict[str, Any]:
+    return {
+        "campaign": result.campaign,
+        "timezone": result.timezone,
+        "start": iso(result.start),
+        "finish": iso(result.finish),
+        "finish_local": result.local(result.finish) if result.finish is not None else None,
+        "to_send": result.to_send,
+        "sent": result.sent,
+        "days": [
+            {"date": day.isoformat(), "accounts": {a or None: n for a, n in counts.items()},
+             "total": sum(counts.values())}
+            for day, counts in result.per_day.items()
+        ],
+    }  # fmt: skip
+
+
 # --- status / report / retry -----------------------------------------------------------------
 
 
@@ -306,19 +387,28 @@ async def _status(db: str, name: str | None, as_json: bool) -> int:
     async with _open_store(db, clock, create=False) as store:
         names = [name] if name else await store.campaign_names()
         settings = [await store.campaign(n) for n in names]
-        campaigns = [{"name": c.name, "counts": await store.counts(c.name)} for c in settings]
         account_ids = sorted({a for c in settings for a in c.account_ids})
         now = clock.now()
         pacing = await store.pacing(account_ids, names, now)
+        key_limits = sorted({x for c in settings for x in c.api_limits})
+        campaigns = []
+        for c in settings:
+            counts = await store.counts(c.name)
+            finish = estimate_finish(counts["pending"], [pacing[a] for a in c.account_ids if a in pacing], now)
+            campaigns.append({"name": c.name, "counts": counts, "projected_finish": iso(finish)})
         accounts = []
         for account_id in account_ids:
-            state = await store.account_status(account_id, pacing[account_id], now)
+            state = await store.account_status(account_id, pacing[account_id], now, key_limits)
+            next_at = max(state.next_at, now)
+            schedules = state.pacing.schedules
+            local = (schedules[0] if schedules else Schedule()).local(next_at)
             accounts.append({
                 "account_id": account_id or None,
                 "limits": str(state.pacing),
                 "window_used": state.window_used,
                 "window_cap": state.window_cap,
-                "next_send_at": iso(max(state.next_at, now)),
+                "next_send_at": iso(next_at),
+                "next_send_local": local.strftime("%Y-%m-%d %H:%M %Z"),
                 "waiting_for": None if state.reason == "ready" else describe_wait(state.reason),
                 "hold_until": iso(state.hold_until) if state.hold_until > now else None,
             })  # fmt: skip
@@ -328,12 +418,15 @@ async def _status(db: str, name: str | None, as_json: bool) -> int:
     for c in campaigns:
         counts = c["counts"]
         total = sum(counts.values())
-        click.echo(f"{c['name']}: {total} recipients: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES))
+        line = f"{c['name']}: {total} recipients: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES)
+        if counts["pending"]:
+            line += f"; projected finish about {c['projected_finish'] or 'more than a year away'}"
+        click.echo(line)
     for a in accounts:
         wait = f" ({a['waiting_for']})" if a["waiting_for"] else ""
         click.echo(
             f"account {account_label(a['account_id'] or '')}: limits {a['limits']},"
-            f" {a['window_used']}/{a['window_cap']} used in the current window, next send {a['next_send_at']}{wait}"
+            f" {a['window_used']}/{a['window_cap']} used in the current window, next send {a['next_send_local']}{wait}"
         )
     return EXIT_OK
 
