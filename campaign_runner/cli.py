@@ -395,7 +395,9 @@ async def _status(db: str, name: str | None, as_json: bool) -> int:
         for c in settings:
             counts = await store.counts(c.name)
             finish = estimate_finish(counts["pending"], [pacing[a] for a in c.account_ids if a in pacing], now)
-            campaigns.append({"name": c.name, "counts": counts, "projected_finish": iso(finish)})
+            campaigns.append(
+                {"name": c.name, "counts": counts, "projected_finish": iso(finish) if counts["pending"] else None}
+            )
         accounts = []
         for account_id in account_ids:
             state = await store.account_status(account_id, pacing[account_id], now, key_limits)

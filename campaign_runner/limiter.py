@@ -120,9 +120,9 @@ def decide(pacing: Pacing, state: AccountState, now: float) -> Verdict:
         if kth is None:
             continue
         if kth >= IN_FLIGHT:
-            # Another process has `cap` requests of this account on the wire: their times are
-            # not known yet, so look again shortly.
-            candidates.append((now + IN_FLIGHT_POLL, "in_flight"))
+            # `cap` requests are on the wire (another process's, or for the key's limit, other
+            # accounts'): their times are not known yet, so look again shortly.
+            candidates.append((now + IN_FLIGHT_POLL, "in_flight" if why == "window" else why))
         else:
             candidates.append((kth + limit.window + EPSILON, why))
     at, reason = max(candidates, key=lambda item: item[0])

@@ -34,6 +34,7 @@ DEFAULT_HOLD = 3600.0  # a rate-limit answer that says nothing of when to come b
 MIN_HOLD = 1.0  # never come straight back after a 429, whatever the server's clock says
 SKEW_TOLERANCE = 2.0  # seconds: the Date header has whole seconds, and the answer took a while
 NO_RESET = "no usable reset time in the answer: holding for an hour"
+KEY_LINE_RECHECK = 60.0  # seconds an account waits in line for the API key's limit before it looks again
 MAX_BACKOFF = 300.0
 INTERRUPTED = "the request was interrupted in flight; it may have been delivered"
 
@@ -115,6 +116,10 @@ class Scheduler:
         self._errors: list[Exception] = []
         self._deferred = False
         self._stopped: dict[str, str] = {}  # account -> why its guard stopped it
+        # Accounts waiting for the API key's limit, in the order they first had to. Only the head
+        # asks for a slot; the others wait behind it, so a busy account cannot starve the rest.
+        self._key_line: deque[str] = deque()
+        self._key_wakes: dict[str, anyio.Event] = {}
         self._workers_scope: anyio.CancelScope | None = None
 
     def accounts(self) -> dict[str, list[str]]:
@@ -210,6 +215,8 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001 - stop the others gently; run() raises it
                 self._errors.append(exc)
                 self.stop("fatal", f"{account_label(account)} stopped: {exc}")
+            finally:
+                self._leave_key_line(account)
 
     async def _work(self, account: str, names: list[str]) -> None:
         order = deque(names)
@@ -218,6 +225,7 @@ class Scheduler:
         announced: tuple[float, str] | None = None
         next_recovery = 0.0
         while not self._stop.is_set():
+            await self._wait_in_key_line(account)
             # Registered before the claim, so a change in between is not missed.
             wake = anyio.Event()
             self._on_progress.add(wake)
@@ -228,6 +236,11 @@ class Scheduler:
                     self._run_id, account, list(order), endpoint_of, now, key_limits=self._api_limits,
                     draw=self._rng.uniform,
                 )  # fmt: skip
+            if isinstance(decision, Waiting) and decision.reason == "key":
+                if account not in self._key_line:
+                    self._key_line.append(account)
+            else:
+                self._leave_key_line(account)
             if isinstance(decision, Drained):
                 self._forget(wake)
                 self._emit(events.AccountFinished(account, "drained"))
@@ -251,6 +264,7 @@ class Scheduler:
                 if decision.reason not in ("elsewhere", "backoff"):
                     self._on_progress.discard(wake)
                 await self._sleep(decision.until, wake)
+                await self._wait_in_key_line(account)
                 continue
             self._forget(wake)
             if self._stop.is_set():  # stopped while the claim was being made: it never left
@@ -271,6 +285,23 @@ class Scheduler:
                 self._on_drained.add(wake)
                 await self._sleep(decision.next_at, wake)
         self._emit(events.AccountFinished(account, "stopped"))
+
+    async def _wait_in_key_line(self, account: str) -> None:
+        """While other accounts are ahead in line for the API key's limit, wait behind them."""
+        if self._key_line and account not in self._key_line:
+            self._key_line.append(account)
+        while not self._stop.is_set() and account in self._key_line and self._key_line[0] != account:
+            wake = self._key_wakes[account] = anyio.Event()
+            self._on_drained.add(wake)
+            await self._sleep(self._clock.now() + KEY_LINE_RECHECK, wake)
+
+    def _leave_key_line(self, account: str) -> None:
+        if account not in self._key_line:
+            return
+        was_head = self._key_line[0] == account
+        self._key_line.remove(account)
+        if was_head and self._key_line and (wake := self._key_wakes.pop(self._key_line[0], None)):
+            wake.set()
 
     def _stop_account(self, account: str, judgement: Judgement) -> None:
         reason = judgement.reason or "stopped"

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import sqlite3
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import click
@@ -143,6 +144,7 @@ def test_status_text_and_json(capsys, finished_db: Path) -> None:
         {
             "name": "test-campaign",
             "counts": {"pending": 0, "in_flight": 0, "sent": 2, "failed": 1, "unknown": 0, "skipped": 0},
+            "projected_finish": None,
         }
     ]
     (account,) = data["accounts"]
@@ -214,3 +216,25 @@ def test_report_output_into_a_missing_folder(capsys, finished_db: Path, tmp_path
     code, _, err = invoke(capsys, "report", "test-campaign", "--db", str(finished_db), "--output",
                           str(tmp_path / "nope" / "r.csv"))  # fmt: skip
     assert (code, err) == (2, f"error: --output: no folder {tmp_path / 'nope'}\n")
+
+
+def test_status_shows_local_next_sends_and_a_projected_finish(capsys, tmp_path: Path) -> None:
+    path = write_campaign(
+        tmp_path, accounts=["acc_1", {"id": "acc_2", "timezone": "America/New_York"}], limit="24/day",
+        schedule={"timezone": "Europe/Berlin", "hours": "09:00-17:00", "days": ["mon", "tue", "wed", "thu", "fri"]},
+        recipients=[{"profile_urn": urn(i)} for i in range(96)],
+    )  # fmt: skip
+    db = str(tmp_path / "s.db")
+    assert run_cli(["run", str(path), "--sandbox", "--db", db, "--no-wait"]) == 0
+    capsys.readouterr()
+    code, out, _ = invoke(capsys, "status", "--db", db, "--json")
+    data = json.loads(out)
+    [campaign] = data["campaigns"]
+    first, second = data["accounts"]
+    assert first["next_send_local"].endswith(("CET", "CEST"))
+    assert second["next_send_local"].endswith(("EST", "EDT"))
+    # About 96 messages at 24 a weekday over two accounts: two working days, more over a weekend.
+    finish = datetime.fromisoformat(campaign["projected_finish"].replace("Z", "+00:00"))
+    assert timedelta(days=1) < finish - datetime.now(timezone.utc) < timedelta(days=5)
+    code, out, _ = invoke(capsys, "status", "--db", db)
+    assert "; projected finish about 20" in out.splitlines()[0]
