@@ -370,12 +370,41 @@ def txn(s: Settings) -> list[Row]:
     ]  # fmt: skip
 
 
+def sandbox_ceiling(s: Settings) -> list[Row]:
+    """The naive synchronous loop (the fastest client here) against the stock and the indexed
+    sandbox: how fast each can answer, and how busy each is meanwhile. Not part of `all`."""
+    count = s.size(10_000)
+    rows = []
+    for stock in (True, False):
+        sends = []
+        for _ in range(s.rounds):
+            with common.sandbox(stock=stock) as box:
+                before = box.cpu()
+                argv = [sys.executable, BARE, box.url, "--count", str(count), "--accounts", "200", "--mode", "sync",
+                        "--api-key", common.API_KEY]  # fmt: skip
+                usage = common.run_child(argv)
+                cpu = box.cpu() - before
+                span = common.send_span(box.log())
+            sends.append(Send("sync", count, span, usage.wall, usage.cpu, usage.rss_mb, cpu))
+            log(
+                f"sandbox {'stock' if stock else 'indexed'}: {sends[-1].rate:,.0f}/s, busy {sends[-1].sandbox_busy:.0%}"
+            )
+        name = "`campaign-runner sandbox`" if stock else "bench/indexed_sandbox.py"
+        rows.append(
+            Row("S", f"{name}, {count:,} sends by the synchronous loop: sends/s; sandbox CPU busy share",
+                "(reference)", f"{fmt(med(sends, lambda x: x.rate), 0)}/s; {med(sends, lambda x: x.sandbox_busy):.0%}",
+                f"{fmt(med(sends, lambda x: x.sandbox_cpu / x.sent * 1000), 2)} ms CPU per request", "")
+        )  # fmt: skip
+    return rows
+
+
 BENCHES: dict[str, Callable[[Settings], list[Row]]] = {"txn": txn, "b1": b1, "b2": b2, "b3": b3, "b4": b4, "b5": b5}
+EXTRA: dict[str, Callable[[Settings], list[Row]]] = {"sandbox": sandbox_ceiling}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="*", help=f"all (default) or some of: {', '.join(BENCHES)}")
+    parser.add_argument("which", nargs="*", help=f"all (default) or some of: {', '.join([*BENCHES, *EXTRA])}")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per comparison (default 3)")
     parser.add_argument("--quick", action="store_true", help="every size divided by 10 (smoke run)")
     parser.add_argument("--work", type=Path, help="folder for files and databases (default: a temporary one)")
@@ -384,9 +413,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="use `campaign-runner sandbox` as is instead of bench/indexed_sandbox.py")  # fmt: skip
     args = parser.parse_args(argv)
     which = list(BENCHES) if not args.which or "all" in args.which else args.which
-    unknown = [name for name in which if name not in BENCHES]
+    known = {**BENCHES, **EXTRA}
+    unknown = [name for name in which if name not in known]
     if unknown:
-        parser.error(f"unknown benchmark {', '.join(unknown)} (choose from all, {', '.join(BENCHES)})")
+        parser.error(f"unknown benchmark {', '.join(unknown)} (choose from all, {', '.join(known)})")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="campaign-bench-") as temp:
         work = args.work or Path(temp)
@@ -395,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[Row] = []
         for name in which:
             log(f"--- {name}")
-            rows.extend(BENCHES[name](settings))
+            rows.extend(known[name](settings))
     elapsed = time.perf_counter() - started
     machine = common.machine()
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']},"
