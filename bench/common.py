@@ -281,7 +281,7 @@ def sandbox(typing_delay: float = 0.0, *, stock: bool = False) -> Iterator[Sandb
 
     `stock`: the project's own `campaign-runner sandbox`. Otherwise bench/indexed_sandbox.py: the
     same ASGI app with its quota window counted from a per-account index instead of a scan of the
-    whole delivery log (see BENCHMARKS.md: the scan makes the stock sandbox the bottleneck).
+    whole delivery log (see BENCHMARKS.md: the scan slows the stock sandbox as its log grows).
     """
     args = ["--port", "0", "--typing-delay", str(typing_delay), "--quota", NO_LIMIT, "--api-key", API_KEY]
     argv = [RUNNER, "sandbox", *args] if stock else [sys.executable, str(BENCH / "indexed_sandbox.py"), *args]

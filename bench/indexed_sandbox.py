@@ -2,7 +2,7 @@
 
 `campaign_runner.sandbox.Sandbox._window` builds, for every send (twice: the quota check and the
 X-RateLimit headers), a list of every delivery in its log. With N messages delivered that is O(N)
-per request and O(N^2) per campaign: at 20,000 sends the emulator, not the runner, sets the pace
+per request and O(N^2) per campaign, so the emulator's ceiling falls as a benchmark proceeds
 (BENCHMARKS.md gives the figures). This subclass keeps the same answers (same ASGI app, same
 checks, same headers, same log) and only replaces that scan with a deque of delivery times per
 account, pruned as they leave the window.

@@ -4,7 +4,8 @@
 
 Loads a campaign into a fresh database, starts the indexed sandbox in its own process, and runs
 `campaign-runner resume` under `python -m pyinstrument`, which writes a text profile of the main
-thread (the event loop; SQLite's own work runs on aiosqlite's thread and shows up as waiting).
+thread (the event loop; SQLite's own work runs on aiosqlite's thread and shows up as waiting), with
+httpcore's connection pool frames kept visible.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         with common.sandbox() as box:
             command = [
                 sys.executable, "-m", "pyinstrument", "--renderer", "text", "--outfile", str(args.output),
+                "--show", "*/httpcore/_async/connection_pool.py",
                 common.RUNNER, "resume", "bench", "--db", str(db), "--base-url", box.url,
             ]  # fmt: skip
             env = {**os.environ, "CONNECTSAFELY_API_KEY": common.API_KEY}
