@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DB := .demo/demo.db
 
-.PHONY: install install-test demo test clean
+.PHONY: install install-test install-bench demo test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
+$(VENV)/.installed-bench: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed
+
+install-bench: $(VENV)/.installed-bench
+
 demo: install
 	rm -rf .demo && mkdir -p .demo
 	$(BIN)/campaign-runner run campaigns/demo.yaml --sandbox --db $(DEMO_DB)
@@ -31,6 +37,12 @@ test: install-test
 	$(BIN)/ruff check campaign_runner tests
 	$(BIN)/ruff format --check campaign_runner tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The issue's figures (B1-B5) as a Markdown table; BENCHMARKS.md says what each row means.
+# BENCH_ARGS="--quick" divides every size by 10; "b1 b4" runs only those.
+bench: install-bench
+	$(BIN)/ruff check bench
+	$(BIN)/python bench/run.py --json bench-results.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo build *.egg-info .pytest_cache .hypothesis
