@@ -34,8 +34,8 @@ demo: install
 	$(BIN)/campaign-runner report demo --db $(DEMO_DB) --format json
 
 test: install-test
-	$(BIN)/ruff check campaign_runner tests
-	$(BIN)/ruff format --check campaign_runner tests
+	$(BIN)/ruff check campaign_runner tests bench
+	$(BIN)/ruff format --check campaign_runner tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The issue's figures (B1-B5) as a Markdown table; BENCHMARKS.md says what each row means.

@@ -4,7 +4,7 @@
 
 Loads a campaign into a fresh database, starts the indexed sandbox in its own process, and runs
 `campaign-runner resume` under `python -m pyinstrument`, which writes a text profile of the main
-thread (the event loop; SQLite's own work runs on aiosqlite's thread and shows up as waiting), with
+thread (the event loop; SQLite's own work runs on the store's worker thread and shows up as waiting), with
 httpcore's connection pool frames kept visible.
 """
 

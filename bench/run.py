@@ -51,7 +51,6 @@ class Settings:
     work: Path
     rounds: int
     scale: float
-    stock_sandbox: bool
 
     def size(self, n: int) -> int:
         return max(int(n * self.scale), 1)
@@ -91,7 +90,7 @@ class Send:
 
 
 def send_once(s: Settings, contender: str, template_db: Path, count: int, accounts: int, delay: float) -> Send:
-    with common.sandbox(delay, stock=s.stock_sandbox) as box:
+    with common.sandbox(delay) as box:
         before = box.cpu()
         if contender == "runner":
             db = common.copy_db(template_db, s.work / "sending.db")
@@ -196,7 +195,7 @@ def b3(s: Settings) -> list[Row]:
         "yaml": common.write_campaign(folder, "loadyaml", count, 1, limit="1/day", inline=True),
     }
     runs: dict[str, list[common.Usage]] = {"csv": [], "yaml": [], "validate-csv": []}
-    with common.sandbox(stock=s.stock_sandbox) as box:
+    with common.sandbox() as box:
         for round_ in range(s.rounds):
             order = ["csv", "yaml", "validate-csv"]
             for kind in order if round_ % 2 == 0 else reversed(order):
@@ -279,7 +278,7 @@ def b4(s: Settings) -> list[Row]:
     first_sandbox: list[float] = []
     status: list[float] = []
     report: list[float] = []
-    with common.sandbox(stock=s.stock_sandbox) as box:
+    with common.sandbox() as box:
         env = common.runner_env(box.url)
         for round_ in range(s.rounds):
             seen = len(box.log())
@@ -322,7 +321,7 @@ def b5(s: Settings) -> list[Row]:
     sends = s.size(5_000)
     files = {n: common.write_campaign(s.work / "b5", f"mem{n}", n, accounts) for n in sizes}
     rss: dict[int, list[float]] = {n: [] for n in sizes}
-    with common.sandbox(stock=s.stock_sandbox) as box:
+    with common.sandbox() as box:
         env = common.runner_env(box.url)
         for round_ in range(max(s.rounds - 1, 1)):
             for n in sizes if round_ % 2 == 0 else reversed(sizes):
@@ -362,8 +361,8 @@ def txn(s: Settings) -> list[Row]:
         Row("T", "one bare sqlite3 UPDATE + COMMIT, WAL: synchronous FULL / NORMAL / OFF", "(reported)",
             f"{m['commit_full_ms']:.3f} / {m['commit_normal_ms']:.3f} / {m['commit_off_ms']:.3f} ms",
             f"fsync ≈ {fsync:.3f} ms", ""),
-        Row("T", "one aiosqlite round trip (`SELECT 1`, fetch, close)", "(reported)",
-            f"{m['aiosqlite_round_trip_ms']:.3f} ms", "", ""),
+        Row("T", "one trip to the store's worker thread (`SELECT 1`)", "(reported)",
+            f"{m['thread_trip_ms']:.3f} ms", "", ""),
         Row("T", "`Store.claim` + `Store.record` per send (no HTTP), synchronous FULL / NORMAL / OFF", "(reported)",
             f"{m['claim_record_full_ms']:.3f} / {m['claim_record_normal_ms']:.3f} / {m['claim_record_off_ms']:.3f} ms",
             f"durability {m['claim_record_full_ms'] - m['claim_record_off_ms']:.3f} ms of it", ""),
@@ -371,31 +370,25 @@ def txn(s: Settings) -> list[Row]:
 
 
 def sandbox_ceiling(s: Settings) -> list[Row]:
-    """The naive synchronous loop (the fastest client here) against the stock and the indexed
-    sandbox: how fast each can answer, and how busy each is meanwhile. Not part of `all`."""
+    """The naive synchronous loop (the fastest client here) against the sandbox: how fast it can
+    answer, and how busy it is meanwhile. Not part of `all`."""
     count = s.size(10_000)
-    rows = []
-    for stock in (True, False):
-        sends = []
-        for _ in range(s.rounds):
-            with common.sandbox(stock=stock) as box:
-                before = box.cpu()
-                argv = [sys.executable, BARE, box.url, "--count", str(count), "--accounts", "200", "--mode", "sync",
-                        "--api-key", common.API_KEY]  # fmt: skip
-                usage = common.run_child(argv)
-                cpu = box.cpu() - before
-                span = common.send_span(box.log())
-            sends.append(Send("sync", count, span, usage.wall, usage.cpu, usage.rss_mb, cpu))
-            log(
-                f"sandbox {'stock' if stock else 'indexed'}: {sends[-1].rate:,.0f}/s, busy {sends[-1].sandbox_busy:.0%}"
-            )
-        name = "`campaign-runner sandbox`" if stock else "bench/indexed_sandbox.py"
-        rows.append(
-            Row("S", f"{name}, {count:,} sends by the synchronous loop: sends/s; sandbox CPU busy share",
-                "(reference)", f"{fmt(med(sends, lambda x: x.rate), 0)}/s; {med(sends, lambda x: x.sandbox_busy):.0%}",
-                f"{fmt(med(sends, lambda x: x.sandbox_cpu / x.sent * 1000), 2)} ms CPU per request", "")
-        )  # fmt: skip
-    return rows
+    sends = []
+    for _ in range(s.rounds):
+        with common.sandbox() as box:
+            before = box.cpu()
+            argv = [sys.executable, BARE, box.url, "--count", str(count), "--accounts", "200", "--mode", "sync",
+                    "--api-key", common.API_KEY]  # fmt: skip
+            usage = common.run_child(argv)
+            cpu = box.cpu() - before
+            span = common.send_span(box.log())
+        sends.append(Send("sync", count, span, usage.wall, usage.cpu, usage.rss_mb, cpu))
+        log(f"sandbox: {sends[-1].rate:,.0f}/s, busy {sends[-1].sandbox_busy:.0%}")
+    return [
+        Row("S", f"`campaign-runner sandbox`, {count:,} sends by the synchronous loop: sends/s; sandbox CPU busy share",
+            "(reference)", f"{fmt(med(sends, lambda x: x.rate), 0)}/s; {med(sends, lambda x: x.sandbox_busy):.0%}",
+            f"{fmt(med(sends, lambda x: x.sandbox_cpu / x.sent * 1000), 2)} ms CPU per request", "")
+    ]  # fmt: skip
 
 
 BENCHES: dict[str, Callable[[Settings], list[Row]]] = {"txn": txn, "b1": b1, "b2": b2, "b3": b3, "b4": b4, "b5": b5}
@@ -409,8 +402,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="every size divided by 10 (smoke run)")
     parser.add_argument("--work", type=Path, help="folder for files and databases (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="also write the rows and the machine to this file")
-    parser.add_argument("--stock-sandbox", action="store_true",
-                        help="use `campaign-runner sandbox` as is instead of bench/indexed_sandbox.py")  # fmt: skip
     args = parser.parse_args(argv)
     which = list(BENCHES) if not args.which or "all" in args.which else args.which
     known = {**BENCHES, **EXTRA}
@@ -421,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="campaign-bench-") as temp:
         work = args.work or Path(temp)
         work.mkdir(parents=True, exist_ok=True)
-        settings = Settings(work, args.rounds, 0.1 if args.quick else 1.0, args.stock_sandbox)
+        settings = Settings(work, args.rounds, 0.1 if args.quick else 1.0)
         rows: list[Row] = []
         for name in which:
             log(f"--- {name}")

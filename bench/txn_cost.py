@@ -7,8 +7,8 @@ account whose limit is out of the way:
 
 * `commit`: a bare sqlite3 `UPDATE` + `COMMIT` in WAL mode, with synchronous FULL, NORMAL and OFF:
   FULL minus OFF is the fsync of the WAL that makes a commit survive a power cut;
-* `round trip`: one `SELECT 1` through aiosqlite (its worker thread and the event loop's wake-up),
-  which every statement of the runner pays;
+* `thread trip`: one `SELECT 1` through the store's worker thread (the hand-over and the event
+  loop's wake-up), which every store operation (one claim, one record) pays once;
 * `claim + record`: `Store.claim` then `Store.record` of the runner, the two transactions every
   send makes, again under FULL, NORMAL and OFF (the pragma set on the store's connection after it
   opened; only to split the cost, the runner always uses FULL).
@@ -59,17 +59,16 @@ def bare_commits(folder: Path, count: int, mode: str) -> float:
 
 
 async def round_trips(folder: Path, count: int) -> float:
-    """Milliseconds per `SELECT 1` through the runner's store connection (aiosqlite)."""
+    """Milliseconds per `SELECT 1` sent through the store's worker thread, as each store operation is."""
     path = folder / "roundtrip.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     store = await Store.open(path, time.time())
     try:
-        db = store._db  # noqa: SLF001 - the bench times the connection the runner uses
+        conn = store._conn  # noqa: SLF001 - the bench times the connection the runner uses
         started = time.perf_counter()
         for _ in range(count):
-            async with db.execute("SELECT 1") as cursor:
-                await cursor.fetchone()
+            await store._run(conn.execute, "SELECT 1")  # noqa: SLF001
         return (time.perf_counter() - started) / count * 1000
     finally:
         await store.close()
@@ -81,7 +80,7 @@ async def claim_record(campaign_file: Path, folder: Path, count: int, mode: str)
     await common.preload_async(campaign_file, db_path)
     store = await Store.open(db_path, time.time())
     try:
-        await store._db.execute(f"PRAGMA synchronous = {mode}")  # noqa: SLF001 - to split the cost only
+        await store._run(store._conn.execute, f"PRAGMA synchronous = {mode}")  # noqa: SLF001 - to split the cost
         run_id = await store.begin_run("bench", time.time(), 70.0)
         name = "txn"
         account = common.account(0)
@@ -103,7 +102,7 @@ def measure(count: int, folder: Path) -> dict[str, float]:
     result: dict[str, float] = {}
     for mode in MODES:
         result[f"commit_{mode.lower()}_ms"] = bare_commits(folder, count, mode)
-    result["aiosqlite_round_trip_ms"] = anyio.run(round_trips, folder, count)
+    result["thread_trip_ms"] = anyio.run(round_trips, folder, count)
     for mode in MODES:
         result[f"claim_record_{mode.lower()}_ms"] = anyio.run(claim_record, campaign_file, folder, count, mode)
     return result

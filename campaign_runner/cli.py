@@ -205,6 +205,7 @@ async def _run(db: str, campaigns: list[Campaign], connection: _Connection, time
                     err=True,
                 )
         settings = [await store.campaign(c.name) for c in campaigns]
+        campaigns.clear()  # every recipient is in the database now: free the file's copy for the days of sending
         return await _send(store, clock, settings, connection, timeout, no_wait, "run")
 
 

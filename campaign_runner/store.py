@@ -34,7 +34,7 @@ from .client import Kind, Outcome
 from .config import Account, Breaker, CampaignSettings, Limit, Warmup
 from .errors import ChangeRefusedError, StoreError, UnknownCampaignError
 from .events import Recovered
-from .limiter import IN_FLIGHT, AccountState, Pacing, Verdict, advance, decide
+from .limiter import EPSILON, IN_FLIGHT, AccountState, Pacing, Verdict, advance, decide
 from .migrate import migrate
 from .schedule import Schedule
 
@@ -537,17 +537,23 @@ class Store:
             " WHERE id = ?",
             (account_id,),
         )
+        # The cap-th most recent request, looked for only where it can still hold the account back
+        # (`decide` waits until it is `window + EPSILON` old), so a huge cap never walks the
+        # account's whole history.
         kth: list[float | None] = []
         for limit in pacing.limits:
             found = self._one(
-                "SELECT slot_at FROM attempts WHERE account_id = ? ORDER BY slot_at DESC LIMIT 1 OFFSET ?",
-                (account_id, limit.cap - 1),
+                "SELECT slot_at FROM attempts WHERE account_id = ? AND slot_at > ?"
+                " ORDER BY slot_at DESC LIMIT 1 OFFSET ?",
+                (account_id, now - limit.window - EPSILON, limit.cap - 1),
             )
             kth.append(found[0] if found else None)
         key: list[tuple[Limit, float | None]] = []
         for limit in key_limits:
-            found = self._one("SELECT slot_at FROM attempts ORDER BY slot_at DESC LIMIT 1 OFFSET ?",
-                                    (limit.cap - 1,))  # fmt: skip
+            found = self._one(
+                "SELECT slot_at FROM attempts WHERE slot_at > ? ORDER BY slot_at DESC LIMIT 1 OFFSET ?",
+                (now - limit.window - EPSILON, limit.cap - 1),
+            )
             key.append((limit, found[0] if found else None))
         if row is None:
             return AccountState(kth_recent=tuple(kth), key_recent=tuple(key))
