@@ -8,10 +8,9 @@ Nothing here touches the database, the network or the clock.
 from __future__ import annotations
 
 import csv
-import io
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -316,11 +315,53 @@ class CampaignSettings:
         return tuple(account.id for account in self.accounts)
 
 
+class Recipients:
+    """A campaign's recipients, read and rendered from its file each time they are iterated, so a
+    list of 100,000 is never held in memory at once. `load_campaign` has checked every row; if the
+    file changed since, iterating raises CampaignFileError at the end (a loading transaction then
+    rolls back)."""
+
+    def __init__(self, source: str, items: list[dict[str, Any]], csv_path: Path | None, csv_shown: str,
+                 template: Any, count: int):  # fmt: skip
+        self._source = source
+        self._items = items
+        self._csv = csv_path
+        self._shown = csv_shown
+        self._template = template
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        return f"Recipients({self._source!r}, count={self._count})"
+
+    def rows(self, problems: list[Problem]) -> Iterator[Row]:
+        """Every row of the file, in order, before duplicates are dropped."""
+        yield from _inline_rows(self._items, problems)
+        if self._csv is not None:
+            yield from _csv_rows(self._csv, self._shown, problems)
+
+    def __iter__(self) -> Iterator[Recipient]:
+        problems: list[Problem] = []
+        seen: set[str] = set()
+        for place, urn, values in self.rows(problems):
+            if urn in seen:
+                continue
+            seen.add(urn)
+            message = _render_checked(self._template, values, place, problems)
+            if message is not None:
+                yield Recipient(urn, message, place)
+        if problems:
+            changed = Problem("", "the file changed while it was being loaded")
+            raise CampaignFileError(self._source, [changed, *problems])
+
+
 @dataclass(frozen=True)
 class Campaign(CampaignSettings):
-    """A campaign file, validated and rendered: its settings and its recipients."""
+    """A campaign file, validated: its settings and its recipients (read from the file on demand)."""
 
-    recipients: tuple[Recipient, ...]
+    recipients: Recipients
     source: str
     duplicates: int = 0
     warnings: tuple[Problem, ...] = ()
@@ -363,28 +404,28 @@ def load_campaign(path: str | Path) -> Campaign:
         place = f"message line {line}" if line else "message"
         raise CampaignFileError(str(path), [Problem(place, f"template syntax: {exc}")]) from None
 
-    rows = list(_inline_rows(spec.recipients, problems))
-    if spec.recipients_file:
-        rows.extend(_csv_rows(path.parent / spec.recipients_file, spec.recipients_file, problems))
+    csv_path = path.parent / spec.recipients_file if spec.recipients_file else None
+    recipients = Recipients(str(path), spec.recipients, csv_path, spec.recipients_file or "", template, 0)
+    # One pass that checks and renders every row and keeps nothing of it but the URNs seen.
+    seen: set[str] = set()
+    repeated: list[tuple[str, str]] = []  # (place, urn) of each repeat
+    count = rows = 0
+    for place, urn, values in recipients.rows(problems):
+        rows += 1
+        if urn in seen:
+            repeated.append((place, urn))
+            continue
+        seen.add(urn)
+        if _render_checked(template, values, place, problems) is not None:
+            count += 1
     if not rows and not problems:
         problems.append(Problem("recipients", "no recipients: give `recipients`, `recipients_file`, or both"))
-
-    recipients: list[Recipient] = []
-    first_place: dict[str, str] = {}
-    warnings: list[Problem] = []
-    duplicates = 0
-    for place, urn, values in rows:
-        if urn in first_place:
-            duplicates += 1
-            warnings.append(Problem(place, f"{urn} is listed twice (first at {first_place[urn]}); kept once"))
-            continue
-        first_place[urn] = place
-        message = _render_checked(template, values, place, problems)
-        if message is not None:
-            recipients.append(Recipient(urn, message, place))
+    del seen
+    warnings = _repeat_warnings(recipients, repeated)
 
     if problems:
         raise CampaignFileError(str(path), problems, warnings)
+    recipients._count = count
     return Campaign(
         name=spec.name,
         group_id=spec.group_id,
@@ -398,12 +439,25 @@ def load_campaign(path: str | Path) -> Campaign:
         accounts=tuple(accounts),
         warmup=Warmup(spec.warmup.start, spec.warmup.increase) if spec.warmup else None,
         api_limits=api_limits,
-        recipients=tuple(recipients),
+        recipients=recipients,
         source=str(path),
-        duplicates=duplicates,
+        duplicates=len(repeated),
         warnings=tuple(warnings),
         timezone=spec.schedule.timezone or "UTC",
     )
+
+
+def _repeat_warnings(recipients: Recipients, repeated: list[tuple[str, str]]) -> list[Problem]:
+    """A warning per repeated URN, with where it was first listed (found by a second look, so the
+    first pass need not remember every row's place)."""
+    if not repeated:
+        return []
+    wanted = {urn for _, urn in repeated}
+    first: dict[str, str] = {}
+    for place, urn, _ in recipients.rows([]):
+        if urn in wanted and urn not in first:
+            first[urn] = place
+    return [Problem(place, f"{urn} is listed twice (first at {first[urn]}); kept once") for place, urn in repeated]
 
 
 def _read_yaml(path: Path) -> Any:
@@ -498,8 +552,7 @@ def _present(values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _inline_rows(items: list[dict[str, Any]], problems: list[Problem]) -> list[Row]:
-    rows: list[Row] = []
+def _inline_rows(items: list[dict[str, Any]], problems: list[Problem]) -> Iterator[Row]:
     for index, item in enumerate(items):
         place = f"recipients[{index}]"
         urn = _check_urn(item.get(URN_COLUMN), f"{place}.{URN_COLUMN}", problems)
@@ -509,43 +562,42 @@ def _inline_rows(items: list[dict[str, Any]], problems: list[Problem]) -> list[R
             continue
         if urn:
             values = _present({k: v for k, v in item.items() if k != URN_COLUMN})
-            rows.append((place, urn, values))
-    return rows
+            yield place, urn, values
 
 
-def _csv_rows(path: Path, shown: str, problems: list[Problem]) -> list[Row]:
+def _csv_rows(path: Path, shown: str, problems: list[Problem]) -> Iterator[Row]:
+    """The rows of a CSV file, read as they go (spreadsheets start UTF-8 CSVs with a BOM)."""
     try:
-        data = path.read_bytes()
+        with open(path, encoding="utf-8-sig", newline="") as file:
+            yield from _csv_reader_rows(csv.reader(file), shown, problems)
     except OSError as exc:
         problems.append(Problem("recipients_file", f"cannot read {shown}: {exc.strerror}"))
-        return []
-    try:
-        text = data.decode("utf-8-sig")  # spreadsheets start UTF-8 CSVs with a BOM
-    except UnicodeDecodeError as exc:
-        problems.append(Problem(shown, f"not UTF-8 text (byte {exc.start}); save the CSV as UTF-8"))
-        return []
-    reader = csv.reader(io.StringIO(text, newline=""))
+    except UnicodeDecodeError:
+        problems.append(Problem(shown, "not UTF-8 text; save the CSV as UTF-8"))
+
+
+def _csv_reader_rows(reader: Any, shown: str, problems: list[Problem]) -> Iterator[Row]:
     try:
         header = next(reader, None)
     except csv.Error as exc:
         problems.append(Problem(f"{shown} line 1", f"CSV: {exc}"))
-        return []
+        return
     if not header or not any(cell.strip() for cell in header):
         problems.append(Problem(shown, "empty CSV: expected a header row with a profile_urn column"))
-        return []
+        return
     header = [cell.strip() for cell in header]
     repeated = sorted({cell for cell in header if header.count(cell) > 1})
     if repeated:
         problems.append(Problem(f"{shown} line 1", f"duplicate column names: {', '.join(repeated)}"))
-        return []
+        return
     if URN_COLUMN not in header:
         problems.append(Problem(f"{shown} line 1", f"no {URN_COLUMN} column (columns: {', '.join(header)})"))
-        return []
+        return
     bad = [cell for cell in header if not cell.isidentifier()]
     if bad:
         problems.append(Problem(f"{shown} line 1", f"column names must be identifiers to use in templates: {bad!r}"))
-        return []
-    rows: list[Row] = []
+        return
+    rows = 0
     try:
         for cells in reader:
             place = f"{shown} line {reader.line_num}"
@@ -556,13 +608,13 @@ def _csv_rows(path: Path, shown: str, problems: list[Problem]) -> list[Row]:
                 continue
             values = dict(zip(header, cells, strict=True))
             urn = _check_urn(values.pop(URN_COLUMN), place, problems)
+            rows += 1
             if urn:
-                rows.append((place, urn, _present(values)))
+                yield place, urn, _present(values)
     except csv.Error as exc:
         problems.append(Problem(f"{shown} line {reader.line_num}", f"CSV: {exc}"))
     if not rows and not problems:
         problems.append(Problem(shown, "the CSV has a header but no recipients"))
-    return rows
 
 
 def _render_checked(template: Any, values: dict[str, Any], place: str, problems: list[Problem]) -> str | None:

@@ -400,12 +400,31 @@ class Store:
                 "SELECT profile_urn, status, message FROM recipients WHERE campaign = ?", (campaign.name,)
             )
         }
-        new = [r for r in campaign.recipients if r.profile_urn not in known]
-        db.executemany(
-            "INSERT INTO recipients (campaign, profile_urn, message, updated_at) VALUES (?, ?, ?, ?)",
-            [(campaign.name, r.profile_urn, r.message, now) for r in new],
-        )
-        in_file = {r.profile_urn for r in campaign.recipients}
+        # One pass over the file (it is read as it goes, never held whole): new recipients go
+        # in as they come; what is known is compared with the file.
+        added = in_file_known = 0
+        in_file: set[str] = set()
+        differing: list[tuple[str, float, str, str]] = []
+
+        def fresh() -> Iterator[tuple[str, str, str, float]]:
+            nonlocal added, in_file_known
+            for r in campaign.recipients:
+                found = known.get(r.profile_urn)
+                if found is None:
+                    added += 1
+                    yield (campaign.name, r.profile_urn, r.message, now)
+                    continue
+                in_file_known += 1
+                in_file.add(r.profile_urn)
+                # Unsent recipients whose message in the file is not the stored one (a new
+                # template, or an edited CSV cell). Before anything was sent, or with
+                # --accept-changes, the file wins; otherwise the stored message stays and the
+                # summary says how many differ.
+                if found[0] in ("pending", "skipped") and found[1] != r.message:
+                    differing.append((r.message, now, campaign.name, r.profile_urn))
+
+        db.executemany("INSERT INTO recipients (campaign, profile_urn, message, updated_at) VALUES (?, ?, ?, ?)",
+                       fresh())  # fmt: skip
         gone = [urn for urn, (status, _) in known.items() if status == "pending" and urn not in in_file]
         db.executemany(
             "UPDATE recipients SET status = 'skipped', error = ?, updated_at = ?"
@@ -418,15 +437,6 @@ class Store:
             " WHERE campaign = ? AND profile_urn = ?",
             [(now, campaign.name, urn) for urn in back],
         )
-        # Unsent recipients whose message in the file is not the stored one (a new template, or an
-        # edited CSV cell). Before anything was sent, or with --accept-changes, the file wins;
-        # otherwise the stored message stays and the summary says how many differ.
-        differing = [
-            (r.message, now, campaign.name, r.profile_urn)
-            for r in campaign.recipients
-            if r.profile_urn in known and known[r.profile_urn][0] in ("pending", "skipped")
-            and known[r.profile_urn][1] != r.message
-        ]  # fmt: skip
         rewrite = accept_changes or not started
         if rewrite:
             db.executemany(
@@ -436,8 +446,8 @@ class Store:
             )
         return LoadSummary(
             campaign=campaign.name,
-            added=len(new),
-            known=len(campaign.recipients) - len(new),
+            added=added,
+            known=in_file_known,
             duplicates=campaign.duplicates,
             skipped=len(gone),
             restored=len(back),

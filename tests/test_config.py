@@ -70,7 +70,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert campaign.accounts[0].id == DEFAULT_ACCOUNT
     assert campaign.limit == Limit(150, 86400)
     assert (campaign.max_attempts, campaign.backoff) == (3, 2.0)
-    assert campaign.recipients[0].message == "Hi Person0!"
+    assert list(campaign.recipients)[0].message == "Hi Person0!"
 
 
 def test_numeric_account_ids_are_ids(tmp_path: Path) -> None:
@@ -103,7 +103,7 @@ def test_csv_with_bom_and_inline_recipients_merge(tmp_path: Path) -> None:
         (urn(1), "Hi Ada!"),
         (urn(2), "Hi there!"),
     ]
-    assert campaign.recipients[1].place == "leads.csv line 2"
+    assert list(campaign.recipients)[1].place == "leads.csv line 2"
 
 
 def test_duplicates_are_warnings_and_kept_once(tmp_path: Path) -> None:
@@ -205,3 +205,17 @@ def test_non_utf8_campaign_file(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_bytes("name: caf\xe9\n".encode("latin-1"))
     assert problems(path) == ["not UTF-8 text (byte 9)"]
+
+
+def test_recipients_are_read_from_the_file_as_they_are_used(tmp_path: Path) -> None:
+    """A big list is never held in memory: the campaign reads its CSV again when iterated, and a
+    file that changed since it was checked fails loudly instead of loading something unchecked."""
+    (tmp_path / "leads.csv").write_text(f"profile_urn,first_name\n{urn(1)},Ada\n{urn(2)},Bob\n{urn(1)},Ada\n")
+    campaign = load_campaign(write_campaign(tmp_path, recipients=None, recipients_file="leads.csv"))
+    assert (len(campaign.recipients), campaign.duplicates) == (2, 1)
+    assert [w.place for w in campaign.warnings] == ["leads.csv line 4"]
+    assert [(r.profile_urn, r.message) for r in campaign.recipients] == [(urn(1), "Hi Ada!"), (urn(2), "Hi Bob!")]
+    (tmp_path / "leads.csv").write_text(f"profile_urn,first_name\n{urn(1)},Ada\nurn:li:nobody,Eve\n")
+    with pytest.raises(CampaignFileError) as raised:
+        list(campaign.recipients)
+    assert [p.message for p in raised.value.errors][0] == "the file changed while it was being loaded"
