@@ -2,10 +2,10 @@
 
     python bench/profile_runner.py [--count N] [--accounts A] [--output FILE]
 
-Loads a campaign into a fresh database, starts the indexed sandbox in its own process, and runs
+Loads a campaign into a fresh database, starts the sandbox in its own process, and runs
 `campaign-runner resume` under `python -m pyinstrument`, which writes a text profile of the main
-thread (the event loop; SQLite's own work runs on the store's worker thread and shows up as waiting), with
-httpcore's connection pool frames kept visible.
+thread (the event loop; SQLite's own work runs on the store's worker thread and shows up as
+waiting), with httpcore's connection pool frames kept visible.
 """
 
 from __future__ import annotations

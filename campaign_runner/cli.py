@@ -225,13 +225,12 @@ async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettin
     deadline = client.deadline_for(timeout)
     run_id = await store.begin_run(command, clock.now(), deadline)
     try:
-        accounts = {a for c in campaigns for a in c.account_ids}
         async with anyio.create_task_group() as tg:
             base_url = connection.base_url
             if connection.use_sandbox:
                 config = sandbox.SandboxConfig(api_key=connection.api_key, typing_delay=0.2)
                 base_url = await tg.start(sandbox.serve, sandbox.Sandbox(config, clock))
-            http = client.make_http_client(base_url, connection.api_key, timeout, len(accounts))
+            http = client.AccountClients(base_url, connection.api_key, timeout)
             async with http, _renderer(clock) as emit:
                 scheduler = Scheduler(
                     store, client.ApiClient(http, deadline), clock, run_id=run_id, campaigns=campaigns,

@@ -15,6 +15,7 @@ import email.utils
 import enum
 import ipaddress
 import json
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -145,15 +146,51 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def make_http_client(base_url: str, api_key: str, timeout: float, connections: int) -> httpx.AsyncClient:
-    """The run's one AsyncClient. `connections`: how many requests may be in flight at once."""
+def make_http_client(
+    base_url: str, api_key: str, timeout: float, connections: int, verify: ssl.SSLContext | bool = True
+) -> httpx.AsyncClient:
+    """An AsyncClient for the API. `connections`: how many requests may be in flight at once."""
     return httpx.AsyncClient(
         base_url=check_base_url(base_url) + "/",
         headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
         timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
         limits=httpx.Limits(max_connections=max(connections, 1), max_keepalive_connections=max(connections, 1)),
         follow_redirects=False,  # a redirected POST could be replayed elsewhere: treat as misrouted
+        verify=verify,
     )
+
+
+class AccountClients:
+    """One AsyncClient (one connection) per sending account, made when first needed.
+
+    Each account has at most one request in flight, so one connection each is all the concurrency
+    there is. One shared pool would be slower: httpcore looks through every connection and queued
+    request of its pool at each request's start and end, which with hundreds of accounts costs
+    more than the requests. The clients share one TLS context, built once.
+    """
+
+    def __init__(self, base_url: str, api_key: str, timeout: float):
+        self._args = (check_base_url(base_url), api_key, timeout)
+        self._tls = httpx.create_ssl_context()  # what each client would build for itself, built once
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    def __call__(self, account_id: str | None) -> httpx.AsyncClient:
+        key = account_id or ""
+        found = self._clients.get(key)
+        if found is None:
+            found = self._clients[key] = make_http_client(*self._args, 1, verify=self._tls)
+        return found
+
+    async def __aenter__(self) -> AccountClients:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with anyio.CancelScope(shield=True):
+            for http in self._clients.values():
+                await http.aclose()
+
+    def __repr__(self) -> str:  # never the key
+        return f"AccountClients(base_url={self._args[0]!r}, clients={len(self._clients)})"
 
 
 def deadline_for(timeout: float) -> float:
@@ -163,14 +200,17 @@ def deadline_for(timeout: float) -> float:
 
 
 class ApiClient:
-    def __init__(self, http: httpx.AsyncClient, deadline: float):
+    """Sends through one AsyncClient, or through `AccountClients` (a client per account)."""
+
+    def __init__(self, http: httpx.AsyncClient | AccountClients, deadline: float):
         self._http = http
         self.deadline = deadline
 
     async def send(self, request: SendRequest) -> Outcome:
+        http = self._http if isinstance(self._http, httpx.AsyncClient) else self._http(request.account_id)
         try:
             with anyio.move_on_after(self.deadline) as scope:
-                response = await self._http.post(f"messaging/{request.endpoint}", json=request.body())
+                response = await http.post(f"messaging/{request.endpoint}", json=request.body())
             if scope.cancelled_caught:
                 return Outcome(
                     Kind.UNKNOWN, error=f"no complete answer within {self.deadline:g}s; the message may have been sent"
@@ -186,7 +226,11 @@ class ApiClient:
         return classify(response)
 
     def __repr__(self) -> str:
-        return f"ApiClient(base_url={str(self._http.base_url)!r})"
+        return (
+            f"ApiClient({self._http!r})"
+            if isinstance(self._http, AccountClients)
+            else (f"ApiClient(base_url={str(self._http.base_url)!r})")
+        )
 
 
 def classify(response: httpx.Response) -> Outcome:

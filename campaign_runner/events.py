@@ -33,7 +33,7 @@ class Attempted:
 class AccountWaiting:
     account_id: str
     until: float
-    reason: str  # hold, pace, window, in_flight, backoff, elsewhere
+    reason: str  # hold, pace, window, in_flight, delay, server, key, schedule, backoff, elsewhere
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,10 @@ def describe_wait(reason: str) -> str:
         "in_flight": "another process is sending",
         "backoff": "retry backoff",
         "elsewhere": "waiting for other accounts",
+        "delay": "random gap between sends",
+        "server": "the server's remaining budget is used up until its reset",
+        "key": "the API key's own limit",
+        "schedule": "outside sending hours",
     }.get(reason, reason)
 
 

@@ -250,6 +250,8 @@ class Scheduler:
                 if self._no_wait:
                     self._forget(wake)
                     self._deferred = True
+                    if decision.reason != "elsewhere":  # say when the next send may go
+                        self._emit(events.AccountWaiting(account, decision.until, decision.reason))
                     self._emit(events.AccountFinished(account, "deferred"))
                     return
                 if decision.reason == "elsewhere":

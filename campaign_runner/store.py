@@ -82,7 +82,7 @@ class Claimed:
 @dataclass(frozen=True)
 class Waiting:
     until: float
-    reason: str  # hold, pace, window, in_flight, backoff, elsewhere
+    reason: str  # hold, pace, window, in_flight, delay, server, key, schedule, backoff, elsewhere
 
 
 @dataclass(frozen=True)

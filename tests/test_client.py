@@ -9,7 +9,7 @@ import threading
 import httpx
 import pytest
 
-from campaign_runner.client import ApiClient, Kind, SendRequest, check_base_url, make_http_client
+from campaign_runner.client import AccountClients, ApiClient, Kind, SendRequest, check_base_url, make_http_client
 from campaign_runner.clock import parse_iso
 from campaign_runner.errors import ConfigError
 
@@ -186,3 +186,15 @@ async def test_an_answer_slower_than_the_overall_deadline_is_unknown(serve_sandb
         Kind.UNKNOWN,
         "no complete answer within 0.3s; the message may have been sent",
     )
+
+
+async def test_each_account_gets_its_own_connection(serve_sandbox) -> None:
+    box, url = serve_sandbox()
+    async with AccountClients(url, API_KEY, 5.0) as clients:
+        api = ApiClient(clients, 30.0)
+        for account in ("acc_1", "acc_2", "acc_1", None):
+            request = SendRequest("send-group", urn(len(box.log)), "12345678", "Hello", account)
+            assert (await api.send(request)).kind is Kind.SENT
+        assert clients("acc_1") is clients("acc_1") and clients("acc_1") is not clients("acc_2")
+        assert API_KEY not in repr(api)
+    assert [d.account_id for d in box.log] == ["acc_1", "acc_2", "acc_1", None]

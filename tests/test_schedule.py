@@ -245,3 +245,21 @@ async def test_days_of_sending_keep_every_rule_and_use_what_they_allow(tmp_path_
                 got += sum(opens <= t < closes for t in times)
             opens, closes = sched.window(closes)
         assert got >= 0.99 * expected
+
+
+def test_a_run_started_outside_the_hours_says_when_it_will_send(capsys, tmp_path: Path) -> None:
+    from campaign_runner.cli import run_cli
+
+    path = write_campaign(tmp_path, schedule={"timezone": "Pacific/Kiritimati", "hours": "03:00-03:01"})
+    code = run_cli(["run", str(path), "--sandbox", "--db", str(tmp_path / "n.db"), "--no-wait"])
+    out = capsys.readouterr().out
+    now = datetime.now(ZoneInfo("Pacific/Kiritimati"))
+    if now.hour == 3 and now.minute == 0:
+        pytest.skip("started inside the one-minute window")
+    assert code == 0
+    [line] = [line for line in out.splitlines() if "outside sending hours" in line]
+    opens = datetime.fromisoformat(line.rsplit(" ", 1)[1].replace("Z", "+00:00")).astimezone(
+        ZoneInfo("Pacific/Kiritimati")
+    )
+    assert (opens.hour, opens.minute) == (3, 0)
+    assert "test-campaign: 5 pending" in out
