@@ -44,12 +44,12 @@ def test_quick_b1_runner_keeps_up_with_a_bare_httpx_loop(tmp_path: Path) -> None
         runner_rate, runner_cpu = send_rate("runner", template, tmp_path)
         bare_rate, bare_cpu = send_rate("async", template, tmp_path)
         ratios.append((runner_rate / bare_rate, runner_cpu / bare_cpu))
-        if ratios[-1][0] >= 0.35 and ratios[-1][1] <= 3.0:
+        if ratios[-1][0] >= 0.5 and ratios[-1][1] <= 2.0:
             break
     rate_ratio, cpu_ratio = max(r[0] for r in ratios), min(r[1] for r in ratios)
-    # Measured at 0.6x the bare loop's rate and 1.4x its CPU (BENCHMARKS.md).
-    assert rate_ratio >= 0.35, f"runner sends at {rate_ratio:.2f}x the bare loop's rate"
-    assert cpu_ratio <= 3.0, f"runner uses {cpu_ratio:.2f}x the bare loop's CPU per send"
+    # Measured at about 0.9x the bare loop's rate and 1.0x its CPU at this size (BENCHMARKS.md).
+    assert rate_ratio >= 0.5, f"runner sends at {rate_ratio:.2f}x the bare loop's rate"
+    assert cpu_ratio <= 2.0, f"runner uses {cpu_ratio:.2f}x the bare loop's CPU per send"
 
 
 def load(folder: Path, box_url: str, count: int) -> common.Usage:
@@ -70,7 +70,9 @@ def test_quick_b3_loading_a_csv_costs_little_per_recipient(tmp_path: Path, rows:
         large = min((load(tmp_path, box.url, rows) for _ in range(2)), key=lambda u: u.wall)
     per_row_us = (large.wall - small.wall) / (rows - 1_000) * 1e6
     per_1000_mb = (large.rss_mb - small.rss_mb) / (rows - 1_000) * 1000
-    # B3's target, 100,000 rows in 5 s and 150 MB, allows ~45 us and ~1 MB per 1,000 rows over
-    # startup; today's figures are in BENCHMARKS.md. The bounds leave room for a noisy machine.
+    # B3's target, 100,000 rows in 5 s, allows ~45 us per row over startup. Memory: the file is
+    # read as it goes, so a row costs only its URN in the set of those seen (~0.1 MB per 1,000;
+    # holding every row, as loading once did, cost ~0.9 MB). Figures in BENCHMARKS.md; the bounds
+    # leave room for a noisy machine.
     assert per_row_us <= 100, f"loading costs {per_row_us:.0f} us per CSV row"
-    assert per_1000_mb <= 1.5, f"loading takes {per_1000_mb:.2f} MB per 1,000 CSV rows"
+    assert per_1000_mb <= 0.5, f"loading takes {per_1000_mb:.2f} MB per 1,000 CSV rows"
