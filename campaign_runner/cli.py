@@ -24,7 +24,7 @@ from rich.console import Console
 
 from . import __version__, client, sandbox
 from .clock import SystemClock, iso
-from .config import Campaign, CampaignSettings, account_label, load_campaign
+from .config import Campaign, CampaignSettings, Limit, account_label, load_campaign
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
 from .plan import estimate_finish, make_plan
 from .render import LiveView, LogLines, describe_wait
@@ -81,7 +81,14 @@ def sending_options(f: F) -> F:
                 "--allow-insecure",
                 is_flag=True,
                 help="Allow a plain http:// base URL on a host other than this machine.",
-            ),  # fmt: skip
+            ),
+            click.option(
+                "--api-limit",
+                envvar="CONNECTSAFELY_API_LIMIT",
+                metavar="LIMITS",
+                help="The API key's own limit over all its accounts, e.g. '60/minute, 100/10s'"
+                " (default: the campaign files'; env CONNECTSAFELY_API_LIMIT).",
+            ),
         ]
     ):
         f = option(f)
@@ -126,7 +133,7 @@ def validate(file: str) -> int:
 @sending_options
 @click.option("--accept-changes", is_flag=True, help="Apply a changed message/group/endpoint to unsent recipients.")
 def run(files: tuple[str, ...], db: str, base_url: str, timeout: float, use_sandbox: bool, no_wait: bool,
-        allow_insecure: bool, accept_changes: bool) -> int:  # fmt: skip
+        allow_insecure: bool, api_limit: str | None, accept_changes: bool) -> int:  # fmt: skip
     """Load campaign files and send until every recipient is done.
 
     Sleeps while the accounts' limits refill. Running the same file again adds new recipients
@@ -141,7 +148,7 @@ def run(files: tuple[str, ...], db: str, base_url: str, timeout: float, use_sand
     names = [c.name for c in campaigns]
     if len(set(names)) != len(names):
         raise ConfigError("two of the files name the same campaign")
-    connection = _connection(base_url, use_sandbox, allow_insecure)
+    connection = _connection(base_url, use_sandbox, allow_insecure, api_limit)
     return anyio.run(_run, db, campaigns, connection, timeout, no_wait, accept_changes)
 
 
@@ -150,37 +157,46 @@ def run(files: tuple[str, ...], db: str, base_url: str, timeout: float, use_sand
 @db_option
 @sending_options
 def resume(name: str | None, db: str, base_url: str, timeout: float, use_sandbox: bool, no_wait: bool,
-           allow_insecure: bool) -> int:  # fmt: skip
+           allow_insecure: bool, api_limit: str | None) -> int:  # fmt: skip
     """Continue a campaign from the database (all unfinished ones when NAME is left out).
 
     \b
     Example:
         campaign-runner resume spring-meetup-invite
     """
-    connection = _connection(base_url, use_sandbox, allow_insecure)
+    connection = _connection(base_url, use_sandbox, allow_insecure, api_limit)
     return anyio.run(_resume, db, name, connection, timeout, no_wait)
 
 
 class _Connection:
-    def __init__(self, base_url: str, api_key: str, use_sandbox: bool):
+    def __init__(self, base_url: str, api_key: str, use_sandbox: bool, api_limits: tuple[Limit, ...] | None):
         self.base_url = base_url
         self.api_key = api_key
         self.use_sandbox = use_sandbox
+        self.api_limits = api_limits  # None: the campaigns' own
 
     def __repr__(self) -> str:  # never show the key
         return f"_Connection(base_url={self.base_url!r}, sandbox={self.use_sandbox})"
 
 
-def _connection(base_url: str, use_sandbox: bool, allow_insecure: bool) -> _Connection:
+def _connection(base_url: str, use_sandbox: bool, allow_insecure: bool, api_limit: str | None) -> _Connection:
+    api_limits = None
+    if api_limit is not None:
+        try:
+            api_limits = tuple(Limit.parse(text) for text in api_limit.split(",") if text.strip())
+        except ValueError as exc:
+            raise ConfigError(f"--api-limit: {exc}") from None
+        if not api_limits:
+            raise ConfigError("--api-limit: give at least one limit, e.g. 60/minute")
     if use_sandbox:
-        return _Connection("", secrets.token_urlsafe(16), True)
+        return _Connection("", secrets.token_urlsafe(16), True, api_limits)
     base_url = client.check_base_url(base_url, allow_insecure)
     key = os.environ.get("CONNECTSAFELY_API_KEY", "").strip()
     if not key:
         raise ConfigError("CONNECTSAFELY_API_KEY is not set: export your API key, or try --sandbox")
     if any(ch.isspace() for ch in key) or not key.isprintable():
         raise ConfigError("CONNECTSAFELY_API_KEY contains spaces or control characters")
-    return _Connection(base_url, key, False)
+    return _Connection(base_url, key, False, api_limits)
 
 
 async def _run(db: str, campaigns: list[Campaign], connection: _Connection, timeout: float, no_wait: bool,
@@ -234,7 +250,7 @@ async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettin
             async with http, _renderer(clock) as emit:
                 scheduler = Scheduler(
                     store, client.ApiClient(http, deadline), clock, run_id=run_id, campaigns=campaigns,
-                    emit=emit, no_wait=no_wait, handle_signals=True,
+                    emit=emit, no_wait=no_wait, handle_signals=True, api_limits=connection.api_limits,
                 )  # fmt: skip
                 try:
                     result = await scheduler.run()
@@ -555,8 +571,6 @@ def sandbox_command(host: str, port: int, api_key: str, typing_delay: float, quo
             --base-url http://127.0.0.1:8765/linkedin
         campaign-runner sandbox --error-rate 0.1 --drop-rate 0.05 --forbidden-after acc_2=20
     """
-    from .config import Limit
-
     try:
         limit = Limit.parse(quota)
     except ValueError as exc:

@@ -161,6 +161,9 @@ CASES = [
     Case("insecure-base-url", ["run", FILE, "--base-url", "http://api.example.com/linkedin"],
          "error: refusing to send the API key over plain http:// to api.example.com: use https://, or"
          " --allow-insecure", fields()),
+    Case("bad-api-limit", ["run", FILE, "--api-limit", "lots"],
+         "error: --api-limit: 'lots' is not a limit: use N/day, N/hour, N/week, N/minute or N/<number><s|m|h|d>",
+         fields()),
     Case("timeout-zero", ["run", FILE, "--timeout", "0"],
          "error: Invalid value for '--timeout': 0.0 is not in the range x>=1.", fields()),
     Case("unknown-option", ["run", FILE, "--frobnicate"], "error: No such option '--frobnicate'.", fields()),

@@ -156,3 +156,14 @@ def _epoch(text: str) -> float:
     value = parse_iso(text)
     assert value is not None
     return value
+
+
+def test_api_limit_on_the_command_line_overrides_the_files(cli, serve_sandbox, tmp_path: Path) -> None:
+    box, url = serve_sandbox()
+    path = write_campaign(tmp_path, accounts=["acc_1", "acc_2", "acc_3"], limit="1000/1s", recipients=recipients(6))
+    code, out, _ = cli("run", str(path), "--api-limit", "2/1s", base_url=url)
+    assert code == 0
+    assert out.splitlines()[-1] == "test-campaign: 6 sent"
+    times = [r.at for r in box.requests]
+    assert max_in_window(times, 1.0) <= 2
+    assert max(times) - min(times) >= 2.0  # six requests, two a second
