@@ -9,7 +9,8 @@ These rules hold together for every account:
   cap + burst requests in one window. A new request is admitted only when the cap-th most recent
   request of the account lies more than `window` in the past, for every limit in force, and
   likewise for the API key's own limits over the requests of all its accounts;
-* the random gap drawn after the last send, the server's holds and remaining budget;
+* the random gap drawn after each send, on top of the bucket's interval (which is shortened by the
+  gap's mean, so the cap still spreads over the hours), the server's holds and remaining budget;
 * the schedule: whatever the rest allows happens only inside a sending window.
 
 Invariant: for every limit (cap, window) in force and every closed interval of length `window`,
@@ -74,9 +75,16 @@ class Pacing:
         return max(self.limits, key=lambda limit: self.span(limit.window) / limit.cap)
 
     @property
-    def interval(self) -> float:
-        """Seconds between two tokens: the slowest rate in force."""
+    def spread(self) -> float:
+        """Seconds between two sends on average: the slowest rate in force, over its span."""
         return max(self.span(limit.window) / limit.cap for limit in self.limits)
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two tokens: the spread, less the mean of the random gap drawn on top of
+        each send, so that gaps vary around the spread instead of going out like clockwork."""
+        low, high = self.delay
+        return max(self.spread - (low + high) / 2, 0.0)
 
     def __str__(self) -> str:
         text = ", ".join(str(limit) for limit in sorted(set(self.limits)))

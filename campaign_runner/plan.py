@@ -102,12 +102,12 @@ async def _simulate(store: Store, clock: VirtualClock, campaign: Campaign) -> Pl
 
 def estimate_finish(pending: int, pacings: list[Pacing], now: float) -> float | None:
     """A quick estimate of when `pending` recipients are sent by accounts paced as given: each
-    sends at its pacing rate (or its mean random gap, if longer) while its schedules are open,
+    sends at its pacing rate (with its mean random gap) while its schedules are open,
     looked at hour by hour. Warm-ups and holds are left out: `plan` runs the real thing. None
     when it would take more than a year."""
     if pending <= 0:
         return now
-    rates = [1.0 / max(p.interval, sum(p.delay) / 2, 1e-9) for p in pacings]
+    rates = [1.0 / max(p.interval + sum(p.delay) / 2, 1e-9) for p in pacings]
     done, at = 0.0, now
     while at < now + ESTIMATE_HORIZON:
         for pacing, rate in zip(pacings, rates, strict=True):

@@ -636,7 +636,8 @@ class Store:
                 (recipient_id, run_id, account_id, endpoint_of[name], now, IN_FLIGHT),
             )
             low, high = pacing.delay
-            tat, gap_until = advance(pacing, state.tat, now), now + (draw(low, high) if high else 0.0)
+            tat = advance(pacing, state.tat, now)
+            gap_until = now + pacing.interval + draw(low, high) if high else 0.0
             db.execute(
                 "INSERT INTO accounts (id, tat, gap_until, first_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
                 " SET tat = excluded.tat, gap_until = excluded.gap_until, first_at = coalesce(first_at, ?)",
