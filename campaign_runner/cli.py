@@ -169,11 +169,13 @@ def resume(name: str | None, db: str, base_url: str, timeout: float, use_sandbox
 
 
 class _Connection:
-    def __init__(self, base_url: str, api_key: str, use_sandbox: bool, api_limits: tuple[Limit, ...] | None):
+    def __init__(self, base_url: str, api_key: str, use_sandbox: bool, api_limits: tuple[Limit, ...] | None,
+                 allow_insecure: bool = False):  # fmt: skip
         self.base_url = base_url
         self.api_key = api_key
         self.use_sandbox = use_sandbox
         self.api_limits = api_limits  # None: the campaigns' own
+        self.allow_insecure = allow_insecure
 
     def __repr__(self) -> str:  # never show the key
         return f"_Connection(base_url={self.base_url!r}, sandbox={self.use_sandbox})"
@@ -194,9 +196,9 @@ def _connection(base_url: str, use_sandbox: bool, allow_insecure: bool, api_limi
     key = os.environ.get("CONNECTSAFELY_API_KEY", "").strip()
     if not key:
         raise ConfigError("CONNECTSAFELY_API_KEY is not set: export your API key, or try --sandbox")
-    if any(ch.isspace() for ch in key) or not key.isprintable():
-        raise ConfigError("CONNECTSAFELY_API_KEY contains spaces or control characters")
-    return _Connection(base_url, key, False, api_limits)
+    if any(ch.isspace() for ch in key) or not key.isprintable() or not key.isascii():
+        raise ConfigError("CONNECTSAFELY_API_KEY contains spaces, control or non-ASCII characters")
+    return _Connection(base_url, key, False, api_limits, allow_insecure)
 
 
 async def _run(db: str, campaigns: list[Campaign], connection: _Connection, timeout: float, no_wait: bool,
@@ -246,7 +248,7 @@ async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettin
             if connection.use_sandbox:
                 config = sandbox.SandboxConfig(api_key=connection.api_key, typing_delay=0.2)
                 base_url = await tg.start(sandbox.serve, sandbox.Sandbox(config, clock))
-            http = client.AccountClients(base_url, connection.api_key, timeout)
+            http = client.AccountClients(base_url, connection.api_key, timeout, connection.allow_insecure)
             async with http, _renderer(clock) as emit:
                 scheduler = Scheduler(
                     store, client.ApiClient(http, deadline), clock, run_id=run_id, campaigns=campaigns,
@@ -347,6 +349,12 @@ def plan(file: str, db: str, start: str | None, as_json: bool) -> int:
         )
     if result.result == "accounts_stopped":
         click.echo("warning: the plan ended with accounts stopped; see `campaign-runner status`", err=True)
+    elif result.result == "horizon":
+        click.echo(
+            f"warning: {result.to_send - result.sent} recipients are still unsent two years ahead: do the"
+            " accounts' schedules (in every campaign that shares them) ever meet?",
+            err=True,
+        )
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ whether the request can have reached the server:
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import enum
 import ipaddress
@@ -117,7 +118,7 @@ class SendRequest:
         return body
 
 
-def check_base_url(base_url: str, allow_insecure: bool = True) -> str:
+def check_base_url(base_url: str, allow_insecure: bool = False) -> str:
     """The base URL without a trailing slash. Unless `allow_insecure`, plain http:// is refused for
     any host but this machine's loopback: the API key would cross the network readable by anyone."""
     invalid = ConfigError(f"invalid base URL {base_url!r}: expected http(s)://host/path")
@@ -147,11 +148,12 @@ def _is_loopback(host: str) -> bool:
 
 
 def make_http_client(
-    base_url: str, api_key: str, timeout: float, connections: int, verify: ssl.SSLContext | bool = True
-) -> httpx.AsyncClient:
+    base_url: str, api_key: str, timeout: float, connections: int, verify: ssl.SSLContext | bool = True,
+    allow_insecure: bool = False,
+) -> httpx.AsyncClient:  # fmt: skip
     """An AsyncClient for the API. `connections`: how many requests may be in flight at once."""
     return httpx.AsyncClient(
-        base_url=check_base_url(base_url) + "/",
+        base_url=check_base_url(base_url, allow_insecure) + "/",
         headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
         timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
         limits=httpx.Limits(max_connections=max(connections, 1), max_keepalive_connections=max(connections, 1)),
@@ -169,8 +171,10 @@ class AccountClients:
     more than the requests. The clients share one TLS context, built once.
     """
 
-    def __init__(self, base_url: str, api_key: str, timeout: float):
-        self._args = (check_base_url(base_url), api_key, timeout)
+    def __init__(self, base_url: str, api_key: str, timeout: float, allow_insecure: bool = False):
+        self._base_url = check_base_url(base_url, allow_insecure)
+        self._args = (api_key, timeout)
+        self._allow_insecure = allow_insecure
         self._tls = httpx.create_ssl_context()  # what each client would build for itself, built once
         self._clients: dict[str, httpx.AsyncClient] = {}
 
@@ -178,7 +182,9 @@ class AccountClients:
         key = account_id or ""
         found = self._clients.get(key)
         if found is None:
-            found = self._clients[key] = make_http_client(*self._args, 1, verify=self._tls)
+            found = self._clients[key] = make_http_client(
+                self._base_url, *self._args, 1, verify=self._tls, allow_insecure=self._allow_insecure
+            )
         return found
 
     async def __aenter__(self) -> AccountClients:
@@ -186,11 +192,12 @@ class AccountClients:
 
     async def __aexit__(self, *exc: object) -> None:
         with anyio.CancelScope(shield=True):
-            for http in self._clients.values():
-                await http.aclose()
+            async with contextlib.AsyncExitStack() as stack:  # every client is closed, whatever one raises
+                for http in self._clients.values():
+                    stack.push_async_callback(http.aclose)
 
     def __repr__(self) -> str:  # never the key
-        return f"AccountClients(base_url={self._args[0]!r}, clients={len(self._clients)})"
+        return f"AccountClients(base_url={self._base_url!r}, clients={len(self._clients)})"
 
 
 def deadline_for(timeout: float) -> float:

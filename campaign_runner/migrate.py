@@ -67,17 +67,19 @@ def migrate(db: sqlite3.Connection, now: float, migrations: list[Migration] | No
         " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
     )
     applied: list[int] = []
+    newest = _newest(db)
+    if newest > known:
+        raise _too_new(newest, known)
     for migration in migrations:
+        if migration.version <= newest:
+            continue  # up to date: no write lock taken, so a read-only database can be read
         # One transaction per migration, re-checking inside it: another process may be
         # migrating the same file at the same moment.
         db.execute("BEGIN IMMEDIATE")
         try:
             newest = _newest(db)
             if newest > known:
-                raise SchemaTooNewError(
-                    f"the database has schema version {newest}, newer than this campaign-runner"
-                    f" knows ({known}); upgrade campaign-runner to use it"
-                )
+                raise _too_new(newest, known)
             if migration.version > newest:
                 for statement in statements(migration.sql):
                     db.execute(statement)
@@ -92,11 +94,15 @@ def migrate(db: sqlite3.Connection, now: float, migrations: list[Migration] | No
             raise
     newest = _newest(db)
     if newest > known:
-        raise SchemaTooNewError(
-            f"the database has schema version {newest}, newer than this campaign-runner knows ({known});"
-            " upgrade campaign-runner to use it"
-        )
+        raise _too_new(newest, known)
     return applied
+
+
+def _too_new(newest: int, known: int) -> SchemaTooNewError:
+    return SchemaTooNewError(
+        f"the database has schema version {newest}, newer than this campaign-runner knows ({known});"
+        " upgrade campaign-runner to use it"
+    )
 
 
 def _newest(db: sqlite3.Connection) -> int:

@@ -8,8 +8,10 @@ the accounts' windows, holds and warm-up days) counts and nothing of the user's 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import secrets
+import sqlite3
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -17,6 +19,8 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import httpx
 
 from . import events
@@ -32,6 +36,7 @@ from .store import Store
 __all__ = ["Plan", "estimate_finish", "make_plan"]
 
 PLAN_DEADLINE = 60.0  # seconds a request may take; the sandbox answers at once on the virtual clock
+PLAN_HORIZON = 2 * 366 * 86400.0  # a plan looks this far ahead at most (schedules that never meet...)
 ESTIMATE_STEP = 3600.0  # `estimate_finish` looks at the schedules hour by hour
 ESTIMATE_HORIZON = 366 * 86400.0
 
@@ -46,7 +51,7 @@ class Plan:
     sent: int
     per_day: dict[date, dict[str, int]] = field(default_factory=dict)  # local day -> account -> messages
     accounts: tuple[str, ...] = ()
-    result: str = "done"  # the scheduler's: done, or accounts_stopped
+    result: str = "done"  # the scheduler's: done, accounts_stopped, or horizon (two years were not enough)
 
     def local(self, epoch: float) -> str:
         return datetime.fromtimestamp(epoch, zone(self.timezone)).strftime("%Y-%m-%d %H:%M %Z")
@@ -57,11 +62,7 @@ async def make_plan(campaign: Campaign, start: float, db: Path | None = None) ->
     with tempfile.TemporaryDirectory(prefix="campaign-runner-plan-") as folder:
         scratch = Path(folder) / "plan.db"
         if db is not None and db.exists():
-            source = await Store.open(db, start)
-            try:
-                await source.copy_to(scratch)
-            finally:
-                await source.close()
+            await anyio.to_thread.run_sync(_copy, db, scratch)
         clock = VirtualClock(start)
         store = await Store.open(scratch, start, scratch=True)
         try:
@@ -94,10 +95,25 @@ async def _simulate(store: Store, clock: VirtualClock, campaign: Campaign) -> Pl
                                  headers={"Authorization": f"Bearer {key}"}) as http:  # fmt: skip
         scheduler = Scheduler(store, ApiClient(http, PLAN_DEADLINE), clock, run_id=run_id, campaigns=[settings],
                               emit=record, rng=random.Random(0))  # fmt: skip
-        result = await scheduler.run()
+
+        async def horizon() -> None:
+            # Not a worker: the clock still jumps while it waits, and it ends a plan that would not.
+            await clock.sleep_until(plan.start + PLAN_HORIZON)
+            scheduler.stop("horizon", "the plan looked two years ahead")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(horizon)
+            result = await scheduler.run()
+            tg.cancel_scope.cancel()
     plan.result = result.reason
     plan.per_day = {day: dict(by_account) for day, by_account in sorted(counts.items())}
     return plan
+
+
+def _copy(db: Path, target: Path) -> None:
+    """A consistent copy of the user's database, opened read-only: a plan writes nothing there."""
+    with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        conn.execute("VACUUM INTO ?", (str(target),))
 
 
 def estimate_finish(pending: int, pacings: list[Pacing], now: float) -> float | None:

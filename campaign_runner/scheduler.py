@@ -331,6 +331,11 @@ class Scheduler:
             with anyio.CancelScope(shield=True):
                 await self._record(claim, Outcome(Kind.UNKNOWN, error=INTERRUPTED), started, Judgement())
             raise
+        except Exception as exc:  # a bug below the client: record the claim before the worker stops
+            with anyio.CancelScope(shield=True):
+                error = f"the request failed unexpectedly ({type(exc).__name__}); it may have been delivered"
+                await self._record(claim, Outcome(Kind.UNKNOWN, error=error), started, Judgement())
+            raise
         judgement = guard.judge(claim.recipient_id, claim.campaign, claim.requeued, outcome, self._clock.now())
         with anyio.CancelScope(shield=True):
             await self._record(claim, outcome, started, judgement)

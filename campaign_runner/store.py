@@ -41,6 +41,7 @@ from .schedule import Schedule
 T = TypeVar("T")
 DEFAULT_DB = "campaign-runner.db"
 REPORT_BATCH = 1000  # report rows fetched per trip to the worker thread
+RECORD_PATIENCE = 600.0  # seconds an outcome keeps waiting for a database another process holds
 BUSY_TIMEOUT_MS = 15_000
 STATUSES = ("pending", "in_flight", "sent", "failed", "unknown", "skipped")
 REMOVED_FROM_FILE = "removed from the campaign file"
@@ -251,8 +252,7 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"database error in {self.path}: {exc}") from exc
         finally:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("COMMIT")
+            self._end_read()
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[None]:
@@ -269,8 +269,11 @@ class Store:
                     await anyio.to_thread.run_sync(self._end_read, limiter=self._thread)
 
     def _end_read(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
+        try:
             self._conn.execute("COMMIT")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):  # never leave a read open: it would pin old data
+                self._conn.execute("ROLLBACK")
 
     def _execute_or_fail(self, sql: str) -> None:
         try:
@@ -640,8 +643,9 @@ class Store:
             gap_until = now + pacing.interval + draw(low, high) if high else 0.0
             db.execute(
                 "INSERT INTO accounts (id, tat, gap_until, first_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
-                " SET tat = excluded.tat, gap_until = excluded.gap_until, first_at = coalesce(first_at, ?)",
-                (account_id, tat, gap_until, now, now),
+                " SET tat = excluded.tat, gap_until = excluded.gap_until, first_at = coalesce(first_at,"
+                "  (SELECT min(started_at) FROM attempts WHERE account_id = ?), ?)",
+                (account_id, tat, gap_until, now, account_id, now),
             )
             # A lower bound for the next request of this account: the bucket, the gap and the
             # schedule (windows and holds are checked again by the next claim).
@@ -727,9 +731,10 @@ class Store:
             cursor = db.execute(
                 "UPDATE recipients SET status = ?, http_status = ?, error = ?, retries = ?, not_before = ?,"
                 " sent_at = coalesce(?, sent_at), run_id = NULL, updated_at = ? WHERE id = ?"
-                " AND ((status = 'in_flight' AND run_id = ?) OR (status = 'unknown' AND error = ?))",
+                " AND ((status = 'in_flight' AND run_id = ?) OR (status = 'unknown' AND error = ?"
+                "  AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.recipient_id = recipients.id AND a.id > ?)))",
                 (status, outcome.http_status, outcome.error, retries, not_before, sent_at, now, claim.recipient_id,
-                 claim.run_id, DIED_IN_FLIGHT),
+                 claim.run_id, DIED_IN_FLIGHT, claim.attempt_id),
             )  # fmt: skip
             if cursor.rowcount == 0:
                 status = (self._one("SELECT status FROM recipients WHERE id = ?", (claim.recipient_id,)))[0]
@@ -774,10 +779,6 @@ class Store:
             db.execute("UPDATE attempts SET slot_at = ?, outcome = 'unknown' WHERE slot_at >= ?", (now, IN_FLIGHT))
             cursor = db.execute("UPDATE recipients SET status = 'unknown', run_id = NULL WHERE status = 'in_flight'")
             return cursor.rowcount
-
-    async def copy_to(self, target: Path) -> None:
-        """A consistent copy of the whole database, for `plan`."""
-        await self._run(self._conn.execute, "VACUUM INTO ?", (str(target),))
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -887,10 +888,17 @@ class Store:
         put_back: Sequence[int] = (), put_back_note: str | None = None, server_reset: float | None = None,
     ) -> str:  # fmt: skip
         """Write an outcome; return the recipient's status after it (see `_record`)."""
-        return await self._run(
-            self._record, claim, outcome, now, latency, max_attempts, retry_at, hold_until, hold_reason, charged,
-            put_back, put_back_note, server_reset,
-        )  # fmt: skip
+        args = (claim, outcome, now, latency, max_attempts, retry_at, hold_until, hold_reason, charged, put_back,
+                put_back_note, server_reset)  # fmt: skip
+        # The answer is known only here, in memory: while another process holds the database (a
+        # big file loading), keep trying rather than lose it.
+        deadline = time.monotonic() + RECORD_PATIENCE
+        while True:
+            try:
+                return await self._run(self._record, *args)
+            except StoreError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
 
     async def settle_in_flight(self, now: float) -> int:
         """Take every request still in flight as answered now, outcome unknown. Only for a scratch

@@ -4,6 +4,7 @@ import contextlib
 import sqlite3
 from pathlib import Path
 
+import anyio
 import pytest
 
 from campaign_runner.config import Breaker
@@ -119,3 +120,17 @@ async def test_a_database_of_the_first_schema_is_upgraded_with_its_data(tmp_path
         await store.close()
     assert settings.breaker == Breaker()
     assert settings.account_ids == ("acc_1",)
+
+
+async def test_opening_an_up_to_date_database_takes_no_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    await (await Store.open(path, 1.0)).close()
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as writer:
+        writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock (loading a big file)
+        with anyio.fail_after(5):  # a migration's BEGIN IMMEDIATE would wait out the 15 s busy timeout
+            store = await Store.open(path, 2.0)
+        try:
+            assert await store.campaign_names() == []  # and status, report or plan can read meanwhile
+        finally:
+            await store.close()
+        writer.execute("ROLLBACK")

@@ -167,3 +167,30 @@ def test_api_limit_on_the_command_line_overrides_the_files(cli, serve_sandbox, t
     times = [r.at for r in box.requests]
     assert max_in_window(times, 1.0) <= 2
     assert max(times) - min(times) >= 2.0  # six requests, two a second
+
+
+def test_plan_of_an_older_database_writes_nothing_to_it(cli, tmp_path: Path) -> None:
+    import contextlib
+    import sqlite3
+
+    from campaign_runner.migrate import discover, migrate
+
+    db = tmp_path / "runs.db"
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        migrate(conn, 1.0, discover()[:1])  # a database of the first schema
+    before = db.read_bytes()
+    code, out, _ = cli("plan", str(write_campaign(tmp_path, recipients=recipients(3))))
+    assert code == 0 and "projected finish" in out
+    assert db.read_bytes() == before
+
+
+def test_a_plan_whose_schedules_never_meet_ends_and_says_so(cli, tmp_path: Path) -> None:
+    # An unfinished campaign sends from acc_1 only 09:00-10:00; the new one only 13:00-14:00.
+    morning = write_campaign(tmp_path, "a.yaml", name="morning", schedule={"hours": "09:00-10:00"},
+                             recipients=recipients(3))  # fmt: skip
+    assert cli("run", str(morning), "--sandbox", "--no-wait")[0] == 0
+    afternoon = write_campaign(tmp_path, "b.yaml", name="afternoon", schedule={"hours": "13:00-14:00"},
+                               recipients=recipients(3))  # fmt: skip
+    code, out, err = cli("plan", str(afternoon))
+    assert code == 0
+    assert "3 recipients are still unsent two years ahead" in err

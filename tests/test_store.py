@@ -111,6 +111,21 @@ async def test_a_late_answer_never_overwrites_a_retry(store: Store) -> None:
     assert result == "in_flight"  # the new claim still holds it
 
 
+async def test_a_late_answer_never_overwrites_a_later_claims_unknown(store: Store) -> None:
+    slow = await claim(store, await run_of(store, 4242, "another-host"))
+    ours = await store.begin_run("test", T0 + 1, 60)
+    await store.recover(ours, T0 + 200)
+    assert await store.retry("test-campaign", "unknown", T0 + 201) == 1
+    # Another run claims it again, and that run is lost too: its claim becomes `unknown` in turn.
+    again = await claim(store, await run_of(store, 4343, "yet-another-host", T0 + 202), T0 + 202)
+    assert again.recipient_id == slow.recipient_id
+    await store.recover(ours, T0 + 400)
+    # The first run's late 500 must not hand the recipient back: the second request may have landed.
+    result = await store.record(slow, Outcome(Kind.SERVER_ERROR, http_status=500), T0 + 401, latency=201,
+                                max_attempts=3, retry_at=0, hold_until=None)  # fmt: skip
+    assert result == "unknown"
+
+
 async def test_release_undoes_a_claim(store: Store) -> None:
     run = await store.begin_run("test", T0, 60)
     claimed = await claim(store, run)
