@@ -81,12 +81,15 @@ async def _simulate(store: Store, clock: VirtualClock, campaign: Campaign) -> Pl
     counts: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
     def record(event: events.Event) -> None:
+        if clock.now() > plan.start + PLAN_HORIZON:  # schedules that never meet would wait forever
+            scheduler.stop("horizon", "the plan looked two years ahead")
         if isinstance(event, events.Attempted) and event.status == "sent":
             day = datetime.fromtimestamp(clock.now(), tz).date()
             counts[day][event.account_id] += 1
             plan.sent += 1
             plan.finish = clock.now()
 
+    scheduler: Scheduler
     key = secrets.token_urlsafe(16)
     box = Sandbox(SandboxConfig(api_key=key, quota=10**9, quota_window=1.0), clock)
     run_id = await store.begin_run("plan", clock.now(), PLAN_DEADLINE)
@@ -95,16 +98,7 @@ async def _simulate(store: Store, clock: VirtualClock, campaign: Campaign) -> Pl
                                  headers={"Authorization": f"Bearer {key}"}) as http:  # fmt: skip
         scheduler = Scheduler(store, ApiClient(http, PLAN_DEADLINE), clock, run_id=run_id, campaigns=[settings],
                               emit=record, rng=random.Random(0))  # fmt: skip
-
-        async def horizon() -> None:
-            # Not a worker: the clock still jumps while it waits, and it ends a plan that would not.
-            await clock.sleep_until(plan.start + PLAN_HORIZON)
-            scheduler.stop("horizon", "the plan looked two years ahead")
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(horizon)
-            result = await scheduler.run()
-            tg.cancel_scope.cancel()
+        result = await scheduler.run()
     plan.result = result.reason
     plan.per_day = {day: dict(by_account) for day, by_account in sorted(counts.items())}
     return plan
