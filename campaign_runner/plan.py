@@ -27,6 +27,7 @@ from . import events
 from .client import ApiClient
 from .clock import VirtualClock
 from .config import Campaign
+from .errors import StoreError
 from .limiter import Pacing
 from .sandbox import Sandbox, SandboxConfig
 from .schedule import zone
@@ -106,8 +107,11 @@ async def _simulate(store: Store, clock: VirtualClock, campaign: Campaign) -> Pl
 
 def _copy(db: Path, target: Path) -> None:
     """A consistent copy of the user's database, opened read-only: a plan writes nothing there."""
-    with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-        conn.execute("VACUUM INTO ?", (str(target),))
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            conn.execute("VACUUM INTO ?", (str(target),))
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the database {db}: {exc}") from None
 
 
 def estimate_finish(pending: int, pacings: list[Pacing], now: float) -> float | None:

@@ -178,6 +178,8 @@ CASES = [
     Case("corrupt-db", ["run", FILE],
          "error: cannot use the database {db}: file is not a database (is it a campaign-runner database?)",
          fields(), db_setup=corrupt_db),
+    Case("plan-corrupt-db", ["plan", FILE], "error: cannot read the database {db}: file is not a database",
+         fields(), db_setup=corrupt_db),
     Case("newer-db", ["status"], "error: the database has schema version 999, newer than this"
          " campaign-runner knows ({latest}); upgrade campaign-runner to use it", db_setup=newer_db),
     Case("unwritable-db", ["run", FILE, "--db", "{dir}/no/such/folder/x.db"],
