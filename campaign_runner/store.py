@@ -190,8 +190,7 @@ class Store:
         self._conn.execute("SELECT count(*) FROM sqlite_master")
 
     async def close(self) -> None:
-        async with self._locked():
-            await anyio.to_thread.run_sync(self._conn.close, limiter=self._thread)
+        await self._run(self._conn.close)
 
     def __repr__(self) -> str:
         return f"Store(path={str(self.path)!r})"
@@ -213,7 +212,7 @@ class Store:
                 self._owner = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(*args)` in the worker thread, in this task's turn."""
+        """Run `fn(*args)` in the worker thread (inline for a scratch store), in this task's turn."""
         async with self._locked():
             if self._scratch:
                 return fn(*args)
@@ -261,12 +260,12 @@ class Store:
             if not outermost:
                 yield
                 return
-            await anyio.to_thread.run_sync(self._execute_or_fail, "BEGIN", limiter=self._thread)
+            await self._run(self._execute_or_fail, "BEGIN")
             try:
                 yield
             finally:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._end_read, limiter=self._thread)
+                    await self._run(self._end_read)
 
     def _end_read(self) -> None:
         try:
