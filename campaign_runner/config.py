@@ -8,6 +8,7 @@ Nothing here touches the database, the network or the clock.
 from __future__ import annotations
 
 import csv
+import decimal
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -36,7 +37,11 @@ MAX_CAP = 1_000_000_000
 MAX_WINDOW = 366 * 86400.0
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _NAMED_WINDOWS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0, "week": 604800.0}
-_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(?:(second|minute|hour|day|week)|(\d+(?:\.\d+)?)\s*([smhd]))\s*$")
+# A window's number may carry an exponent: databases written before limits were stored in plain
+# decimals hold texts such as `10000/2.592e+06s`, and they must still read.
+_LIMIT = re.compile(
+    r"^\s*(\d+)\s*/\s*(?:(second|minute|hour|day|week)|(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*([smhd]))\s*$"
+)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|[smhd])?\s*$")
 
 # libyaml's loader is several times faster on big inline recipient lists; same safe semantics.
@@ -67,10 +72,22 @@ class Limit:
         return cls(cap, window)
 
     def __str__(self) -> str:
+        """The limit as `parse` reads it back, exactly: named windows by name, others in the largest
+        unit that divides them, else in seconds as a plain decimal (never an exponent)."""
         for name, seconds in _NAMED_WINDOWS.items():
             if self.window == seconds:
                 return f"{self.cap}/{name}"
-        return f"{self.cap}/{self.window:g}s"
+        for unit in "dhm":
+            count = self.window / _UNITS[unit]
+            if count.is_integer() and count * _UNITS[unit] == self.window:
+                return f"{self.cap}/{int(count)}{unit}"
+        return f"{self.cap}/{_decimal(self.window)}s"
+
+
+def _decimal(value: float) -> str:
+    """The shortest decimal that reads back as `value`, written out without an exponent."""
+    text = format(decimal.Decimal(repr(value)), "f")
+    return text[:-2] if text.endswith(".0") else text
 
 
 def parse_delay(value: Any) -> tuple[float, float]:

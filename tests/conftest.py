@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import strategies as st
 
 from campaign_runner.cli import run_cli
+from campaign_runner.config import Limit
 from campaign_runner.sandbox import Sandbox, SandboxConfig, serve_in_thread
 
 API_KEY = "test-key-0123456789"
@@ -105,6 +107,27 @@ def report(cli, name: str = "test-campaign") -> dict:
 
 def by_urn(data: dict) -> dict[str, dict]:
     return {r["profile_urn"]: r for r in data["recipients"]}
+
+
+# Every form of limit a campaign file may give (some invalid: keep those `parsed_or_none` reads).
+_window_numbers = st.one_of(
+    st.integers(1, 400).map(str),
+    st.tuples(st.integers(0, 400), st.integers(1, 999_999)).map(lambda t: f"{t[0]}.{t[1]}"),
+    st.tuples(st.integers(1, 99), st.integers(-6, 7)).map(lambda t: f"{t[0]}e{t[1]:+d}"),
+)
+LIMIT_TEXTS = st.one_of(
+    st.tuples(st.integers(1, 10**9), st.sampled_from(["second", "minute", "hour", "day", "week"])).map(
+        lambda t: f"{t[0]}/{t[1]}"
+    ),
+    st.tuples(st.integers(1, 10**9), _window_numbers, st.sampled_from("smhd")).map(lambda t: f"{t[0]}/{t[1]}{t[2]}"),
+)
+
+
+def parsed_or_none(text: str) -> Limit | None:
+    try:
+        return Limit.parse(text)
+    except ValueError:
+        return None
 
 
 def max_in_window(times: list[float], window: float) -> int:

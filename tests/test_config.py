@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
 
 from campaign_runner.config import DEFAULT_ACCOUNT, Limit, load_campaign, parse_duration
 from campaign_runner.errors import CampaignFileError
 
-from conftest import urn, write_campaign, write_text
+from conftest import LIMIT_TEXTS, parsed_or_none, urn, write_campaign, write_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -219,3 +221,21 @@ def test_recipients_are_read_from_the_file_as_they_are_used(tmp_path: Path) -> N
     with pytest.raises(CampaignFileError) as raised:
         list(campaign.recipients)
     assert [p.message for p in raised.value.errors][0] == "the file changed while it was being loaded"
+
+
+# --- every limit round-trips: parse -> str (what the database stores) -> parse ----------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(LIMIT_TEXTS)
+def test_every_valid_limit_reads_back_as_itself(text: str) -> None:
+    limit = parsed_or_none(text)
+    assume(limit is not None)
+    stored = str(limit)
+    assert re.fullmatch(r"\d+/(second|minute|hour|day|week|\d+[dhm]|\d+(\.\d+)?s)", stored)  # no exponent
+    assert Limit.parse(stored) == limit
+
+
+def test_a_limit_stored_with_an_exponent_by_an_older_version_still_reads() -> None:
+    assert Limit.parse("10000/2.592e+06s") == Limit(10000, 2_592_000.0)
+    assert str(Limit.parse("60/minute, 100/10s, 10000/30d".split(",")[2])) == "10000/30d"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import sqlite3
@@ -11,12 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from campaign_runner.client import Kind, Outcome
-from campaign_runner.config import load_campaign
+from campaign_runner.config import CampaignSettings, load_campaign
 from campaign_runner.store import DIED_IN_FLIGHT, Claimed, Drained, Store, Waiting
 
-from conftest import urn, write_campaign
+from conftest import LIMIT_TEXTS, parsed_or_none, urn, write_campaign
 
 pytestmark = pytest.mark.anyio
 
@@ -170,3 +173,38 @@ async def test_a_refused_change_in_a_second_file_loads_nothing(store: Store, tmp
 def test_recovery_reason_is_stable() -> None:
     # record() recognises a recovery's unknown by this text: changing it is a migration.
     assert DIED_IN_FLIGHT == "the process stopped while the request was in flight; it may have been delivered"
+
+
+# --- every setting reads back from the database as it was loaded -----------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    limit=LIMIT_TEXTS,
+    account_limit=LIMIT_TEXTS,
+    api=st.lists(LIMIT_TEXTS, min_size=1, max_size=3),
+    backoff=st.sampled_from(["50ms", "2s", "1.5m", 0.25]),
+    delay=st.sampled_from([None, "45s-180s", "0.5s"]),
+)
+def test_every_setting_round_trips_through_the_database(tmp_path: Path, limit, account_limit, api, backoff, delay):
+    assume(all(parsed_or_none(text) for text in [limit, account_limit, *api]))
+    other = {"id": "acc_2", "limit": account_limit, "hours": "09:00-17:00", "timezone": "Asia/Kolkata"}
+    path = write_campaign(
+        tmp_path,
+        limit=limit,
+        api_limit=", ".join(api),
+        retry={"attempts": 4, "backoff": backoff},
+        accounts=["acc_1", other],
+        schedule={"delay": delay} if delay else None,
+        warmup={"start": 5, "increase": 2},
+        breaker={"failures": 4, "cooldown": "1.5s", "pauses": 1, "forbidden": 7},
+    )
+    loaded = load_campaign(path)
+    store = Store._open(tmp_path / f"round-{os.urandom(4).hex()}.db", T0, True)
+    try:
+        store._load([loaded], T0)
+        read = store._campaign(loaded.name)
+    finally:
+        store._conn.close()
+    for field in dataclasses.fields(CampaignSettings):
+        assert getattr(read, field.name) == getattr(loaded, field.name), field.name
