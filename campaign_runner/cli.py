@@ -520,6 +520,68 @@ async def _retry(db: str, name: str, which: str) -> int:
     return EXIT_OK
 
 
+# --- hold ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def hold() -> None:
+    """See and lift the holds that keep accounts from sending (429s, breaker pauses, blocks).
+
+    \b
+    Example:
+        campaign-runner hold list
+        campaign-runner hold clear acc_1
+    """
+
+
+@hold.command(name="list")
+@db_option
+def hold_list(db: str) -> int:
+    """List every account held back now, until when and why.
+
+    \b
+    Example:
+        campaign-runner hold list
+    """
+    return anyio.run(_hold_list, db)
+
+
+async def _hold_list(db: str) -> int:
+    clock = SystemClock()
+    async with _open_store(db, clock, create=False) as store:
+        holds = await store.holds(clock.now())
+    if not holds:
+        click.echo("no account is held")
+    for found in holds:
+        click.echo(f"{account_label(found.account_id)}: held until {iso(found.until)}: {found.reason}")
+    return EXIT_OK
+
+
+@hold.command(name="clear")
+@click.argument("account")
+@db_option
+def hold_clear(account: str, db: str) -> int:
+    """Lift an account's hold, so it may send at its next run (use "" for the key's default account).
+
+    Pushing through a real rate limit can extend it: clear a hold only when you know why it was set.
+
+    \b
+    Example:
+        campaign-runner hold clear acc_1
+    """
+    return anyio.run(_hold_clear, db, account)
+
+
+async def _hold_clear(db: str, account: str) -> int:
+    clock = SystemClock()
+    async with _open_store(db, clock, create=False) as store:
+        cleared = await store.clear_hold(account, clock.now())
+    if not cleared:
+        raise ConfigError(f"account {account_label(account)} is not held (see `campaign-runner hold list`)")
+    click.echo(f"{account_label(account)}: hold cleared")
+    return EXIT_OK
+
+
 # --- sandbox ---------------------------------------------------------------------------------
 
 
@@ -556,6 +618,7 @@ def _by_account(values: tuple[str, ...], option: str) -> dict[str | None, int]:
               help="Seconds a 429 storm lasts.")  # fmt: skip
 @_share("--bad-gateway-rate", "answered with an HTML 502 page")
 @_share("--bad-headers-rate", "answered with missing or malformed X-RateLimit-* headers")
+@_share("--portal-rate", "answered 200 with an HTML page (a captive portal), not delivered")
 @click.option("--credentials-error", multiple=True, metavar="ACCOUNT",
               help="Answer this account's every request with the credentials 500 (repeatable).")  # fmt: skip
 @click.option("--forbidden-after", multiple=True, metavar="ACCOUNT=N",
@@ -565,7 +628,8 @@ def _by_account(values: tuple[str, ...], option: str) -> dict[str | None, int]:
 def sandbox_command(host: str, port: int, api_key: str, typing_delay: float, quota: str,
                     non_member: tuple[str, ...], seed: int | None, error_rate: float, drop_rate: float,
                     slow_rate: float, slow_delay: float, storm_rate: float, storm_length: float,
-                    bad_gateway_rate: float, bad_headers_rate: float, credentials_error: tuple[str, ...],
+                    bad_gateway_rate: float, bad_headers_rate: float, portal_rate: float,
+                    credentials_error: tuple[str, ...],
                     forbidden_after: tuple[str, ...], unauthorized_after: int | None) -> int:  # fmt: skip
     """Serve a local emulator of the ConnectSafely API, for trying campaigns without sending.
 
@@ -587,7 +651,7 @@ def sandbox_command(host: str, port: int, api_key: str, typing_delay: float, quo
         api_key=api_key, typing_delay=typing_delay, quota=limit.cap, quota_window=limit.window,
         non_members=set(non_member), seed=seed, error_rate=error_rate, drop_rate=drop_rate,
         slow_rate=slow_rate, slow_delay=slow_delay, storm_rate=storm_rate, storm_length=storm_length,
-        bad_gateway_rate=bad_gateway_rate, bad_headers_rate=bad_headers_rate,
+        bad_gateway_rate=bad_gateway_rate, bad_headers_rate=bad_headers_rate, portal_rate=portal_rate,
         credentials_error={a or None for a in credentials_error},
         forbidden_after=_by_account(forbidden_after, "--forbidden-after"), unauthorized_after=unauthorized_after,
     )  # fmt: skip

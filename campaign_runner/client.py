@@ -16,15 +16,16 @@ import email.utils
 import enum
 import ipaddress
 import json
+import re
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 import httpx
 
-from .clock import parse_iso
+from .clock import parse_server_time
 from .errors import ConfigError
 
 DEFAULT_BASE_URL = "https://api.connectsafely.ai/linkedin"
@@ -32,7 +33,11 @@ DEFAULT_TIMEOUT = 60.0  # seconds: the -with-typing endpoint types before it ans
 CONNECT_TIMEOUT = 10.0
 CREDENTIALS_ERROR = "failed to get linkedin authentication credentials"  # a 500 that names the account
 MAX_BODY_KEPT = 4000  # characters of a response body stored with an attempt
+MAX_ERROR_CHARS = 500  # characters of the server's error text kept as a recipient's error
+MAX_REMAINING = 1_000_000_000  # a larger X-RateLimit-Remaining is taken as this (SQLite's integers end at 2**63)
 USER_AGENT = "campaign-runner"
+# The status an API error text names, as in "Request failed with status code 403".
+NAMED_STATUS = re.compile(r"\b(?:status(?:\s+code)?|HTTP)\s*:?\s*([1-5]\d\d)\b", re.IGNORECASE)
 
 
 class Kind(enum.StrEnum):
@@ -73,19 +78,21 @@ class RateLimitHeaders:
         """The server's clock when it answered, from the Date header."""
         try:
             return email.utils.parsedate_to_datetime(self.date).timestamp() if self.date else None
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
 
     @property
     def remaining_count(self) -> int | None:
+        """X-RateLimit-Remaining as a count a database can hold (0 to MAX_REMAINING), or None."""
         try:
-            return int(self.remaining) if self.remaining is not None else None
+            count = int(self.remaining) if self.remaining is not None else None
         except ValueError:
             return None
+        return None if count is None else min(max(count, 0), MAX_REMAINING)
 
     @property
     def reset_at(self) -> float | None:
-        return parse_iso(self.reset) if self.reset else None
+        return parse_server_time(self.reset) if self.reset else None
 
 
 @dataclass(frozen=True)
@@ -244,18 +251,46 @@ def classify(response: httpx.Response) -> Outcome:
     status = response.status_code
     text = response.text
     payload = _json(text)
-    rate_limit = RateLimitHeaders.from_response(response.headers)
-    common = {"http_status": status, "body": text[:MAX_BODY_KEPT], "rate_limit": rate_limit}
+    common = {"body": text[:MAX_BODY_KEPT], "rate_limit": RateLimitHeaders.from_response(response.headers)}
     if status == 200:
-        return Outcome(Kind.SENT, **common)
-    error = _error_text(payload, text, response.reason_phrase)
+        return _classify_ok(payload, text, common)
+    return _judge(status, payload, _error_text(payload, text, response.reason_phrase), response, common)
+
+
+def _classify_ok(payload: dict[str, Any], text: str, common: dict[str, Any]) -> Outcome:
+    """A 200 is a send only when it is the API's answer: JSON with `"success": true`. Anything else
+    (a captive portal's page, a wrong base URL that answers 200) may or may not have gone through."""
+    success = payload.get("success")
+    if success is True:
+        return Outcome(Kind.SENT, http_status=200, **common)
+    if success is False:
+        error = _error_text(payload, text, "")
+        named = NAMED_STATUS.search(error)
+        if named and named.group(1) != "200":
+            judged = _judge(int(named.group(1)), payload, error, None, common)
+            return replace(judged, error=f"{judged.error} (answered as HTTP 200 with success: false)")
+        return Outcome(
+            Kind.UNKNOWN,
+            http_status=200,
+            error=f"HTTP 200 with success: false ({error or 'no error given'}); the message may have been sent",
+            **common,
+        )
+    snippet = " ".join(text.split())[:200] or "an empty body"
+    error = f"HTTP 200 that is not the API's answer (it began: {snippet}); the message may have been sent"
+    return Outcome(Kind.UNKNOWN, http_status=200, error=error, **common)
+
+
+def _judge(status: int, payload: dict[str, Any], error: str, response: httpx.Response | None,
+           common: dict[str, Any]) -> Outcome:  # fmt: skip
+    """What a refusal with `status` means (also a 200 whose `success: false` names a status)."""
+    common = {**common, "http_status": status}
     if status == 429:
-        hold = parse_iso(payload["holdUntil"]) if isinstance(payload.get("holdUntil"), str) else None
-        return Outcome(Kind.RATE_LIMITED, error=error, hold_until=hold, **common)
+        return Outcome(Kind.RATE_LIMITED, error=error, hold_until=parse_server_time(payload.get("holdUntil")), **common)
     if status == 401:
         return Outcome(Kind.UNAUTHORIZED, error=error, **common)
     if status in (404, 405) or 300 <= status < 400:
-        return Outcome(Kind.MISROUTED, error=f"HTTP {status} {response.reason_phrase} at {response.url}", **common)
+        where = f"HTTP {status} {response.reason_phrase} at {response.url}" if response is not None else error
+        return Outcome(Kind.MISROUTED, error=where, **common)
     if status == 500:
         return Outcome(Kind.SERVER_ERROR, error=error, **common)
     if 400 <= status < 500:
@@ -277,9 +312,9 @@ def _error_text(payload: dict[str, Any], text: str, reason: str) -> str:
     for key in ("error", "message"):
         value = payload.get(key)
         if isinstance(value, str) and value:
-            return value
+            return value[:MAX_ERROR_CHARS]
         if value:
-            return json.dumps(value, separators=(",", ":"))[:500]
+            return json.dumps(value, separators=(",", ":"))[:MAX_ERROR_CHARS]
     if text.lstrip().startswith("<"):  # a proxy's or server's HTML page: its markup is no message
         return f"{reason} (an HTML page)" if reason else "an HTML page"
     snippet = " ".join(text.split())[:200]

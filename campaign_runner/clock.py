@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -107,11 +108,40 @@ class VirtualClock:
 
 
 def iso(epoch: float | None) -> str | None:
-    """ISO 8601 in UTC with a Z, to the millisecond; None stays None."""
+    """ISO 8601 in UTC with a Z, to the millisecond; None stays None. A time past what a date can
+    show (only ever from a damaged or hand-edited database) is written as its number."""
     if epoch is None:
         return None
-    moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    try:
+        moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return f"{epoch:.0f}"
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+EPOCH_SECONDS_FROM = 1e9  # a number from 1e9 on is epoch seconds (2001 onwards); below, no point in time
+EPOCH_MILLISECONDS_FROM = 1e12  # from 1e12 on, epoch milliseconds (2001 onwards)
+
+
+def parse_server_time(value: object) -> float | None:
+    """A point in time as a server may write it: ISO 8601 (the documented form), or epoch seconds
+    or milliseconds as a number or numeric text. None for anything else: a small number (no point
+    in time), NaN or infinity, a bool, garbage. Never raises, whatever the value."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            return parse_iso(text)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    if not math.isfinite(number) or number < EPOCH_SECONDS_FROM:
+        return None
+    return number / 1000 if number >= EPOCH_MILLISECONDS_FROM else number
 
 
 def parse_iso(text: str) -> float | None:
@@ -121,8 +151,8 @@ def parse_iso(text: str) -> float | None:
     """
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except (ValueError, AttributeError):
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.timestamp()
+    except (ValueError, AttributeError, OverflowError):  # OverflowError: year 1 with a positive offset
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()

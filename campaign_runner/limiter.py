@@ -32,6 +32,11 @@ from .schedule import Schedule, next_open
 EPSILON = 0.001  # seconds added past a window's edge, so two requests never share an edge
 IN_FLIGHT = 1e18  # slot time of a request whose outcome is not known yet
 IN_FLIGHT_POLL = 1.0  # how soon to look again when another process's request holds the window
+# The longest hold kept as the server asked. LinkedIn's budgets run over a day or a week, so a
+# longer one (up to 9999-12-31, say) is no rate limit: the account is taken as blocked by the API,
+# stopped for the run, and held this long; `campaign-runner hold clear` lets it go sooner. Nothing
+# longer is ever stored, so no time the server sends can reach the schedule's date arithmetic.
+MAX_HOLD = 7 * 86400.0
 
 
 @dataclass(frozen=True)

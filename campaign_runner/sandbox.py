@@ -7,10 +7,11 @@ over a sliding window of delivered messages. `SandboxConfig` switches on the fau
 survive: non-members (403), invalid recipients (400), server errors (500, and the "credentials" 500
 for an account), a revoked key (401 from the Nth request), a blocked subscription (403 for every
 recipient of an account from its Nth request), account holds and 429 storms, messages delivered
-whose answer is lost (connection closed) or late (after the client's timeout), HTML 502 pages, and
-missing or malformed X-RateLimit-* headers. Shares of requests are drawn from a seeded random
-generator. Each accepted message is kept as a `Delivery`; `GET /linkedin/_sandbox/log` serves them
-to other processes.
+whose answer is lost (connection closed) or late (after the client's timeout), HTML 502 pages,
+missing or malformed X-RateLimit-* headers, and 200s that are a captive portal's HTML page; and
+`scripted` answers, given as written (far-future or garbage times, odd 200 bodies). Shares of
+requests are drawn from a seeded random generator. Each accepted message is kept as a `Delivery`;
+`GET /linkedin/_sandbox/log` serves them to other processes.
 
 A plain ASGI app, served by uvicorn via `serve()` (an anyio task group on asyncio) or
 `serve_in_thread()` (tests). It reads time only through its `Clock`.
@@ -37,7 +38,7 @@ import uvicorn
 
 from campaign_runner.clock import Clock, SystemClock, iso
 
-__all__ = ["Delivery", "RequestRecord", "Sandbox", "SandboxConfig", "serve", "serve_in_thread"]
+__all__ = ["Delivery", "RequestRecord", "Sandbox", "SandboxConfig", "Scripted", "serve", "serve_in_thread"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ REQUIRED_ERROR = {"success": False, "error": "recipientProfileUrn, groupId, and 
 CREDENTIALS_ERROR = "Failed to get LinkedIn authentication credentials"
 SUBSCRIPTION_ERROR = "Your trial has expired or you have no active subscription"
 BAD_GATEWAY_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+PORTAL_PAGE = b"<!DOCTYPE html><html><head><title>Sign in to the network</title></head><body>Sign in</body></html>"
 NO_ANSWER = 0  # RequestRecord.status of a request whose connection was closed without an answer
 LOG_PATH = f"{PREFIX}/_sandbox/log"
 SEND_PATHS = {
@@ -100,9 +102,23 @@ class SandboxConfig:
     storm_length: float = 5.0
     bad_gateway_rate: float = 0.0  # an HTML 502 page from "a proxy", not delivered
     bad_headers_rate: float = 0.0  # X-RateLimit-* headers missing or malformed on the answer
+    portal_rate: float = 0.0  # a 200 with an HTML page (a captive portal, a wrong host), not delivered
+    # Answers given, one each, to the next send requests that pass the documented checks: any
+    # status, body and headers, however absurd (far-future or garbage times, odd 200 bodies).
+    scripted: list[Scripted] = field(default_factory=list)
 
     def __repr__(self) -> str:  # the key stays out of reprs
         return f"SandboxConfig(quota={self.quota}, quota_window={self.quota_window})"
+
+
+@dataclass(frozen=True)
+class Scripted:
+    """One answer to give as it is written, instead of the usual one."""
+
+    status: int
+    body: object = None  # a JSON payload; a str is sent as it is, as text/html
+    headers: dict[str, str] = field(default_factory=dict)  # given: these instead of the X-RateLimit-* headers
+    deliver: bool = False  # deliver the message as well (otherwise it is not)
 
 
 @dataclass(frozen=True)
@@ -127,7 +143,7 @@ class RequestRecord:
     account_id: str | None
     recipient: str | None
     status: int  # NO_ANSWER when the connection was closed instead
-    fault: str | None = None  # the injected fault: error, drop, slow, storm, bad_gateway, bad_headers
+    fault: str | None = None  # the injected fault: error, drop, slow, storm, bad_gateway, bad_headers, portal, scripted
 
 
 @dataclass
@@ -228,6 +244,8 @@ class Sandbox:
             self._by_account[account] = self._by_account.get(account, 0) + 1
         reply = self._check(endpoint, body, account, record)
         if reply is None:
+            reply = await self._scripted(endpoint, body, account, at, record)
+        if reply is None:
             reply = self._fault(account, record)
         if reply is None:
             assert body is not None  # _check refuses a missing body
@@ -239,6 +257,22 @@ class Sandbox:
         if reply.raw is None and not reply.headers:  # a storm's 429 already says when it ends
             reply.headers = self._rate_headers(account, record=record)
         return reply
+
+    async def _scripted(
+        self, endpoint: str, body: dict[str, Any] | None, account: str | None, at: float, record: dict[str, Any]
+    ) -> _Reply | None:
+        with self._lock:
+            if not self.config.scripted:
+                return None
+            script = self.config.scripted.pop(0)
+        record["fault"] = "scripted"
+        if script.deliver:
+            assert body is not None  # _check refuses a missing body
+            await self._deliver(endpoint, body, account, at)
+        headers = [(f"{name}".encode(), str(value).encode()) for name, value in script.headers.items()]
+        if isinstance(script.body, str):
+            return _Reply(script.status, None, headers or self._rate_headers(account), raw=script.body.encode())
+        return _Reply(script.status, script.body, headers or self._rate_headers(account))
 
     def _chance(self, share: float) -> bool:
         return share > 0 and self._random.random() < share
@@ -265,6 +299,9 @@ class Sandbox:
         if self._chance(config.bad_gateway_rate):
             record["fault"] = "bad_gateway"
             return _Reply(502, None, raw=BAD_GATEWAY_PAGE)
+        if self._chance(config.portal_rate):
+            record["fault"] = "portal"
+            return _Reply(200, None, raw=PORTAL_PAGE)
         return None
 
     def _check(

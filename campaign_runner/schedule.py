@@ -21,6 +21,7 @@ __all__ = ["DAY_NAMES", "Schedule", "next_open", "parse_hours"]
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 ALL_DAY = (0, 1440)
 _SEARCH_DAYS = 9  # a window opens within the next week, whatever the allowed days
+_FIRST_DAY, _LAST_DAY = 86400.0 * 2, 253_402_300_799.0 - 86400.0 * 10  # 1970-01-03 to 9999-12-21, UTC
 
 
 @lru_cache(maxsize=64)
@@ -78,7 +79,8 @@ class Schedule:
 
     def window(self, at: float) -> tuple[float, float]:
         """The sending window open at `at`, or else the next one to open: (opens, closes)."""
-        if self.always:
+        if self.always or not _FIRST_DAY < at < _LAST_DAY:
+            # Past the dates a calendar can show (a damaged database's time): no window to find.
             return at, float("inf")
         tz = zone(self.timezone)
         day = datetime.fromtimestamp(at, tz).date() - timedelta(days=1)  # a window of yesterday may still be open
@@ -97,7 +99,8 @@ class Schedule:
         return opens <= at
 
     def local(self, at: float) -> datetime:
-        return datetime.fromtimestamp(at, zone(self.timezone))
+        """`at` in the schedule's time zone (a time past the calendar's end shows as its last days)."""
+        return datetime.fromtimestamp(min(max(at, _FIRST_DAY), _LAST_DAY), zone(self.timezone))
 
     def to_json(self) -> str:
         return json.dumps(

@@ -17,21 +17,23 @@ import random
 import signal
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 import anyio.abc
 
 from . import events
 from .client import ApiClient, Kind, Outcome, SendRequest
-from .clock import Clock
+from .clock import Clock, iso
 from .config import Breaker, CampaignSettings, Limit, account_label
 from .errors import StoreError
 from .guard import AccountGuard, Judgement
+from .limiter import MAX_HOLD
 from .store import ELSEWHERE_POLL, Claimed, Drained, Store, Waiting
 
 DEFAULT_HOLD = 3600.0  # a rate-limit answer that says nothing of when to come back: wait an hour
 MIN_HOLD = 1.0  # never come straight back after a 429, whatever the server's clock says
+MAX_SKEW = 86400.0  # a Date header further off than a day is no clock to correct by: ignored
 SKEW_TOLERANCE = 2.0  # seconds: the Date header has whole seconds, and the answer took a while
 NO_RESET = "no usable reset time in the answer: holding for an hour"
 KEY_LINE_RECHECK = 60.0  # seconds an account waits in line for the API key's limit before it looks again
@@ -45,38 +47,63 @@ class RunResult:
     message: str | None = None
 
 
+@dataclass(frozen=True)
+class Hold:
+    """The server's word that an account must send nothing until `until` (always within MAX_HOLD)."""
+
+    until: float
+    reason: str
+    blocked: bool = False  # it asked for longer than MAX_HOLD: the account is stopped for the run
+
+
 def server_skew(outcome: Outcome, now: float) -> float:
     """How far the server's clock runs ahead of ours (its Date header), when that is clear."""
     server_now = outcome.rate_limit.server_now
-    if server_now is None or abs(server_now - now) <= SKEW_TOLERANCE:
+    if server_now is None or abs(server_now - now) <= SKEW_TOLERANCE or abs(server_now - now) > MAX_SKEW:
         return 0.0
     return server_now - now
 
 
 def reset_at(outcome: Outcome, now: float) -> float | None:
     """X-RateLimit-Reset on our clock: a server whose clock runs behind would otherwise have us
-    come back early, one running ahead have us wait too long."""
+    come back early, one running ahead have us wait too long. None when absent, unreadable, or
+    further away than MAX_HOLD (no budget resets that late)."""
     reset = outcome.rate_limit.reset_at
-    return None if reset is None else reset - server_skew(outcome, now)
+    if reset is None:
+        return None
+    reset -= server_skew(outcome, now)
+    return reset if reset <= now + MAX_HOLD else None
 
 
-def hold_for(outcome: Outcome, now: float) -> float | None:
-    """Until when the account must send nothing, from a 429 or a `Remaining: 0` header."""
+def hold_for(outcome: Outcome, now: float) -> Hold | None:
+    """Until when the account must send nothing, from a 429 or a `Remaining: 0` header; None when
+    the answer asks for no hold. Whatever times the answer carries, the hold ends between
+    `now + MIN_HOLD` and `now + MAX_HOLD`."""
     headers = outcome.rate_limit
     if outcome.kind is Kind.RATE_LIMITED:
-        until = outcome.hold_until - server_skew(outcome, now) if outcome.hold_until else reset_at(outcome, now)
+        asked = outcome.hold_until if outcome.hold_until is not None else headers.reset_at
+        reason = outcome.error or "rate limited"
     elif headers.remaining_count == 0:
-        until = reset_at(outcome, now)
+        asked, reason = headers.reset_at, "X-RateLimit-Remaining: 0"
     else:
         return None
-    if until is None:
-        return now + DEFAULT_HOLD
-    return max(until, now + MIN_HOLD)
+    if asked is None:
+        return Hold(now + DEFAULT_HOLD, f"{reason} ({NO_RESET})")
+    until = asked - server_skew(outcome, now)
+    if until > now + MAX_HOLD:
+        return Hold(
+            now + MAX_HOLD,
+            f"blocked by the API: it asked for a hold until {iso(asked)} ({reason}); held for"
+            f" {MAX_HOLD / 86400:g} days, see `campaign-runner hold list`",
+            blocked=True,
+        )
+    return Hold(max(until, now + MIN_HOLD), reason)
 
 
 def backoff(failures: int, initial: float, rng: random.Random) -> float:
-    """Exponential backoff with jitter: initial, 2x, 4x... plus up to `initial` of noise."""
-    return min(MAX_BACKOFF, initial * 2 ** max(failures - 1, 0)) + rng.uniform(0, initial)
+    """Exponential backoff with jitter: initial, 2x, 4x... plus up to `initial` of noise, never
+    more than MAX_BACKOFF in all (the clamp comes after the jitter, as in stamina)."""
+    return min(MAX_BACKOFF, initial * 2 ** max(failures - 1, 0) + rng.uniform(0, initial))
 
 
 class Scheduler:
@@ -338,17 +365,20 @@ class Scheduler:
             raise
         judgement = guard.judge(claim.recipient_id, claim.campaign, claim.requeued, outcome, self._clock.now())
         with anyio.CancelScope(shield=True):
-            await self._record(claim, outcome, started, judgement)
+            judgement = await self._record(claim, outcome, started, judgement)
         if outcome.kind is Kind.UNAUTHORIZED:
             self.stop("fatal", f"the API refused the key (401: {outcome.error}); nothing was marked failed")
         elif outcome.kind is Kind.MISROUTED:
             self.stop("fatal", f"the API address looks wrong ({outcome.error}); check --base-url")
         return judgement
 
-    async def _record(self, claim: Claimed, outcome: Outcome, started: float, judgement: Judgement) -> None:
+    async def _record(self, claim: Claimed, outcome: Outcome, started: float, judgement: Judgement) -> Judgement:
+        """Record an outcome; return the judgement on the account, which a hold asking for longer
+        than MAX_HOLD turns into a stop."""
         campaign = self._campaigns[claim.campaign]
         now = self._clock.now()
         hold = hold_for(outcome, now)
+        held = hold.until if hold else 0.0
         pause = judgement.pause_until
         try:
             status = await self._store.record(
@@ -358,8 +388,8 @@ class Scheduler:
                 latency=max(now - started, 0.0),
                 max_attempts=campaign.max_attempts,
                 retry_at=now + backoff(claim.retries + 1, campaign.backoff, self._rng),
-                hold_until=max(hold or 0.0, pause or 0.0) or None,
-                hold_reason=judgement.reason if pause and pause > (hold or 0.0) else self._hold_reason(outcome),
+                hold_until=max(held, pause or 0.0) or None,
+                hold_reason=judgement.reason if pause and pause > held else (hold.reason if hold else None),
                 server_reset=reset_at(outcome, now),
                 charged=judgement.charged,
                 put_back=[r.recipient_id for r in judgement.put_back],
@@ -387,16 +417,12 @@ class Scheduler:
             )
         )
         if hold is not None:
-            self._emit(events.AccountHeld(claim.account_id, hold, self._hold_reason(outcome)))
+            self._emit(events.AccountHeld(claim.account_id, hold.until, hold.reason))
+            if hold.blocked:
+                return replace(judgement, stop=True, reason=hold.reason)
         if pause is not None:
             self._emit(events.AccountPaused(claim.account_id, pause, judgement.reason or "circuit breaker"))
-
-    @staticmethod
-    def _hold_reason(outcome: Outcome) -> str:
-        reason = outcome.error or "X-RateLimit-Remaining: 0"
-        if outcome.hold_until is None and outcome.rate_limit.reset_at is None:
-            reason += f" ({NO_RESET})"
-        return reason
+        return judgement
 
     def _forget(self, wake: anyio.Event) -> None:
         self._on_progress.discard(wake)

@@ -34,7 +34,7 @@ from .client import Kind, Outcome
 from .config import Account, Breaker, CampaignSettings, Limit, Warmup
 from .errors import ChangeRefusedError, StoreError, UnknownCampaignError
 from .events import Recovered
-from .limiter import EPSILON, IN_FLIGHT, AccountState, Pacing, Verdict, advance, decide
+from .limiter import EPSILON, IN_FLIGHT, MAX_HOLD, AccountState, Pacing, Verdict, advance, decide
 from .migrate import migrate
 from .schedule import Schedule
 
@@ -100,6 +100,13 @@ class AccountStatus:
     next_at: float
     reason: str
     hold_until: float
+
+
+@dataclass(frozen=True)
+class AccountHold:
+    account_id: str
+    until: float  # at most MAX_HOLD after it was set
+    reason: str
 
 
 @dataclass
@@ -747,13 +754,14 @@ class Store:
                 ),
             )  # fmt: skip
             if hold_until is not None and hold_until > now:
+                hold_until = min(hold_until, now + MAX_HOLD)  # the policy bounds it; a database must not trust that
                 db.execute(
                     "INSERT INTO accounts (id, hold_until, hold_reason) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE"
                     " SET hold_until = max(hold_until, excluded.hold_until), hold_reason = excluded.hold_reason",
                     (claim.account_id, hold_until, hold_reason or outcome.error or outcome.kind.value),
                 )
             remaining = headers.remaining_count
-            if remaining is not None and server_reset is not None and server_reset > now:
+            if remaining is not None and server_reset is not None and now < server_reset <= now + MAX_HOLD:
                 db.execute(
                     "INSERT INTO accounts (id, server_remaining, server_reset, server_seen_at) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (id) DO UPDATE SET server_remaining = excluded.server_remaining,"
@@ -841,6 +849,24 @@ class Store:
             )
             return cursor.rowcount
 
+    def _holds(self, now: float) -> list[AccountHold]:
+        """Every account the server (or the breaker) holds back now."""
+        with self._snapshot():
+            rows = self._all(
+                "SELECT id, hold_until, hold_reason FROM accounts WHERE hold_until > ? ORDER BY id", (now,)
+            )
+        return [AccountHold(account, until, reason or "held") for account, until, reason in rows]
+
+    def _clear_hold(self, account_id: str, now: float) -> bool:
+        """Lift an account's hold and the server's last word on its budget; False if it has none."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE accounts SET hold_until = 0, hold_reason = NULL, server_remaining = NULL, server_reset = NULL"
+                " WHERE id = ? AND (hold_until > ? OR server_reset > ?)",
+                (account_id, now, now),
+            )
+            return cursor.rowcount > 0
+
     # --- the async face: one trip to the worker thread each ------------------------------------
 
     async def begin_run(self, command: str, now: float, deadline: float) -> int:
@@ -898,6 +924,13 @@ class Store:
             except StoreError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
+
+    async def holds(self, now: float) -> list[AccountHold]:
+        return await self._run(self._holds, now)
+
+    async def clear_hold(self, account_id: str, now: float) -> bool:
+        """Lift an account's hold and the server's last word on its budget; False if it has none."""
+        return await self._run(self._clear_hold, account_id, now)
 
     async def settle_in_flight(self, now: float) -> int:
         """Take every request still in flight as answered now, outcome unknown. Only for a scratch

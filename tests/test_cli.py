@@ -173,10 +173,13 @@ def test_debug_shows_the_traceback(capsys, tmp_path: Path) -> None:
 
 
 def test_every_command_has_help_with_an_example() -> None:
-    for name, command in command_group.commands.items():
+    commands = list(command_group.commands.items())
+    while commands:
+        name, command = commands.pop()
         text = command.get_help(click.Context(command, info_name=name))
         assert "Example:" in text, name
         assert command.help and command.help.strip(), name
+        commands += [(f"{name} {sub}", c) for sub, c in getattr(command, "commands", {}).items()]
 
 
 def test_version(capsys) -> None:

@@ -82,9 +82,9 @@ def test_reset_times_are_read_on_our_clock() -> None:
         outcome = Outcome(Kind.SENT, 200, rate_limit=headers)
         # The server's clock is 5 minutes behind, or 10 minutes ahead: its reset is 30 s away either way.
         assert reset_at(outcome, now) == pytest.approx(now + 30, abs=1)
-        assert hold_for(outcome, now) == pytest.approx(now + 30, abs=1)
+        assert hold_for(outcome, now).until == pytest.approx(now + 30, abs=1)
     limited = Outcome(Kind.RATE_LIMITED, 429, rate_limit=RateLimitHeaders(reset="soon"))
-    assert hold_for(limited, now) == now + 3600  # no usable reset: a conservative hour
+    assert hold_for(limited, now).until == now + 3600  # no usable reset: a conservative hour
 
 
 def _http_date(epoch: float) -> str:
