@@ -84,12 +84,11 @@ async def claim_record(campaign_file: Path, folder: Path, count: int, mode: str)
         run_id = await store.begin_run("bench", time.time(), 70.0)
         name = "txn"
         account = common.account(0)
-        endpoint_of = {name: common.ENDPOINT}
         outcome = Outcome(Kind.SENT, http_status=200, body='{"success": true}', rate_limit=RateLimitHeaders())
         started = time.perf_counter()
         for _ in range(count):
             now = time.time()
-            claim = await store.claim(run_id, account, [name], endpoint_of, now)
+            claim = await store.claim(run_id, account, [name], now)
             assert isinstance(claim, Claimed), claim
             await store.record(claim, outcome, time.time(), latency=0.0, max_attempts=3, retry_at=now, hold_until=None)
         return (time.perf_counter() - started) / count * 1000

@@ -145,9 +145,14 @@ def run(files: tuple[str, ...], db: str, base_url: str, timeout: float, use_sand
         campaign-runner run campaigns/example.yaml
     """
     campaigns = _load(list(files))
-    names = [c.name for c in campaigns]
-    if len(set(names)) != len(names):
-        raise ConfigError("two of the files name the same campaign")
+    first_file: dict[str, str] = {}
+    for campaign in campaigns:
+        if campaign.name in first_file:
+            raise ConfigError(
+                f"{first_file[campaign.name]} and {campaign.source} both name the campaign {campaign.name!r};"
+                " give each campaign its own name"
+            )
+        first_file[campaign.name] = campaign.source
     connection = _connection(base_url, use_sandbox, allow_insecure, api_limit)
     return anyio.run(_run, db, campaigns, connection, timeout, no_wait, accept_changes)
 
@@ -241,6 +246,8 @@ async def _resume(db: str, name: str | None, connection: _Connection, timeout: f
 async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettings], connection: _Connection,
                 timeout: float, no_wait: bool, command: str) -> int:  # fmt: skip
     deadline = client.deadline_for(timeout)
+    if connection.api_limits is not None:
+        await store.set_api_limits([c.name for c in campaigns], connection.api_limits, clock.now())
     run_id = await store.begin_run(command, clock.now(), deadline)
     try:
         async with anyio.create_task_group() as tg:
@@ -252,7 +259,7 @@ async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettin
             async with http, _renderer(clock) as emit:
                 scheduler = Scheduler(
                     store, client.ApiClient(http, deadline), clock, run_id=run_id, campaigns=campaigns,
-                    emit=emit, no_wait=no_wait, handle_signals=True, api_limits=connection.api_limits,
+                    emit=emit, no_wait=no_wait, handle_signals=True,
                 )  # fmt: skip
                 try:
                     result = await scheduler.run()
@@ -414,7 +421,6 @@ async def _status(db: str, name: str | None, as_json: bool) -> int:
         account_ids = sorted({a for c in settings for a in c.account_ids})
         now = clock.now()
         pacing = await store.pacing(account_ids, names, now)
-        key_limits = sorted({x for c in settings for x in c.api_limits})
         campaigns = []
         for c in settings:
             counts = await store.counts(c.name)
@@ -424,7 +430,7 @@ async def _status(db: str, name: str | None, as_json: bool) -> int:
             )
         accounts = []
         for account_id in account_ids:
-            state = await store.account_status(account_id, pacing[account_id], now, key_limits)
+            state = await store.account_status(account_id, pacing[account_id], now)
             next_at = max(state.next_at, now)
             schedules = state.pacing.schedules
             local = (schedules[0] if schedules else Schedule()).local(next_at)

@@ -25,7 +25,7 @@ import anyio.abc
 from . import events
 from .client import ApiClient, Kind, Outcome, SendRequest
 from .clock import Clock, iso
-from .config import Breaker, CampaignSettings, Limit, account_label
+from .config import Breaker, CampaignSettings, account_label
 from .errors import StoreError
 from .guard import AccountGuard, Judgement
 from .limiter import MAX_HOLD
@@ -119,7 +119,6 @@ class Scheduler:
         no_wait: bool = False,
         handle_signals: bool = False,
         rng: random.Random | None = None,
-        api_limits: Sequence[Limit] | None = None,
     ):
         self._store = store
         self._api = api
@@ -131,10 +130,6 @@ class Scheduler:
         self._no_wait = no_wait
         self._handle_signals = handle_signals
         self._rng = rng or random.Random()
-        # The API key's own allowance: given, or every running campaign's (all hold at once).
-        self._api_limits = tuple(
-            sorted(set(api_limits if api_limits is not None else (x for c in campaigns for x in c.api_limits)))
-        )
         self._stop = anyio.Event()
         # Sleeping workers to wake when an outcome is recorded, or when an account has nothing left.
         self._on_progress: set[anyio.Event] = set()
@@ -247,7 +242,6 @@ class Scheduler:
 
     async def _work(self, account: str, names: list[str]) -> None:
         order = deque(names)
-        endpoint_of = {name: self._campaigns[name].endpoint for name in names}
         guard = AccountGuard(Breaker.strictest(self._campaigns[name].breaker for name in names))
         announced: tuple[float, str] | None = None
         next_recovery = 0.0
@@ -259,10 +253,7 @@ class Scheduler:
             self._on_drained.add(wake)
             with anyio.CancelScope(shield=True):
                 now = self._clock.now()
-                decision = await self._store.claim(
-                    self._run_id, account, list(order), endpoint_of, now, key_limits=self._api_limits,
-                    draw=self._rng.uniform,
-                )  # fmt: skip
+                decision = await self._store.claim(self._run_id, account, list(order), now, draw=self._rng.uniform)
             if isinstance(decision, Waiting) and decision.reason == "key":
                 if account not in self._key_line:
                     self._key_line.append(account)
@@ -343,11 +334,10 @@ class Scheduler:
 
     async def _send(self, claim: Claimed, guard: AccountGuard) -> Judgement:
         """Send one claimed recipient and record the outcome, whatever happens to this task."""
-        campaign = self._campaigns[claim.campaign]
         request = SendRequest(
-            endpoint=campaign.endpoint,
+            endpoint=claim.endpoint,
             recipient=claim.profile_urn,
-            group_id=campaign.group_id,
+            group_id=claim.group_id,
             message=claim.message,
             account_id=claim.account_id or None,
         )
@@ -375,7 +365,6 @@ class Scheduler:
     async def _record(self, claim: Claimed, outcome: Outcome, started: float, judgement: Judgement) -> Judgement:
         """Record an outcome; return the judgement on the account, which a hold asking for longer
         than MAX_HOLD turns into a stop."""
-        campaign = self._campaigns[claim.campaign]
         now = self._clock.now()
         hold = hold_for(outcome, now)
         held = hold.until if hold else 0.0
@@ -386,8 +375,8 @@ class Scheduler:
                 outcome,
                 now,
                 latency=max(now - started, 0.0),
-                max_attempts=campaign.max_attempts,
-                retry_at=now + backoff(claim.retries + 1, campaign.backoff, self._rng),
+                max_attempts=claim.max_attempts,
+                retry_at=now + backoff(claim.retries + 1, claim.backoff, self._rng),
                 hold_until=max(held, pause or 0.0) or None,
                 hold_reason=judgement.reason if pause and pause > held else (hold.reason if hold else None),
                 server_reset=reset_at(outcome, now),

@@ -15,6 +15,7 @@ that is lost would let a recipient be messaged twice.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import socket
@@ -45,6 +46,9 @@ RECORD_PATIENCE = 600.0  # seconds an outcome keeps waiting for a database anoth
 BUSY_TIMEOUT_MS = 15_000
 STATUSES = ("pending", "in_flight", "sent", "failed", "unknown", "skipped")
 REMOVED_FROM_FILE = "removed from the campaign file"
+# A recipient handed back to the queue goes back only while its file still lists it.
+_PENDING_UNLESS_REMOVED = "CASE WHEN removed THEN 'skipped' ELSE 'pending' END"
+_ERROR_IF_REMOVED = f"CASE WHEN removed THEN '{REMOVED_FROM_FILE}' ELSE {{}} END"  # {}: the error otherwise
 DIED_IN_FLIGHT = "the process stopped while the request was in flight; it may have been delivered"
 ELSEWHERE_POLL = 5.0  # seconds between looks when only other workers' requests remain
 STALE_MARGIN = 60.0  # past a run's request deadline, a claim it never recorded belongs to a process that is gone
@@ -72,6 +76,12 @@ class Claimed:
     profile_urn: str
     message: str
     account_id: str
+    # What the request carries and how its answer is judged, read in the claim's transaction: a
+    # campaign reloaded by another process (--accept-changes) takes effect at the next claim.
+    group_id: str
+    endpoint: str
+    max_attempts: int
+    backoff: float
     attempt: int  # 1 for the first request to this recipient
     retries: int  # retryable failures so far
     requeued: int  # times put back after a 403 streak blamed its account
@@ -122,6 +132,12 @@ class ReportRow:
 
 
 REPORT_FIELDS = ("profile_urn", "status", "account_id", "http_status", "error", "attempts", "sent_at", "message")
+
+
+@functools.lru_cache(maxsize=64)
+def _limits(text: str) -> tuple[Limit, ...]:
+    """Limits as the database stores them: `60/minute,100/10s`."""
+    return tuple(Limit.parse(part) for part in text.split(",") if part.strip())
 
 
 def resolve_db_path(path: str | os.PathLike[str] | None) -> Path:
@@ -404,9 +420,9 @@ class Store:
               a.schedule.to_json()) for a in campaign.accounts],
         )  # fmt: skip
         known = {
-            row[0]: (row[1], row[2])
+            row[0]: (row[1], row[2], row[3])
             for row in self._all(
-                "SELECT profile_urn, status, message FROM recipients WHERE campaign = ?", (campaign.name,)
+                "SELECT profile_urn, status, message, removed FROM recipients WHERE campaign = ?", (campaign.name,)
             )
         }
         # One pass over the file (it is read as it goes, never held whole): new recipients go
@@ -434,15 +450,19 @@ class Store:
 
         db.executemany("INSERT INTO recipients (campaign, profile_urn, message, updated_at) VALUES (?, ?, ?, ?)",
                        fresh())  # fmt: skip
-        gone = [urn for urn, (status, _) in known.items() if status == "pending" and urn not in in_file]
+        # Whoever left the file is never sent again (a pending one is skipped at once; one in
+        # flight is skipped if its answer hands it back) until it returns to the file.
+        gone = [urn for urn, (status, _, removed) in known.items() if not removed and urn not in in_file]
         db.executemany(
-            "UPDATE recipients SET status = 'skipped', error = ?, updated_at = ?"
+            "UPDATE recipients SET removed = 1, status = CASE status WHEN 'pending' THEN 'skipped' ELSE status END,"
+            " error = CASE status WHEN 'pending' THEN ? ELSE error END, updated_at = ?"
             " WHERE campaign = ? AND profile_urn = ?",
             [(REMOVED_FROM_FILE, now, campaign.name, urn) for urn in gone],
         )
-        back = [urn for urn, (status, _) in known.items() if status == "skipped" and urn in in_file]
+        back = [urn for urn, (_, _, removed) in known.items() if removed and urn in in_file]
         db.executemany(
-            "UPDATE recipients SET status = 'pending', error = NULL, updated_at = ?"
+            "UPDATE recipients SET removed = 0, status = CASE status WHEN 'skipped' THEN 'pending' ELSE status END,"
+            " error = CASE status WHEN 'skipped' THEN NULL ELSE error END, updated_at = ?"
             " WHERE campaign = ? AND profile_urn = ?",
             [(now, campaign.name, urn) for urn in back],
         )
@@ -458,8 +478,8 @@ class Store:
             added=added,
             known=in_file_known,
             duplicates=campaign.duplicates,
-            skipped=len(gone),
-            restored=len(back),
+            skipped=sum(1 for urn in gone if known[urn][0] == "pending"),
+            restored=sum(1 for urn in back if known[urn][0] == "skipped"),
             rewritten=len(differing) if rewrite else 0,
             kept=0 if rewrite else len(differing),
             changed=changed,
@@ -494,7 +514,7 @@ class Store:
             breaker=Breaker(failures=row[9], cooldown=row[10], pauses=row[11], forbidden=row[12]),
             accounts=tuple(Account(a[0], Limit(a[1], a[2]), Schedule.from_json(a[3])) for a in accounts),
             warmup=Warmup(row[13], row[14]) if row[13] is not None else None,
-            api_limits=tuple(Limit.parse(text) for text in row[15].split(",")),
+            api_limits=_limits(row[15]),
         )  # fmt: skip
 
     def _campaign_names(self, unfinished_only: bool = False) -> list[str]:
@@ -597,35 +617,38 @@ class Store:
         return int(row[0])
 
     def _claim(
-        self, run_id: int, account_id: str, campaigns: Sequence[str], endpoint_of: dict[str, str], now: float,
-        key_limits: Sequence[Limit] = (), draw: Callable[[float, float], float] = random.uniform,
+        self, run_id: int, account_id: str, campaigns: Sequence[str], now: float,
+        draw: Callable[[float, float], float] = random.uniform,
     ) -> Claimed | Waiting | Drained:  # fmt: skip
         """Claim one recipient of `campaigns` for `account_id`, if every limit in force allows a
-        request now. The limits are read inside the transaction, so a campaign loaded by another
-        process a moment ago counts too."""
+        request now. Everything the decision and the request use (the limits, the API key's limit,
+        the campaign's group, endpoint and retry policy, the recipient's message) is read inside
+        the transaction, so what another process loaded a moment ago counts too."""
         with self._transaction() as db:
             # Only campaigns whose file still lists the account (another process may have
             # reloaded one without it since this run started).
             marks = ",".join("?" * len(campaigns))
-            listed = {
-                row[0]
+            settings = {
+                row[0]: row[1:]
                 for row in self._all(
-                    f"SELECT campaign FROM campaign_accounts WHERE account_id = ? AND campaign IN ({marks})",
+                    "SELECT c.name, c.group_id, c.endpoint, c.max_attempts, c.backoff FROM campaigns c JOIN"
+                    f" campaign_accounts ca ON ca.campaign = c.name WHERE ca.account_id = ? AND c.name IN ({marks})",
                     (account_id, *campaigns),
                 )
             }
-            campaigns = [name for name in campaigns if name in listed]
+            campaigns = [name for name in campaigns if name in settings]
             pacing = self._pacing(account_id, campaigns, now)
             if pacing is None or not campaigns:
                 return Drained()
-            state = self._account_state(account_id, pacing, now, key_limits)
+            state = self._account_state(account_id, pacing, now, self._key_limits(campaigns))
             verdict = decide(pacing, state, now)
             found = None
             if verdict.go(now):
                 for name in campaigns:
                     found = self._one(
                         "SELECT id, profile_urn, message, attempts, retries, requeued FROM recipients"
-                        " WHERE campaign = ? AND status = 'pending' AND not_before <= ? ORDER BY id LIMIT 1",
+                        " WHERE campaign = ? AND status = 'pending' AND removed = 0 AND not_before <= ?"
+                        " ORDER BY id LIMIT 1",
                         (name, now),
                     )
                     if found:
@@ -634,6 +657,7 @@ class Store:
             if found is None:
                 return self._why_not(campaigns, verdict, now)
             name, recipient_id, urn, message, attempts, retries, requeued = found
+            group_id, endpoint, max_attempts, backoff = settings[name]
             db.execute(
                 "UPDATE recipients SET status = 'in_flight', account_id = ?, attempts = attempts + 1,"
                 " run_id = ?, updated_at = ? WHERE id = ?",
@@ -642,7 +666,7 @@ class Store:
             cursor = db.execute(
                 "INSERT INTO attempts (recipient_id, run_id, account_id, endpoint, started_at, slot_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (recipient_id, run_id, account_id, endpoint_of[name], now, IN_FLIGHT),
+                (recipient_id, run_id, account_id, endpoint, now, IN_FLIGHT),
             )
             low, high = pacing.delay
             tat = advance(pacing, state.tat, now)
@@ -665,6 +689,10 @@ class Store:
                 profile_urn=urn,
                 message=message,
                 account_id=account_id,
+                group_id=group_id,
+                endpoint=endpoint,
+                max_attempts=max_attempts,
+                backoff=backoff,
                 attempt=attempts + 1,
                 retries=retries,
                 requeued=requeued,
@@ -672,6 +700,17 @@ class Store:
                 window_cap=pacing.slowest.cap,
                 next_at=decide(pacing, after, now).at,
             )
+
+    def _key_limits(self, running: Sequence[str]) -> tuple[Limit, ...]:
+        """The API key's limits in force: every one of the campaigns running now and of every other
+        campaign with work left, whichever process runs it (one key per database). All hold."""
+        marks = ",".join("?" * len(running)) or "NULL"
+        rows = self._all(
+            f"SELECT DISTINCT api_limits FROM campaigns c WHERE c.name IN ({marks}) OR EXISTS ("
+            " SELECT 1 FROM recipients r WHERE r.campaign = c.name AND r.status IN ('pending', 'in_flight'))",
+            tuple(running),
+        )
+        return tuple(sorted({limit for (text,) in rows for limit in _limits(text)}))
 
     def _why_not(self, campaigns: Sequence[str], verdict: Verdict, now: float) -> Waiting | Drained:
         marks = ",".join("?" * len(campaigns))
@@ -699,8 +738,9 @@ class Store:
         """Undo a claim whose request never started (the run was stopped in between)."""
         with self._transaction() as db:
             db.execute(
-                "UPDATE recipients SET status = 'pending', attempts = attempts - 1, run_id = NULL, updated_at = ?"
-                " WHERE id = ? AND status = 'in_flight' AND run_id = ?",
+                f"UPDATE recipients SET status = {_PENDING_UNLESS_REMOVED},"
+                f" error = {_ERROR_IF_REMOVED.format('error')}, attempts = attempts - 1, run_id = NULL,"
+                " updated_at = ? WHERE id = ? AND status = 'in_flight' AND run_id = ?",
                 (now, claim.recipient_id, claim.run_id),
             )
             db.execute("DELETE FROM attempts WHERE id = ?", (claim.attempt_id,))
@@ -734,13 +774,17 @@ class Store:
             # The attempt row always gets the truth. The recipient takes it while our claim holds,
             # or over the `unknown` a recovery gave it if this process was taken for dead; never
             # over a state someone else gave it since (a retry, another run's claim).
+            (removed,) = self._one("SELECT removed FROM recipients WHERE id = ?", (claim.recipient_id,))
+            if status == "pending" and removed:
+                # Handed back (a 429, a 500) after it left the file: it is not sent again.
+                status, not_before = "skipped", 0.0
             cursor = db.execute(
                 "UPDATE recipients SET status = ?, http_status = ?, error = ?, retries = ?, not_before = ?,"
                 " sent_at = coalesce(?, sent_at), run_id = NULL, updated_at = ? WHERE id = ?"
                 " AND ((status = 'in_flight' AND run_id = ?) OR (status = 'unknown' AND error = ?"
                 "  AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.recipient_id = recipients.id AND a.id > ?)))",
-                (status, outcome.http_status, outcome.error, retries, not_before, sent_at, now, claim.recipient_id,
-                 claim.run_id, DIED_IN_FLIGHT, claim.attempt_id),
+                (status, outcome.http_status, REMOVED_FROM_FILE if status == "skipped" else outcome.error, retries,
+                 not_before, sent_at, now, claim.recipient_id, claim.run_id, DIED_IN_FLIGHT, claim.attempt_id),
             )  # fmt: skip
             if cursor.rowcount == 0:
                 status = (self._one("SELECT status FROM recipients WHERE id = ?", (claim.recipient_id,)))[0]
@@ -771,12 +815,13 @@ class Store:
             if put_back:
                 marks = ",".join("?" * len(put_back))
                 db.execute(
-                    "UPDATE recipients SET status = 'pending', error = ?, requeued = requeued + 1, updated_at = ?"
+                    f"UPDATE recipients SET status = {_PENDING_UNLESS_REMOVED},"
+                    f" error = {_ERROR_IF_REMOVED.format('?')}, requeued = requeued + 1, updated_at = ?"
                     f" WHERE id IN ({marks}) AND status = 'failed' AND http_status = 403",
                     (put_back_note, now, *put_back),
                 )
                 if claim.recipient_id in put_back and status == "failed":
-                    status = "pending"
+                    (status,) = self._one("SELECT status FROM recipients WHERE id = ?", (claim.recipient_id,))
         return status
 
     def _settle_in_flight(self, now: float) -> int:
@@ -795,11 +840,9 @@ class Store:
         found = dict(rows)
         return {status: int(found.get(status, 0)) for status in STATUSES}
 
-    def _account_status(
-        self, account_id: str, pacing: Pacing, now: float, key_limits: Sequence[Limit] = ()
-    ) -> AccountStatus:
+    def _account_status(self, account_id: str, pacing: Pacing, now: float) -> AccountStatus:
         with self._snapshot():
-            state = self._account_state(account_id, pacing, now, key_limits)
+            state = self._account_state(account_id, pacing, now, self._key_limits(()))
             used = self._window_used(account_id, pacing.slowest, now)
         verdict = decide(pacing, state, now)
         return AccountStatus(
@@ -844,10 +887,19 @@ class Store:
         with self._transaction() as db:
             cursor = db.execute(
                 "UPDATE recipients SET status = 'pending', retries = 0, not_before = 0, http_status = NULL,"
-                " error = NULL, updated_at = ? WHERE campaign = ? AND status = ?",
+                " error = NULL, updated_at = ? WHERE campaign = ? AND status = ? AND removed = 0",
                 (now, name, status),
             )
             return cursor.rowcount
+
+    def _set_api_limits(self, names: Sequence[str], limits: Sequence[Limit], now: float) -> None:
+        """The API key's limit for these campaigns (`--api-limit`): every claim of every process
+        reads it from here while they have work left."""
+        text = ",".join(str(limit) for limit in limits)
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE campaigns SET api_limits = ?, updated_at = ? WHERE name = ?", [(text, now, n) for n in names]
+            )
 
     def _holds(self, now: float) -> list[AccountHold]:
         """Every account the server (or the breaker) holds back now."""
@@ -897,11 +949,11 @@ class Store:
         return await self._run(self._pacing_of, accounts, running, now)
 
     async def claim(
-        self, run_id: int, account_id: str, campaigns: Sequence[str], endpoint_of: dict[str, str], now: float,
-        *, key_limits: Sequence[Limit] = (), draw: Callable[[float, float], float] = random.uniform,
+        self, run_id: int, account_id: str, campaigns: Sequence[str], now: float,
+        *, draw: Callable[[float, float], float] = random.uniform,
     ) -> Claimed | Waiting | Drained:  # fmt: skip
         """Claim one recipient for `account_id` if every limit in force allows a request now (see `_claim`)."""
-        return await self._run(self._claim, run_id, account_id, campaigns, endpoint_of, now, key_limits, draw)
+        return await self._run(self._claim, run_id, account_id, campaigns, now, draw)
 
     async def release(self, claim: Claimed, now: float) -> None:
         """Undo a claim whose request never started (the run was stopped in between)."""
@@ -925,6 +977,9 @@ class Store:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
 
+    async def set_api_limits(self, names: Sequence[str], limits: Sequence[Limit], now: float) -> None:
+        await self._run(self._set_api_limits, names, limits, now)
+
     async def holds(self, now: float) -> list[AccountHold]:
         return await self._run(self._holds, now)
 
@@ -940,10 +995,8 @@ class Store:
     async def counts(self, name: str) -> dict[str, int]:
         return await self._run(self._counts, name)
 
-    async def account_status(
-        self, account_id: str, pacing: Pacing, now: float, key_limits: Sequence[Limit] = ()
-    ) -> AccountStatus:
-        return await self._run(self._account_status, account_id, pacing, now, key_limits)
+    async def account_status(self, account_id: str, pacing: Pacing, now: float) -> AccountStatus:
+        return await self._run(self._account_status, account_id, pacing, now)
 
     async def retry(self, name: str, status: str, now: float) -> int:
         """Put `unknown` or `failed` recipients back to pending, with a fresh retry budget."""
@@ -961,13 +1014,27 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
-def _process_start(pid: int) -> str | None:
-    """When a process started (Linux: clock ticks since boot), to tell it from a later one with its pid."""
+def _process_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (Linux), or None when there is no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[-1].split()[19]  # field 22, counted after the command name
+    return stat.rsplit(")", 1)[-1].split()
+
+
+def _process_start(pid: int) -> str | None:
+    """When a process started (Linux: clock ticks since boot), to tell it from a later one with its pid."""
+    fields = _process_stat(pid)
+    return fields[19] if fields else None  # field 22, counted after the command name
+
+
+def _is_dead(pid: int) -> bool:
+    """A zombie (Z, killed but not yet reaped by its parent) or a dying process (X) is gone, though
+    `kill(pid, 0)` still succeeds: under a supervisor or a container whose first process does not
+    reap children, it stays so for good."""
+    fields = _process_stat(pid)
+    return fields is not None and fields[0] in ("Z", "X", "x")
 
 
 def _claim_may_be_live(
@@ -986,4 +1053,6 @@ def _claim_may_be_live(
         return False
     except PermissionError:
         pass
+    if _is_dead(pid):
+        return False
     return pid_start is None or _process_start(pid) in (None, pid_start)

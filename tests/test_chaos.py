@@ -33,6 +33,7 @@ FAULTS = {
     "storm_length": 0.5,
     "bad_gateway_rate": 0.03,  # HTML 502: unknown
     "bad_headers_rate": 0.1,  # missing or mangled X-RateLimit-*: recorded as they came
+    "portal_rate": 0.02,  # a 200 that is a captive portal's page: unknown, never sent
 }
 
 

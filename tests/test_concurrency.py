@@ -66,3 +66,29 @@ def test_a_run_killed_beside_another_is_taken_over(serve_sandbox, processes, tmp
     with sqlite3.connect(db) as conn:
         died = conn.execute("SELECT count(*) FROM recipients WHERE error = ?", (DIED_IN_FLIGHT,)).fetchone()[0]
     assert died == list(final.values()).count("unknown") <= len(ACCOUNTS)
+
+
+def test_the_keys_limit_holds_across_processes_whose_files_differ(serve_sandbox, processes, tmp_path: Path) -> None:
+    """A strict campaign in one process, a loose one in another: the strictest limit of every
+    campaign with work left binds both, because each claim reads it from the database."""
+    box, url = serve_sandbox(typing_delay=0.02)
+    strict = write_campaign(
+        tmp_path, "strict.yaml", name="strict", accounts=["acc_s1", "acc_s2"], api_limit="3/2s",
+        recipients=[{"profile_urn": urn(i)} for i in range(9)],
+    )  # fmt: skip
+    loose = write_campaign(
+        tmp_path, "loose.yaml", name="loose", accounts=["acc_l1", "acc_l2"], api_limit="1000/1s",
+        recipients=[{"profile_urn": urn(i)} for i in range(100, 106)],
+    )  # fmt: skip
+    db, log = tmp_path / "shared.db", tmp_path / "runner.log"
+    first = start(processes, ["run", str(strict)], db, url, log)
+    wait_for(lambda: "sent" in statuses(db).values(), 30)  # the strict campaign is in the database
+    second = start(processes, ["run", str(loose)], db, url, log)
+    assert first.wait(60) == 0, log.read_text()
+    assert second.wait(60) == 0, log.read_text()
+    assert len(box.log) == 15
+    # While the strict campaign has work left, its limit binds the loose one's requests too.
+    strict_until = max(r.at for r in box.requests if r.account_id.startswith("acc_s"))
+    during = [r for r in box.requests if r.at <= strict_until]
+    assert any(r.account_id.startswith("acc_l") for r in during)  # they did overlap
+    assert max_in_window([r.at for r in during], 2.0) <= 3

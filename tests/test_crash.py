@@ -76,3 +76,22 @@ def test_signal_lets_the_request_in_flight_finish_and_records_it(serve_sandbox, 
     text = log.read_text()
     assert "stopping: no new sends; waiting for requests in flight" in text
     assert "interrupted: run `campaign-runner resume` to continue" in text
+
+
+def test_a_killed_runner_nobody_has_reaped_is_dead(serve_sandbox, processes, tmp_path: Path) -> None:
+    """Under a supervisor that does not reap its children, a killed runner stays a zombie: `kill(pid,
+    0)` succeeds and its start time is unchanged. Its claim must still be recovered as unknown."""
+    box, url = serve_sandbox(typing_delay=30.0)
+    path = write_campaign(tmp_path, endpoint="send-group-with-typing", limit="100/1s")
+    db, log = tmp_path / "zombie.db", tmp_path / "runner.log"
+    doomed = start(processes, ["run", str(path)], db, url, log)
+    wait_for(lambda: "in_flight" in statuses(db).values(), 30)
+    doomed.send_signal(signal.SIGKILL)
+    # Not reaped: this test process is its parent and does not wait for it yet.
+    wait_for(lambda: Path(f"/proc/{doomed.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 10)
+    box.config.typing_delay = 0.0
+    survivor = start(processes, ["resume"], db, url, log)
+    assert survivor.wait(30) == 0, log.read_text()
+    final = statuses(db)
+    assert list(final.values()).count("unknown") == 1 and list(final.values()).count("sent") == 4
+    doomed.wait(10)

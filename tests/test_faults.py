@@ -59,6 +59,17 @@ def test_server_errors_across_recipients_fail_nobody_but_one_bad_recipient_fails
     assert max(row[0] for row in conn.execute("SELECT retries FROM recipients")) == 1
     conn.close()
 
+    # One bad recipient among good ones: its failures are its own, so it is retried and then
+    # failed after its three attempts, while the others go out and the account is never stopped.
+    box.config.error_rate = 0.0
+    box.config.fail_500 = {urn(1): 10}
+    code, out, err = cli("resume", base_url=url)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == "test-campaign: 3 sent, 1 failed"
+    row = by_urn(report(cli))[urn(1)]
+    assert (row["status"], row["http_status"]) == ("failed", 500)
+    assert [r.status for r in box.requests if r.recipient == urn(1)][-3:] == [500, 500, 500]
+
 
 def test_a_403_streak_stops_the_account_and_puts_the_streak_back(cli, serve_sandbox, tmp_path: Path) -> None:
     box, url = serve_sandbox(forbidden_after={"acc_1": 1})

@@ -119,3 +119,46 @@ async def test_output_that_fails_never_stops_sending(tmp_path: Path) -> None:
         assert (await store.counts("test-campaign"))["sent"] == 20
     finally:
         await store.close()
+
+
+async def test_what_a_request_carries_is_read_with_its_claim_not_cached_at_start(tmp_path: Path) -> None:
+    """Another process loads the campaign with --accept-changes while this one runs: the very next
+    request goes to the new group, through the new endpoint, with the new message, and its answer
+    is judged by the new retry policy."""
+    clock = VirtualClock(START)
+    box = Sandbox(SandboxConfig(api_key=API_KEY, fail_500={urn(3): 5}), clock)
+    fields = {"limit": "1/1s", "recipients": [{"profile_urn": urn(i)} for i in range(4)]}
+    path = write_campaign(tmp_path, **fields)
+    store = await Store.open(tmp_path / "changes.db", START)
+    changed = write_campaign(
+        tmp_path, "changed.yaml", group_id="99999", endpoint="send-group-with-ack", message="New text",
+        retry={"attempts": 1, "backoff": "50ms"}, **fields,
+    )  # fmt: skip
+    other = Store._open(store.path, START, False)  # another process's connection to the same file
+
+    def reload_after_first_send(event: events.Event) -> None:
+        if isinstance(event, events.Attempted) and event.profile_urn == urn(0):
+            other._load([load_campaign(changed)], clock.now(), True)
+
+    try:
+        await store.load([load_campaign(path)], START)
+        campaigns = [await store.campaign("test-campaign")]
+        run_id = await store.begin_run("test", clock.now(), 60.0)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=box), base_url="http://sandbox/linkedin/",
+                                     headers={"Authorization": f"Bearer {API_KEY}"}) as http:  # fmt: skip
+            scheduler = Scheduler(store, ApiClient(http, 60.0), clock, run_id=run_id, campaigns=campaigns,
+                                  emit=reload_after_first_send, rng=random.Random(1))  # fmt: skip
+            assert (await scheduler.run()).reason == "done"
+        counts = await store.counts("test-campaign")
+    finally:
+        other._conn.close()
+        await store.close()
+    sent = [(d.recipient, d.group_id, d.endpoint, d.message) for d in box.log]
+    assert sent == [
+        (urn(0), "12345678", "send-group", "Hi there!"),
+        (urn(1), "99999", "send-group-with-ack", "New text"),
+        (urn(2), "99999", "send-group-with-ack", "New text"),
+    ]
+    # One attempt now, not the three the run started with: the 500 failed it at once.
+    assert [r.status for r in box.requests if r.recipient == urn(3)] == [500]
+    assert (counts["sent"], counts["failed"]) == (3, 1)

@@ -8,6 +8,7 @@ answers), and every command must still work on the database afterwards.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -163,6 +164,7 @@ HEADER_TEXT = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
 )
 T0 = 1_800_000_000.0
+WEEKS = itertools.count()
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +205,7 @@ def test_any_times_and_counts_are_bounded_before_they_are_stored(
     )
     outcome = classify(response)
     assert outcome.error is None or len(outcome.error) < 1000
-    now = T0 + 3600
+    now = T0 + 3600 + 7 * 86400 * next(WEEKS)  # a Friday 23:00 in Kiritimati, inside the window, each example
     hold = hold_for(outcome, now)
     if hold is not None:
         assert now + MIN_HOLD <= hold.until <= now + MAX_HOLD
@@ -211,11 +213,12 @@ def test_any_times_and_counts_are_bounded_before_they_are_stored(
     assert server_reset is None or (math.isfinite(server_reset) and server_reset <= now + MAX_HOLD)
 
     with store._transaction() as db:  # a recipient to answer for, claimed as the scheduler would
-        db.execute("UPDATE recipients SET status = 'pending' WHERE status = 'in_flight'")
-    claim = store._claim(1, "acc_1", ["test-campaign"], {"test-campaign": "send-group"}, now)
-    if isinstance(claim, Claimed):
-        store._record(claim, outcome, now, 0.1, 3, now + 1, hold.until if hold else None, hold and hold.reason,
-                      True, (), None, server_reset)  # fmt: skip
+        db.execute("UPDATE recipients SET status = 'pending'")
+        db.execute("UPDATE accounts SET hold_until = 0, server_remaining = NULL")
+    claim = store._claim(1, "acc_1", ["test-campaign"], now)
+    assert isinstance(claim, Claimed)
+    store._record(claim, outcome, now, 0.1, 3, now + 1, hold.until if hold else None, hold and hold.reason, True,
+                  (), None, server_reset)  # fmt: skip
     with store._snapshot():
         stored = store._all("SELECT hold_until, server_reset, server_remaining FROM accounts")
     for held, reset, remaining in stored:

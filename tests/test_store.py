@@ -24,7 +24,6 @@ from conftest import LIMIT_TEXTS, parsed_or_none, urn, write_campaign
 pytestmark = pytest.mark.anyio
 
 T0 = 1_800_000_000.0
-ENDPOINTS = {"test-campaign": "send-group"}
 
 
 @pytest.fixture
@@ -48,7 +47,7 @@ async def run_of(store: Store, pid: int, host: str, started: float = T0) -> int:
 
 
 async def claim(store: Store, run_id: int, now: float = T0) -> Claimed:
-    decision = await store.claim(run_id, "acc_1", ["test-campaign"], ENDPOINTS, now)
+    decision = await store.claim(run_id, "acc_1", ["test-campaign"], now)
     assert isinstance(decision, Claimed)
     return decision
 
@@ -145,7 +144,7 @@ async def test_a_stricter_campaign_loaded_later_binds_claims_at_once(store: Stor
     # Another process loads a campaign with a stricter limit on the same account.
     strict = write_campaign(tmp_path, "strict.yaml", name="strict", limit="1/1h", recipients=[{"profile_urn": urn(9)}])
     await store.load([load_campaign(strict)], T0 + 0.02)
-    decision = await store.claim(run, "acc_1", ["test-campaign"], ENDPOINTS, T0 + 0.5)
+    decision = await store.claim(run, "acc_1", ["test-campaign"], T0 + 0.5)
     assert isinstance(decision, Waiting)
     assert decision.until == pytest.approx(T0 + 0.01 + 3600, abs=0.01)
 
@@ -156,7 +155,7 @@ async def test_an_account_removed_from_the_file_has_nothing_to_send(store: Store
     )
     await store.load([load_campaign(path)], T0)
     run = await store.begin_run("test", T0, 60)
-    assert isinstance(await store.claim(run, "acc_1", ["test-campaign"], ENDPOINTS, T0), Drained)
+    assert isinstance(await store.claim(run, "acc_1", ["test-campaign"], T0), Drained)
 
 
 async def test_a_refused_change_in_a_second_file_loads_nothing(store: Store, tmp_path: Path) -> None:
@@ -208,3 +207,71 @@ def test_every_setting_round_trips_through_the_database(tmp_path: Path, limit, a
         store._conn.close()
     for field in dataclasses.fields(CampaignSettings):
         assert getattr(read, field.name) == getattr(loaded, field.name), field.name
+
+
+# --- a recipient removed from the file is never sent, whatever state it was in --------------------
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        Outcome(Kind.RATE_LIMITED, http_status=429, error="Rate limit exceeded"),
+        Outcome(Kind.SERVER_ERROR, http_status=500, error="Internal server error"),
+        Outcome(Kind.NOT_SENT, error="no connection"),
+        Outcome(Kind.UNAUTHORIZED, http_status=401, error="Unauthorized"),
+        Outcome(Kind.MISROUTED, http_status=404, error="Not found"),
+        None,  # the run was stopped between the claim and its request: the claim is released
+    ],
+    ids=["429", "500", "refused", "401", "404", "released"],
+)
+async def test_a_recipient_removed_while_in_flight_is_skipped_when_handed_back(
+    store: Store, tmp_path: Path, outcome: Outcome | None
+) -> None:
+    run = await store.begin_run("test", T0, 60)
+    claimed = await claim(store, run)
+    # Another process loads the file without it while its request is on the wire.
+    rest = write_campaign(tmp_path, "rest.yaml", limit="10/1s", recipients=[{"profile_urn": urn(i)} for i in (1, 2)])
+    await store.load([load_campaign(rest)], T0 + 0.01)
+    if outcome is None:
+        await store.release(claimed, T0 + 0.02)
+    else:
+        status = await store.record(claimed, outcome, T0 + 0.02, latency=0.02, max_attempts=3, retry_at=T0,
+                                    hold_until=None)  # fmt: skip
+        assert status == "skipped"
+    assert await status_of(store, claimed.profile_urn) == ("skipped", "removed from the campaign file")
+    later = T0 + 7200
+    claimed_next = [await claim(store, run, later + i) for i in range(2)]
+    assert {c.profile_urn for c in claimed_next} == {urn(1), urn(2)}
+    assert isinstance(await store.claim(run, "acc_1", ["test-campaign"], later + 5), Waiting | Drained)
+    # Back in the file, it is pending again.
+    await store.load([load_campaign(tmp_path / "campaign.yaml")], later + 6)
+    assert await status_of(store, claimed.profile_urn) == ("pending", None)
+
+
+async def test_retry_and_a_403_streak_never_put_back_a_removed_recipient(store: Store, tmp_path: Path) -> None:
+    run = await store.begin_run("test", T0, 60)
+    first, second = await claim(store, run), await claim(store, run, T0 + 1)
+    refused = Outcome(Kind.REJECTED, http_status=403, error="Forbidden")
+    await store.record(first, refused, T0 + 2, latency=0.1, max_attempts=3, retry_at=T0, hold_until=None)
+    rest = write_campaign(tmp_path, "rest.yaml", limit="10/1s", recipients=[{"profile_urn": urn(2)}])
+    await store.load([load_campaign(rest)], T0 + 3)
+    # The 403 streak blames the account and puts its recipients back: not the one that left.
+    await store.record(second, refused, T0 + 4, latency=0.1, max_attempts=3, retry_at=T0, hold_until=None,
+                       put_back=[first.recipient_id, second.recipient_id], put_back_note="put back")  # fmt: skip
+    assert await status_of(store, first.profile_urn) == ("skipped", "removed from the campaign file")
+    assert await status_of(store, second.profile_urn) == ("skipped", "removed from the campaign file")
+    third = await claim(store, run, T0 + 5)
+    await store.record(third, refused, T0 + 6, latency=0.1, max_attempts=3, retry_at=T0, hold_until=None)
+    await store.load([load_campaign(tmp_path / "campaign.yaml")], T0 + 7)
+    rest = write_campaign(tmp_path, "rest.yaml", limit="10/1s", recipients=[{"profile_urn": urn(0)}])
+    await store.load([load_campaign(rest)], T0 + 8)
+    assert await status_of(store, third.profile_urn) == ("failed", "Forbidden")
+    assert await store.retry("test-campaign", "failed", T0 + 9) == 0  # it left the file: not revived
+
+
+async def status_of(store: Store, profile: str) -> tuple[str, str | None]:
+    async with contextlib.aclosing(store.report_rows("test-campaign")) as rows:
+        async for row in rows:
+            if row.profile_urn == profile:
+                return row.status, row.error
+    raise AssertionError(profile)
