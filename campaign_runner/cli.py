@@ -119,7 +119,8 @@ def validate(file: str) -> int:
     accounts = ", ".join(f"{account_label(a.id)} {a.limit}" for a in campaign.accounts)
     click.echo(
         f"{file}: ok: campaign {campaign.name}, {len(campaign.recipients)} recipients"
-        f" ({campaign.duplicates} duplicates dropped), endpoint {campaign.endpoint}, accounts: {accounts}"
+        f" ({campaign.duplicates} duplicates dropped), group {campaign.group_id}, endpoint {campaign.endpoint},"
+        f" accounts: {accounts}"
     )
     return EXIT_OK
 

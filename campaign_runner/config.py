@@ -44,8 +44,32 @@ _LIMIT = re.compile(
 )
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|[smhd])?\s*$")
 
-# libyaml's loader is several times faster on big inline recipient lists; same safe semantics.
-_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+GROUP_URL = re.compile(r"^(?:https?://)?(?:[a-z0-9-]+\.)?linkedin\.com/groups/(\d+)(?:[/?#].*)?$", re.IGNORECASE)
+
+
+class OctalInt(int):
+    """An integer YAML read from a literal with a leading zero (YAML 1.1 reads `0123` as octal 83)."""
+
+    text: str
+
+
+class _YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml's safe loader (several times faster on big inline recipient lists, same semantics),
+    which remembers when an integer was written with a leading zero, so that an id such as
+    `group_id: 0123` is refused with a hint instead of being sent as "83"."""
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    value = yaml.SafeLoader.construct_yaml_int(loader, node)
+    text = str(node.value).replace("_", "").lstrip("+-")
+    if len(text) > 1 and text.startswith("0") and text[1:2] not in ("x", "X"):
+        found = OctalInt(value)
+        found.text = str(node.value)
+        return found
+    return value
+
+
+_YamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 @dataclass(frozen=True, order=True)
@@ -88,6 +112,21 @@ def _decimal(value: float) -> str:
     """The shortest decimal that reads back as `value`, written out without an exponent."""
     text = format(decimal.Decimal(repr(value)), "f")
     return text[:-2] if text.endswith(".0") else text
+
+
+def group_id_of(text: str) -> str:
+    """A group's numeric id, from the id itself or from the group's URL
+    (`https://www.linkedin.com/groups/9876543/` -> `9876543`)."""
+    text = text.strip()
+    if text.isdigit() and text.isascii():
+        return text
+    found = GROUP_URL.match(text)
+    if found:
+        return found.group(1)
+    raise ValueError(
+        f"{text!r} is not a group id: give the group's numeric id (e.g. 12345678) or its URL"
+        " (https://www.linkedin.com/groups/12345678/)"
+    )
 
 
 def parse_delay(value: Any) -> tuple[float, float]:
@@ -231,6 +270,12 @@ class CampaignFile(_Strict):
     def _account_ids(cls, value: Any) -> Any:
         # `accounts: [acc_1, {id: acc_2, limit: 50/day}]`: a bare string is an id.
         if isinstance(value, list):
+            for item in value:
+                if isinstance(item, OctalInt) or (isinstance(item, dict) and isinstance(item.get("id"), OctalInt)):
+                    octal = item if isinstance(item, OctalInt) else item["id"]
+                    raise ValueError(
+                        f"YAML reads the account id {octal.text} as the octal number {int(octal)}: quote it"
+                    )
             return [{"id": str(item)} if isinstance(item, (str, int)) and not isinstance(item, bool) else item
                     for item in value]  # fmt: skip
         return value
@@ -239,8 +284,14 @@ class CampaignFile(_Strict):
     @classmethod
     def _group_id(cls, value: Any) -> Any:
         # YAML reads `group_id: 12345678` as a number; the API wants its decimal string.
+        if isinstance(value, OctalInt):
+            raise ValueError(
+                f"YAML reads {value.text} as the octal number {int(value)}: quote it (group_id: \"{value.text}\")"
+            )
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, str):
+            return group_id_of(value)
         return value
 
     @field_validator("limit")

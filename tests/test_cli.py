@@ -58,7 +58,8 @@ def test_validate_ok(capsys) -> None:
     assert (code, err) == (0, "")
     assert out == (
         f"{REPO / 'campaigns' / 'example.yaml'}: ok: campaign spring-meetup-invite, 5 recipients"
-        " (0 duplicates dropped), endpoint send-group-with-typing, accounts: acc_1 150/day, acc_2 100/day\n"
+        " (0 duplicates dropped), group 12345678, endpoint send-group-with-typing, accounts: acc_1 150/day,"
+        " acc_2 100/day\n"
     )
 
 

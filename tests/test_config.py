@@ -239,3 +239,30 @@ def test_every_valid_limit_reads_back_as_itself(text: str) -> None:
 def test_a_limit_stored_with_an_exponent_by_an_older_version_still_reads() -> None:
     assert Limit.parse("10000/2.592e+06s") == Limit(10000, 2_592_000.0)
     assert str(Limit.parse("60/minute, 100/10s, 10000/30d".split(",")[2])) == "10000/30d"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "https://www.linkedin.com/groups/9876543/",
+        "linkedin.com/groups/9876543",
+        "http://linkedin.com/groups/9876543/members?x=1",
+        " 9876543 ",
+    ],
+)
+def test_a_group_url_becomes_its_id(tmp_path: Path, given: str) -> None:
+    assert load_campaign(write_campaign(tmp_path, group_id=given)).group_id == "9876543"
+
+
+def test_group_ids_that_are_not_ids_are_refused(tmp_path: Path) -> None:
+    write_text(
+        tmp_path / "octal.yaml", f"name: x\ngroup_id: 0123\nmessage: Hi\nrecipients: [{{profile_urn: {urn(1)}}}]\n"
+    )
+    assert problems(tmp_path / "octal.yaml") == [
+        'group_id: YAML reads 0123 as the octal number 83: quote it (group_id: "0123")'
+    ]
+    for bad in ("https://www.linkedin.com/company/acme/", "my group", "12 34"):
+        assert problems(write_campaign(tmp_path, group_id=bad)) == [
+            f"group_id: {bad!r} is not a group id: give the group's numeric id (e.g. 12345678) or its URL"
+            " (https://www.linkedin.com/groups/12345678/)"
+        ]
