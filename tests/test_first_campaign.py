@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from campaign_runner.cli import run_cli
 
 from conftest import urn, write_campaign, write_text
