@@ -15,6 +15,7 @@ import sys
 import tempfile
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +32,7 @@ from .render import LiveView, LogLines, describe_wait
 from .report import FORMATS, write_report
 from .schedule import Schedule
 from .scheduler import RunResult, Scheduler
-from .store import STATUSES, Store, resolve_db_path
+from .store import DEFAULT_DB, SANDBOX_API, SANDBOX_DB, STATUSES, Store, data_folder
 
 EXIT_OK, EXIT_FATAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,12 +50,34 @@ def db_option(f: F) -> F:
     return click.option(
         "--db",
         "db",
-        envvar="CAMPAIGN_RUNNER_DB",
-        default="campaign-runner.db",
-        show_default=True,
         type=click.Path(dir_okay=False),
-        help="SQLite database file (env CAMPAIGN_RUNNER_DB).",
+        help="SQLite database file (env CAMPAIGN_RUNNER_DB; default: one file in your data folder, see README).",
     )(f)
+
+
+def sandbox_db_option(f: F) -> F:
+    return click.option(
+        "--sandbox", "use_sandbox", is_flag=True, help="Use the database of sandbox rehearsals (unless --db)."
+    )(f)
+
+
+def database_path(db: str | None, use_sandbox: bool) -> Path:
+    """Which database a command uses: --db; else, for a sandbox rehearsal, the sandbox's own (so a
+    rehearsal never uses up the real campaign); else CAMPAIGN_RUNNER_DB; else a
+    ./campaign-runner.db that already exists here (said in a line, so no history silently
+    disappears); else the one database in the user's data folder, wherever the command runs."""
+    if db:
+        return Path(db)
+    if use_sandbox:
+        return data_folder() / SANDBOX_DB
+    if os.environ.get("CAMPAIGN_RUNNER_DB"):
+        return Path(os.environ["CAMPAIGN_RUNNER_DB"])
+    here = Path(DEFAULT_DB)
+    if here.is_file():
+        default = data_folder() / DEFAULT_DB
+        click.echo(f"using the database in this folder, {here.resolve()} (without it: {default})", err=True)
+        return here
+    return data_folder() / DEFAULT_DB
 
 
 def sending_options(f: F) -> F:
@@ -81,6 +104,11 @@ def sending_options(f: F) -> F:
                 "--allow-insecure",
                 is_flag=True,
                 help="Allow a plain http:// base URL on a host other than this machine.",
+            ),
+            click.option(
+                "--switch-api",
+                is_flag=True,
+                help="Go on with a campaign that was sent to another API (e.g. rehearsed on the sandbox) here.",
             ),
             click.option(
                 "--api-limit",
@@ -133,8 +161,8 @@ def validate(file: str) -> int:
 @db_option
 @sending_options
 @click.option("--accept-changes", is_flag=True, help="Apply a changed message/group/endpoint to unsent recipients.")
-def run(files: tuple[str, ...], db: str, base_url: str, timeout: float, use_sandbox: bool, no_wait: bool,
-        allow_insecure: bool, api_limit: str | None, accept_changes: bool) -> int:  # fmt: skip
+def run(files: tuple[str, ...], db: str | None, base_url: str, timeout: float, use_sandbox: bool, no_wait: bool,
+        allow_insecure: bool, switch_api: bool, api_limit: str | None, accept_changes: bool) -> int:  # fmt: skip
     """Load campaign files and send until every recipient is done.
 
     Sleeps while the accounts' limits refill. Running the same file again adds new recipients
@@ -154,7 +182,7 @@ def run(files: tuple[str, ...], db: str, base_url: str, timeout: float, use_sand
                 " give each campaign its own name"
             )
         first_file[campaign.name] = campaign.source
-    connection = _connection(base_url, use_sandbox, allow_insecure, api_limit)
+    connection = _connection(base_url, use_sandbox, allow_insecure, api_limit, switch_api)
     return anyio.run(_run, db, campaigns, connection, timeout, no_wait, accept_changes)
 
 
@@ -162,32 +190,37 @@ def run(files: tuple[str, ...], db: str, base_url: str, timeout: float, use_sand
 @click.argument("name", required=False)
 @db_option
 @sending_options
-def resume(name: str | None, db: str, base_url: str, timeout: float, use_sandbox: bool, no_wait: bool,
-           allow_insecure: bool, api_limit: str | None) -> int:  # fmt: skip
+def resume(name: str | None, db: str | None, base_url: str, timeout: float, use_sandbox: bool, no_wait: bool,
+           allow_insecure: bool, switch_api: bool, api_limit: str | None) -> int:  # fmt: skip
     """Continue a campaign from the database (all unfinished ones when NAME is left out).
 
     \b
     Example:
         campaign-runner resume spring-meetup-invite
     """
-    connection = _connection(base_url, use_sandbox, allow_insecure, api_limit)
+    connection = _connection(base_url, use_sandbox, allow_insecure, api_limit, switch_api)
     return anyio.run(_resume, db, name, connection, timeout, no_wait)
 
 
+@dataclass(frozen=True)
 class _Connection:
-    def __init__(self, base_url: str, api_key: str, use_sandbox: bool, api_limits: tuple[Limit, ...] | None,
-                 allow_insecure: bool = False):  # fmt: skip
-        self.base_url = base_url
-        self.api_key = api_key
-        self.use_sandbox = use_sandbox
-        self.api_limits = api_limits  # None: the campaigns' own
-        self.allow_insecure = allow_insecure
+    """Where and how this run sends: the API, the key (never shown), and the run's own settings."""
 
-    def __repr__(self) -> str:  # never show the key
-        return f"_Connection(base_url={self.base_url!r}, sandbox={self.use_sandbox})"
+    base_url: str
+    api_key: str = field(repr=False)
+    use_sandbox: bool
+    api_limits: tuple[Limit, ...] | None  # None: the campaigns' own
+    allow_insecure: bool = False
+    switch_api: bool = False
+
+    @property
+    def api(self) -> str:
+        """What the database records as the API a campaign was sent to."""
+        return SANDBOX_API if self.use_sandbox else self.base_url
 
 
-def _connection(base_url: str, use_sandbox: bool, allow_insecure: bool, api_limit: str | None) -> _Connection:
+def _connection(base_url: str, use_sandbox: bool, allow_insecure: bool, api_limit: str | None,
+                switch_api: bool = False) -> _Connection:  # fmt: skip
     api_limits = None
     if api_limit is not None:
         try:
@@ -197,20 +230,20 @@ def _connection(base_url: str, use_sandbox: bool, allow_insecure: bool, api_limi
         if not api_limits:
             raise ConfigError("--api-limit: give at least one limit, e.g. 60/minute")
     if use_sandbox:
-        return _Connection("", secrets.token_urlsafe(16), True, api_limits)
+        return _Connection("", secrets.token_urlsafe(16), True, api_limits, switch_api=switch_api)
     base_url = client.check_base_url(base_url, allow_insecure)
     key = os.environ.get("CONNECTSAFELY_API_KEY", "").strip()
     if not key:
         raise ConfigError("CONNECTSAFELY_API_KEY is not set: export your API key, or try --sandbox")
     if any(ch.isspace() for ch in key) or not key.isprintable() or not key.isascii():
         raise ConfigError("CONNECTSAFELY_API_KEY contains spaces, control or non-ASCII characters")
-    return _Connection(base_url, key, False, api_limits, allow_insecure)
+    return _Connection(base_url, key, False, api_limits, allow_insecure, switch_api)
 
 
 async def _run(db: str, campaigns: list[Campaign], connection: _Connection, timeout: float, no_wait: bool,
                accept_changes: bool) -> int:  # fmt: skip
     clock = SystemClock()
-    async with _open_store(db, clock, create=True) as store:
+    async with _open_store(db, clock, create=True, sandbox=connection.use_sandbox) as store:
         for summary in await store.load(campaigns, clock.now(), accept_changes):
             click.echo(
                 f"loaded {summary.campaign}: {summary.added} new, {summary.known} already known,"
@@ -235,7 +268,7 @@ async def _run(db: str, campaigns: list[Campaign], connection: _Connection, time
 
 async def _resume(db: str, name: str | None, connection: _Connection, timeout: float, no_wait: bool) -> int:
     clock = SystemClock()
-    async with _open_store(db, clock, create=False) as store:
+    async with _open_store(db, clock, create=False, sandbox=connection.use_sandbox) as store:
         names = [name] if name else await store.campaign_names(unfinished_only=True)
         settings = [await store.campaign(n) for n in names]
         if not settings:
@@ -247,6 +280,7 @@ async def _resume(db: str, name: str | None, connection: _Connection, timeout: f
 async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettings], connection: _Connection,
                 timeout: float, no_wait: bool, command: str) -> int:  # fmt: skip
     deadline = client.deadline_for(timeout)
+    await store.bind_api([c.name for c in campaigns], connection.api, connection.switch_api, clock.now())
     if connection.api_limits is not None:
         await store.set_api_limits([c.name for c in campaigns], connection.api_limits, clock.now())
     run_id = await store.begin_run(command, clock.now(), deadline)
@@ -300,11 +334,20 @@ async def _renderer(clock: SystemClock) -> AsyncIterator[Callable[..., None]]:
 
 
 @contextlib.asynccontextmanager
-async def _open_store(db: str, clock: SystemClock, *, create: bool) -> AsyncIterator[Store]:
-    path = resolve_db_path(db)
-    if not create and not path.exists():
+async def _open_store(db: str | None, clock: SystemClock, *, create: bool, sandbox: bool = False
+                      ) -> AsyncIterator[Store]:  # fmt: skip
+    path = database_path(db, sandbox)
+    new = not path.exists()
+    if new and not create:
         raise StoreError(f"no database at {path} (give --db, or run a campaign first)")
+    if new and path.parent == data_folder():  # a folder of ours; one that --db names must exist
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder {path.parent}: {exc.strerror}") from None
     store = await Store.open(path, clock.now())
+    if new:
+        click.echo(f"created the {'sandbox rehearsals’ ' if sandbox and not db else ''}database {path}")
     try:
         yield store
     finally:
@@ -320,7 +363,7 @@ async def _open_store(db: str, clock: SystemClock, *, create: bool) -> AsyncIter
 @db_option
 @click.option("--start", help="When sending would begin (ISO 8601; without an offset, the campaign's time zone).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def plan(file: str, db: str, start: str | None, as_json: bool) -> int:
+def plan(file: str, db: str | None, start: str | None, as_json: bool) -> int:
     """Predict, per account and per day, what a campaign sends and when it finishes.
 
     Runs the campaign on a virtual clock against the built-in sandbox: nothing is sent, and the
@@ -332,7 +375,7 @@ def plan(file: str, db: str, start: str | None, as_json: bool) -> int:
     """
     campaign = _load([file])[0]
     begin = _parse_start(start, campaign.timezone) if start else SystemClock().now()
-    result = anyio.run(make_plan, campaign, begin, resolve_db_path(db))
+    result = anyio.run(make_plan, campaign, begin, database_path(db, False))
     if as_json:
         click.echo(json.dumps(_plan_json(result), indent=2))
         return EXIT_OK
@@ -403,20 +446,21 @@ def _plan_json(result: Any) -> dict[str, Any]:
 @cli.command()
 @click.argument("name", required=False)
 @db_option
+@sandbox_db_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status(name: str | None, db: str, as_json: bool) -> int:
+def status(name: str | None, db: str | None, use_sandbox: bool, as_json: bool) -> int:
     """Counts by status per campaign, and per account its window and next allowed send.
 
     \b
     Example:
         campaign-runner status spring-meetup-invite --json
     """
-    return anyio.run(_status, db, name, as_json)
+    return anyio.run(_status, db, use_sandbox, name, as_json)
 
 
-async def _status(db: str, name: str | None, as_json: bool) -> int:
+async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: bool) -> int:
     clock = SystemClock()
-    async with _open_store(db, clock, create=False) as store:
+    async with _open_store(db, clock, create=False, sandbox=use_sandbox) as store:
         names = [name] if name else await store.campaign_names()
         settings = [await store.campaign(n) for n in names]
         account_ids = sorted({a for c in settings for a in c.account_ids})
@@ -470,18 +514,19 @@ async def _status(db: str, name: str | None, as_json: bool) -> int:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), help="Write to this file instead of standard output.")
 @click.option("--status", "only", type=click.Choice(STATUSES), help="Only recipients with this status.")
-def report(name: str, db: str, fmt: str, output: str | None, only: str | None) -> int:
+@sandbox_db_option
+def report(name: str, db: str | None, fmt: str, output: str | None, only: str | None, use_sandbox: bool) -> int:
     """Who was sent what, and who failed and why.
 
     \b
     Example:
         campaign-runner report spring-meetup-invite --format json --output report.json
     """
-    return anyio.run(_report, db, name, fmt, output, only)
+    return anyio.run(_report, db, use_sandbox, name, fmt, output, only)
 
 
-async def _report(db: str, name: str, fmt: str, output: str | None, only: str | None) -> int:
-    async with _open_store(db, SystemClock(), create=False) as store:
+async def _report(db: str | None, use_sandbox: bool, name: str, fmt: str, output: str | None, only: str | None) -> int:
+    async with _open_store(db, SystemClock(), create=False, sandbox=use_sandbox) as store:
         if output is None:
             await write_report(store, name, sys.stdout, fmt, only)
             return EXIT_OK
@@ -505,7 +550,8 @@ async def _report(db: str, name: str, fmt: str, output: str | None, only: str | 
 @click.argument("name")
 @click.option("--status", "which", type=click.Choice(["unknown", "failed"]), required=True)
 @db_option
-def retry(name: str, which: str, db: str) -> int:
+@sandbox_db_option
+def retry(name: str, which: str, db: str | None, use_sandbox: bool) -> int:
     """Put a campaign's unknown or failed recipients back to pending.
 
     An unknown recipient may already have received the message: retrying it risks a second one.
@@ -514,12 +560,12 @@ def retry(name: str, which: str, db: str) -> int:
     Example:
         campaign-runner retry spring-meetup-invite --status failed
     """
-    return anyio.run(_retry, db, name, which)
+    return anyio.run(_retry, db, use_sandbox, name, which)
 
 
-async def _retry(db: str, name: str, which: str) -> int:
+async def _retry(db: str | None, use_sandbox: bool, name: str, which: str) -> int:
     clock = SystemClock()
-    async with _open_store(db, clock, create=False) as store:
+    async with _open_store(db, clock, create=False, sandbox=use_sandbox) as store:
         count = await store.retry(name, which, clock.now())
     click.echo(f"{name}: {count} {which} recipients put back to pending")
     if which == "unknown" and count:
@@ -543,19 +589,20 @@ def hold() -> None:
 
 @hold.command(name="list")
 @db_option
-def hold_list(db: str) -> int:
+@sandbox_db_option
+def hold_list(db: str | None, use_sandbox: bool) -> int:
     """List every account held back now, until when and why.
 
     \b
     Example:
         campaign-runner hold list
     """
-    return anyio.run(_hold_list, db)
+    return anyio.run(_hold_list, db, use_sandbox)
 
 
-async def _hold_list(db: str) -> int:
+async def _hold_list(db: str | None, use_sandbox: bool) -> int:
     clock = SystemClock()
-    async with _open_store(db, clock, create=False) as store:
+    async with _open_store(db, clock, create=False, sandbox=use_sandbox) as store:
         holds = await store.holds(clock.now())
     if not holds:
         click.echo("no account is held")
@@ -567,7 +614,8 @@ async def _hold_list(db: str) -> int:
 @hold.command(name="clear")
 @click.argument("account")
 @db_option
-def hold_clear(account: str, db: str) -> int:
+@sandbox_db_option
+def hold_clear(account: str, db: str | None, use_sandbox: bool) -> int:
     """Lift an account's hold, so it may send at its next run (use "" for the key's default account).
 
     Pushing through a real rate limit can extend it: clear a hold only when you know why it was set.
@@ -576,12 +624,12 @@ def hold_clear(account: str, db: str) -> int:
     Example:
         campaign-runner hold clear acc_1
     """
-    return anyio.run(_hold_clear, db, account)
+    return anyio.run(_hold_clear, db, use_sandbox, account)
 
 
-async def _hold_clear(db: str, account: str) -> int:
+async def _hold_clear(db: str | None, use_sandbox: bool, account: str) -> int:
     clock = SystemClock()
-    async with _open_store(db, clock, create=False) as store:
+    async with _open_store(db, clock, create=False, sandbox=use_sandbox) as store:
         cleared = await store.clear_hold(account, clock.now())
     if not cleared:
         raise ConfigError(f"account {account_label(account)} is not held (see `campaign-runner hold list`)")

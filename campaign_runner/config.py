@@ -286,7 +286,7 @@ class CampaignFile(_Strict):
         # YAML reads `group_id: 12345678` as a number; the API wants its decimal string.
         if isinstance(value, OctalInt):
             raise ValueError(
-                f"YAML reads {value.text} as the octal number {int(value)}: quote it (group_id: \"{value.text}\")"
+                f'YAML reads {value.text} as the octal number {int(value)}: quote it (group_id: "{value.text}")'
             )
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import platformdirs
 
 from . import config
 from .client import Kind, Outcome
@@ -41,6 +42,7 @@ from .schedule import Schedule
 
 T = TypeVar("T")
 DEFAULT_DB = "campaign-runner.db"
+SANDBOX_DB = "sandbox.db"  # the sandbox rehearsals' own database, beside the default one
 REPORT_BATCH = 1000  # report rows fetched per trip to the worker thread
 RECORD_PATIENCE = 600.0  # seconds an outcome keeps waiting for a database another process holds
 BUSY_TIMEOUT_MS = 15_000
@@ -140,8 +142,17 @@ def _limits(text: str) -> tuple[Limit, ...]:
     return tuple(Limit.parse(part) for part in text.split(",") if part.strip())
 
 
-def resolve_db_path(path: str | os.PathLike[str] | None) -> Path:
-    return Path(path or os.environ.get("CAMPAIGN_RUNNER_DB") or DEFAULT_DB)
+SANDBOX_API = "sandbox"  # campaigns.api of a campaign sent to the built-in sandbox
+
+
+def _api_label(api: str) -> str:
+    return "the built-in sandbox" if api == SANDBOX_API else api
+
+
+def data_folder() -> Path:
+    """Where the default databases live: the user's data folder (on Linux $XDG_DATA_HOME, else
+    ~/.local/share), so every run of a user shares one memory of recipients and one set of caps."""
+    return Path(platformdirs.user_data_dir("campaign-runner", appauthor=False))
 
 
 class Store:
@@ -892,6 +903,21 @@ class Store:
             )
             return cursor.rowcount
 
+    def _bind_api(self, names: Sequence[str], api: str, switch: bool, now: float) -> None:
+        """Record that these campaigns are sent to `api` ('sandbox' or a base URL). A campaign that
+        has already sent to another one is refused unless `switch`: its recipients' state belongs
+        to that API (a rehearsal must never use up the real campaign)."""
+        with self._transaction() as db:
+            for name in names:
+                (old,) = self._one("SELECT api FROM campaigns WHERE name = ?", (name,))
+                if old not in (None, api) and not switch and self._has_started(name):
+                    raise ChangeRefusedError(
+                        f"campaign {name!r} was sent to {_api_label(old)} in {self.path}, and this run sends to"
+                        f" {_api_label(api)}: its recipients count as done there. To start it afresh, give it a"
+                        " new name or another --db; to go on with it here as it is, run again with --switch-api"
+                    )
+                db.execute("UPDATE campaigns SET api = ?, updated_at = ? WHERE name = ?", (api, now, name))
+
     def _set_api_limits(self, names: Sequence[str], limits: Sequence[Limit], now: float) -> None:
         """The API key's limit for these campaigns (`--api-limit`): every claim of every process
         reads it from here while they have work left."""
@@ -976,6 +1002,10 @@ class Store:
             except StoreError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
+
+    async def bind_api(self, names: Sequence[str], api: str, switch: bool, now: float) -> None:
+        """Record the API these campaigns are sent to; refuse a switch unless asked (see `_bind_api`)."""
+        await self._run(self._bind_api, names, api, switch, now)
 
     async def set_api_limits(self, names: Sequence[str], limits: Sequence[Limit], now: float) -> None:
         await self._run(self._set_api_limits, names, limits, now)

@@ -32,7 +32,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
         if name.startswith(("CONNECTSAFELY_", "CAMPAIGN_RUNNER_")):
             monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # the default database lands here, never in the repository
+    monkeypatch.chdir(tmp_path)
+    # The default databases live in the user's data folder: here, a folder of the test's own.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
 
 
 @pytest.fixture

@@ -29,3 +29,61 @@ def test_a_group_url_is_sent_as_its_id_and_an_octal_looking_id_is_refused(cli, c
         2,
         f'error: {octal}: group_id: YAML reads 0123 as the octal number 83: quote it (group_id: "0123")\n',
     )
+
+
+def test_a_sandbox_rehearsal_never_uses_up_the_real_campaign(cli, capsys, serve_sandbox, tmp_path, monkeypatch):
+    """`run --sandbox` then `run` with a real key: the real run sends everyone, because the
+    rehearsal kept its own database; and one database given to both refuses the switch."""
+    box, url = serve_sandbox()
+    path = write_campaign(tmp_path)
+    data = tmp_path / "data" / "campaign-runner"
+    assert run_cli(["run", str(path), "--sandbox"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"created the sandbox rehearsals’ database {data / 'sandbox.db'}"
+    assert out.splitlines()[-1] == "test-campaign: 5 sent"
+    assert run_cli(["status", "--sandbox"]) == 0
+    assert "5 sent" in capsys.readouterr().out
+
+    monkeypatch.setenv("CONNECTSAFELY_API_KEY", "real-key-123")
+    box.config.api_key = "real-key-123"
+    assert run_cli(["run", str(path), "--base-url", url]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"created the database {data / 'campaign-runner.db'}"
+    assert out.splitlines()[-1] == "test-campaign: 5 sent"
+    assert len(box.log) == 5  # the real API got every recipient
+
+    # One database for both, named with --db: the switch is refused, and nothing is sent.
+    shared = str(tmp_path / "shared.db")
+    assert run_cli(["run", str(path), "--sandbox", "--db", shared]) == 0
+    capsys.readouterr()
+    assert run_cli(["run", str(path), "--base-url", url, "--db", shared]) == 2
+    assert capsys.readouterr().err == (
+        f"error: campaign 'test-campaign' was sent to the built-in sandbox in {shared}, and this run sends to {url}:"
+        " its recipients count as done there. To start it afresh, give it a new name or another --db; to go on"
+        " with it here as it is, run again with --switch-api\n"
+    )
+    assert len(box.log) == 5
+
+
+def test_one_database_wherever_you_run(cli, capsys, serve_sandbox, tmp_path, monkeypatch):
+    """Run from two folders: the second run knows who the first sent, and says which database it uses."""
+    box, url = serve_sandbox()
+    monkeypatch.setenv("CONNECTSAFELY_API_KEY", "test-key-0123456789")
+    box.config.api_key = "test-key-0123456789"
+    path = write_campaign(tmp_path)
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        assert run_cli(["run", str(path), "--base-url", url]) == 0
+    assert "0 new, 5 already known" in capsys.readouterr().out
+    assert len(box.log) == 5
+
+    # A database left in the working folder by an older version is still used, and said so.
+    legacy = tmp_path / "two" / "campaign-runner.db"
+    legacy.write_bytes((tmp_path / "data" / "campaign-runner" / "campaign-runner.db").read_bytes())
+    assert run_cli(["status"]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        f"using the database in this folder, {legacy} (without it:"
+        f" {tmp_path / 'data' / 'campaign-runner' / 'campaign-runner.db'})\n"
+    )

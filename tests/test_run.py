@@ -13,7 +13,8 @@ def test_full_campaign_is_sent_once_and_a_second_run_sends_nothing(cli, serve_sa
     path = write_campaign(tmp_path, accounts=["acc_1", "acc_2"])
     code, out, err = cli("run", str(path), base_url=url)
     assert (code, err) == (0, "")
-    assert out.splitlines()[0] == (
+    assert out.splitlines()[0] == f"created the database {tmp_path / 'runs.db'}"
+    assert out.splitlines()[1] == (
         "loaded test-campaign: 5 new, 0 already known, 0 duplicates dropped, 0 no longer in the file (skipped),"
         " 0 back in the file"
     )

@@ -33,7 +33,7 @@ def test_the_key_is_in_no_byte_written(serve_sandbox, tmp_path: Path) -> None:
     assert runner("run", str(path), "--base-url", url, "--timeout", "1") == 1  # ends on the 401
     assert "error: the API refused the key (401: Unauthorized - Invalid credentials)" in outputs[-1]
     assert len(box.log) > 5  # it did send, through the faults, before the 401
-    assert runner("--debug", "resume", "--base-url", url + "/wrong") == 1  # 404s: the address is wrong
+    assert runner("--debug", "resume", "--base-url", url + "/wrong", "--switch-api") == 1  # 404s: wrong address
     assert runner("--debug", "resume", "--base-url", "http://example.com/linkedin") == 2  # refused: plain http
     assert runner("report", "test-campaign", "--format", "csv", "--output", str(tmp_path / "r.csv")) == 0
     assert runner("report", "test-campaign", "--format", "json", "--output", str(tmp_path / "r.json")) == 0
