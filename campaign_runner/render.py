@@ -97,7 +97,6 @@ class LiveView:
     clock: Clock
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     accounts: dict[str, _AccountRow] = field(default_factory=dict)
-    limits: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     _live: Live | None = None
 
@@ -114,7 +113,6 @@ class LiveView:
         match event:
             case events.RunStarted(counts=counts, accounts=limits):
                 self.counts = {name: dict(c) for name, c in counts.items()}
-                self.limits = dict(limits)
                 self.accounts = {a: _AccountRow() for a in limits}
             case events.Attempted() as e:
                 row = self.accounts.setdefault(e.account_id, _AccountRow())
@@ -133,11 +131,11 @@ class LiveView:
             case events.AccountWaiting(account_id=account, until=until, reason=reason):
                 self.accounts.setdefault(
                     account, _AccountRow()
-                ).state = f"{describe_wait(reason)}, next {iso(until)[11:19]}"
+                ).state = f"{describe_wait(reason)}, next {self._short(until)}"
             case events.AccountHeld(account_id=account, until=until):
-                self.accounts.setdefault(account, _AccountRow()).state = f"held until {iso(until)}"
+                self.accounts.setdefault(account, _AccountRow()).state = f"held until {self._short(until)}"
             case events.AccountPaused(account_id=account, until=until):
-                self.accounts.setdefault(account, _AccountRow()).state = f"paused (failures) until {iso(until)}"
+                self.accounts.setdefault(account, _AccountRow()).state = f"paused until {self._short(until)}"
             case events.AccountStopped(account_id=account, put_back=put_back):
                 self.accounts.setdefault(account, _AccountRow()).state = "stopped"
                 for name, count in put_back.items():
@@ -152,9 +150,14 @@ class LiveView:
         if self._live is not None:
             self._live.refresh()
 
+    def _short(self, epoch: float) -> str:
+        """A time in the table: the time of day (UTC) within 12 hours, else the date and time."""
+        text = iso(epoch) or ""
+        return text[11:19] if abs(epoch - self.clock.now()) < 43200 else f"{text[:10]} {text[11:16]}"
+
     def __rich__(self) -> Group:
         campaigns = Table(title="campaigns", title_justify="left")
-        campaigns.add_column("campaign")
+        campaigns.add_column("campaign", max_width=24, no_wrap=True, overflow="ellipsis")
         for status in ("sent", "failed", "unknown", "skipped", "pending"):
             campaigns.add_column(status, justify="right")
         campaigns.add_column("done", justify="right")
@@ -166,12 +169,14 @@ class LiveView:
                 *(str(counts.get(s, 0)) for s in ("sent", "failed", "unknown", "skipped", "pending")),
                 f"{100 * done / total:.0f}%",
             )
+        # Fits an 80-column terminal: long names and states are cut short (`status` has them whole).
         accounts = Table(title=f"accounts at {iso(self.clock.now())[11:19]} UTC", title_justify="left")
-        for column in ("account", "limits", "sent", "failed", "other", "window", "state"):
-            accounts.add_column(column, justify="right" if column in ("sent", "failed", "other") else "left")
+        accounts.add_column("account", max_width=20, no_wrap=True, overflow="ellipsis")
+        for column in ("sent", "failed", "other"):
+            accounts.add_column(column, justify="right")
+        accounts.add_column("window", no_wrap=True)
+        accounts.add_column("state", max_width=30, no_wrap=True, overflow="ellipsis")
         for account, row in self.accounts.items():
-            accounts.add_row(
-                account_label(account), self.limits.get(account, ""), str(row.sent), str(row.failed),
-                str(row.other), row.window, row.state,
-            )  # fmt: skip
+            accounts.add_row(account_label(account), str(row.sent), str(row.failed), str(row.other), row.window,
+                             row.state)  # fmt: skip
         return Group(campaigns, accounts, *self.notes)
