@@ -136,12 +136,16 @@ def cli(debug: bool) -> None:
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-def validate(file: str) -> int:
+@click.option("--show", type=click.IntRange(min=0), default=0, metavar="N", help="Also print N recipients' messages.")
+def validate(file: str, show: int) -> int:
     """Check a campaign file without sending or writing anything.
+
+    Says how the CSV's columns became template variables, and warns of a variable no recipient
+    has (every message takes its default) and of a column the message never uses.
 
     \b
     Example:
-        campaign-runner validate campaigns/example.yaml
+        campaign-runner validate campaigns/example.yaml --show 3
     """
     campaign = _load([file])[0]
     accounts = ", ".join(f"{account_label(a.id)} {a.limit}" for a in campaign.accounts)
@@ -150,7 +154,46 @@ def validate(file: str) -> int:
         f" ({campaign.duplicates} duplicates dropped), group {campaign.group_id}, endpoint {campaign.endpoint},"
         f" accounts: {accounts}"
     )
+    renamed = [f"{written} -> {name}" for written, name in campaign.recipients.columns if written != name]
+    if renamed:
+        click.echo(f"columns read as: {', '.join(renamed)}")
+    for advice in campaign.advice:
+        click.echo(f"warning: {file}: {advice}", err=True)
+    if show:
+        _print_messages(campaign, show, ())
     return EXIT_OK
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-n", "count", type=click.IntRange(min=1), default=5, show_default=True, help="How many recipients.")
+@click.option("--recipient", "urns", multiple=True, metavar="URN", help="Show this recipient's message (repeatable).")
+def preview(file: str, count: int, urns: tuple[str, ...]) -> int:
+    """Print the messages a campaign would send to its first recipients; sends and writes nothing.
+
+    \b
+    Example:
+        campaign-runner preview campaigns/example.yaml -n 3
+    """
+    campaign = _load([file])[0]
+    _print_messages(campaign, count, urns)
+    return EXIT_OK
+
+
+def _print_messages(campaign: Campaign, count: int, urns: Sequence[str]) -> None:
+    wanted = {urn.strip() for urn in urns}
+    shown = 0
+    for recipient in campaign.recipients:
+        if (wanted and recipient.profile_urn not in wanted) or (not wanted and shown >= count):
+            continue
+        wanted.discard(recipient.profile_urn)
+        click.echo(f"--- {recipient.profile_urn} ({recipient.place})")
+        click.echo(recipient.message)
+        shown += 1
+        if not wanted and (urns or shown >= count):
+            break
+    if wanted:
+        raise ConfigError(f"not a recipient of {campaign.name}: {', '.join(sorted(wanted))}")
 
 
 # --- run / resume ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import jinja2.meta
 import yaml
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
@@ -397,6 +398,7 @@ class Recipients:
         self._shown = csv_shown
         self._template = template
         self._count = count
+        self.columns: list[tuple[str, str]] = []  # the CSV's headers as written, and the variable each became
 
     def __len__(self) -> int:
         return self._count
@@ -408,7 +410,7 @@ class Recipients:
         """Every row of the file, in order, before duplicates are dropped."""
         yield from _inline_rows(self._items, problems)
         if self._csv is not None:
-            yield from _csv_rows(self._csv, self._shown, problems)
+            yield from _csv_rows(self._csv, self._shown, problems, self.columns)
 
     def __iter__(self) -> Iterator[Recipient]:
         problems: list[Problem] = []
@@ -433,11 +435,26 @@ class Campaign(CampaignSettings):
     source: str
     duplicates: int = 0
     warnings: tuple[Problem, ...] = ()
+    advice: tuple[Problem, ...] = ()  # what `validate` points out: variables no recipient has, unused columns
     timezone: str = "UTC"  # the campaign's schedule's (accounts may have their own)
 
 
 def account_label(account_id: str) -> str:
     return account_id or "(default account)"
+
+
+class BlankCell(StrictUndefined):
+    """A recipient's blank cell (or null): false in `{% if %}`, replaced by `default()`, `is
+    defined` false; but printed as it is, it is an error, so nobody is greeted "Hi ,"."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    @property
+    def _undefined_message(self) -> str:
+        return f"{self._undefined_name!r} is blank (give it a default(...), or test it with {{% if %}})"
 
 
 def make_environment() -> SandboxedEnvironment:
@@ -476,10 +493,12 @@ def load_campaign(path: str | Path) -> Campaign:
     recipients = Recipients(str(path), spec.recipients, csv_path, spec.recipients_file or "", template, 0)
     # One pass that checks and renders every row and keeps nothing of it but the URNs seen.
     seen: set[str] = set()
+    keys: set[str] = set()  # every variable some recipient has (a column, an inline key)
     repeated: list[tuple[str, str]] = []  # (place, urn) of each repeat
     count = rows = 0
     for place, urn, values in recipients.rows(problems):
         rows += 1
+        keys.update(values)
         if urn in seen:
             repeated.append((place, urn))
             continue
@@ -490,9 +509,10 @@ def load_campaign(path: str | Path) -> Campaign:
         problems.append(Problem("recipients", "no recipients: give `recipients`, `recipients_file`, or both"))
     del seen
     warnings = _repeat_warnings(recipients, repeated)
+    advice = _variable_warnings(env, spec.message, keys, recipients) if not problems else []
 
     if problems:
-        raise CampaignFileError(str(path), problems, warnings)
+        raise CampaignFileError(str(path), grouped(problems), warnings)
     recipients._count = count
     return Campaign(
         name=spec.name,
@@ -511,8 +531,42 @@ def load_campaign(path: str | Path) -> Campaign:
         source=str(path),
         duplicates=len(repeated),
         warnings=tuple(warnings),
+        advice=tuple(advice),
         timezone=spec.schedule.timezone or "UTC",
     )
+
+
+def _variable_warnings(env: SandboxedEnvironment, source: str, keys: set[str], recipients: Recipients
+                       ) -> list[Problem]:  # fmt: skip
+    """A variable of the message that no recipient has (a typo, or a column named otherwise: every
+    message then takes its `default()`), and a column the message never uses."""
+    used = jinja2.meta.find_undeclared_variables(env.parse(source)) - set(env.globals)
+    shown = dict((name, written) for written, name in recipients.columns)
+    have = f"they have {', '.join(sorted(keys))}" if keys else "they have no variables"
+    warnings = [
+        Problem("message", f"no recipient has {{{{ {name} }}}} ({have}), so every message takes its default")
+        for name in sorted(used - keys)
+    ]
+    for name in sorted(keys - used):
+        column = f"column {shown[name]!r}" if name in shown else f"variable {name!r}"
+        warnings.append(Problem("recipients", f"the message never uses the {column}"))
+    return warnings
+
+
+def grouped(problems: list[Problem], shown: int = 3) -> list[Problem]:
+    """One line per kind of problem: the same message on many rows is one problem with the count
+    and the first few places, in the order they were found."""
+    places: dict[str, list[str]] = {}
+    for problem in problems:
+        places.setdefault(problem.message, []).append(problem.place)
+    result = []
+    for message, where in places.items():
+        if len(where) > shown:
+            place = f"{', '.join(where[:shown])} and {len(where) - shown} more"
+        else:
+            place = ", ".join(where)
+        result.append(Problem(place, message))
+    return result
 
 
 def _repeat_warnings(recipients: Recipients, repeated: list[tuple[str, str]]) -> list[Problem]:
@@ -611,12 +665,11 @@ def _check_urn(value: Any, place: str, problems: list[Problem]) -> str | None:
 
 
 def _present(values: dict[str, Any]) -> dict[str, Any]:
-    # A blank cell or a null is "no value": `default(...)` applies, and a variable the template
-    # needs without a default is reported instead of rendering "Hi ,".
+    # A blank cell or a null is "no value": false in `{% if %}`, `default(...)` applies, and a
+    # variable the template prints without a default is reported instead of rendering "Hi ,".
     return {
-        key: value
+        key: BlankCell(name=key) if value is None or (isinstance(value, str) and not value.strip()) else value
         for key, value in values.items()
-        if value is not None and not (isinstance(value, str) and not value.strip())
     }
 
 
@@ -633,18 +686,38 @@ def _inline_rows(items: list[dict[str, Any]], problems: list[Problem]) -> Iterat
             yield place, urn, values
 
 
-def _csv_rows(path: Path, shown: str, problems: list[Problem]) -> Iterator[Row]:
-    """The rows of a CSV file, read as they go (spreadsheets start UTF-8 CSVs with a BOM)."""
+def _csv_rows(path: Path, shown: str, problems: list[Problem], columns: list[tuple[str, str]] | None = None
+              ) -> Iterator[Row]:  # fmt: skip
+    """The rows of a CSV file, read as they go (spreadsheets start UTF-8 CSVs with a BOM). The
+    delimiter (`,` `;` or tab) is the one the header line uses most; `columns` receives each
+    header as written and the variable name it became."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as file:
-            yield from _csv_reader_rows(csv.reader(file), shown, problems)
+            delimiter = _delimiter(file.readline())
+            file.seek(0)  # the decoder starts afresh, and drops the byte-order mark again
+            reader = csv.reader(file, delimiter=delimiter)
+            yield from _csv_reader_rows(reader, shown, problems, columns)
     except OSError as exc:
         problems.append(Problem("recipients_file", f"cannot read {shown}: {exc.strerror}"))
     except UnicodeDecodeError:
         problems.append(Problem(shown, "not UTF-8 text; save the CSV as UTF-8"))
 
 
-def _csv_reader_rows(reader: Any, shown: str, problems: list[Problem]) -> Iterator[Row]:
+def _delimiter(line: str) -> str:
+    counts = {d: line.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+def column_name(header: str) -> str:
+    """A spreadsheet's column header as a template variable: `Profile URN`, `profileUrn` and
+    `profile-urn` all become `profile_urn`, `First Name` and `firstName` become `first_name`."""
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", header.strip())
+    return re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_").lower()
+
+
+def _csv_reader_rows(reader: Any, shown: str, problems: list[Problem], columns: list[tuple[str, str]] | None = None
+                     ) -> Iterator[Row]:  # fmt: skip
     try:
         header = next(reader, None)
     except csv.Error as exc:
@@ -653,15 +726,21 @@ def _csv_reader_rows(reader: Any, shown: str, problems: list[Problem]) -> Iterat
     if not header or not any(cell.strip() for cell in header):
         problems.append(Problem(shown, "empty CSV: expected a header row with a profile_urn column"))
         return
-    header = [cell.strip() for cell in header]
+    written = [cell.strip() for cell in header]
+    while written and not written[-1]:  # the empty columns a spreadsheet leaves at the end
+        written.pop()
+    width = len(written)
+    header = [column_name(cell) or cell for cell in written]
+    if columns is not None:
+        columns[:] = list(zip(written, header, strict=True))
     repeated = sorted({cell for cell in header if header.count(cell) > 1})
     if repeated:
         problems.append(Problem(f"{shown} line 1", f"duplicate column names: {', '.join(repeated)}"))
         return
     if URN_COLUMN not in header:
-        problems.append(Problem(f"{shown} line 1", f"no {URN_COLUMN} column (columns: {', '.join(header)})"))
+        problems.append(Problem(f"{shown} line 1", f"no {URN_COLUMN} column (columns: {', '.join(written)})"))
         return
-    bad = [cell for cell in header if not cell.isidentifier()]
+    bad = [cell for cell, name in zip(written, header, strict=True) if not name.isidentifier()]
     if bad:
         problems.append(Problem(f"{shown} line 1", f"column names must be identifiers to use in templates: {bad!r}"))
         return
@@ -671,6 +750,8 @@ def _csv_reader_rows(reader: Any, shown: str, problems: list[Problem]) -> Iterat
             place = f"{shown} line {reader.line_num}"
             if not cells or not any(cell.strip() for cell in cells):
                 continue
+            if len(cells) > width and not any(cell.strip() for cell in cells[width:]):
+                cells = cells[:width]
             if len(cells) != len(header):
                 problems.append(Problem(place, f"{len(cells)} fields where the header has {len(header)}"))
                 continue

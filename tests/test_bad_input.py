@@ -179,7 +179,7 @@ CASES = [
     Case("changed-after-sending", ["run", FILE],
          "error: campaign 'test-campaign' has already sent messages and its message changed; run again with"
          " --accept-changes to apply the change to unsent recipients only, or give the campaign a new name",
-         fields(message="A different message")),
+         fields(message="A different message, {{ first_name }}")),
     Case("corrupt-db", ["run", FILE],
          "error: cannot use the database {db}: file is not a database (is it a campaign-runner database?)",
          fields(), db_setup=corrupt_db),

@@ -87,3 +87,58 @@ def test_one_database_wherever_you_run(cli, capsys, serve_sandbox, tmp_path, mon
         f"using the database in this folder, {legacy} (without it:"
         f" {tmp_path / 'data' / 'campaign-runner' / 'campaign-runner.db'})\n"
     )
+
+
+def test_a_spreadsheet_export_just_works(capsys, tmp_path) -> None:
+    """Semicolons, headers as a spreadsheet writes them, empty trailing columns, blank cells."""
+    (tmp_path / "leads.csv").write_text(
+        f"Profile URN;firstName;Company;;\n{urn(1)};Ada;Analytical Engines;;\n{urn(2)};Zoë;;;\n{urn(3)};;;;\n",
+        encoding="utf-8-sig",
+    )
+    message = 'Hi {{ first_name | default("there") }}{% if company %} from {{ company }}{% endif %}!'
+    path = write_campaign(tmp_path, recipients=None, recipients_file="leads.csv", message=message)
+    code, out, err = validate(capsys, str(path), "--show", "3")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[1:] == [
+        "columns read as: Profile URN -> profile_urn, firstName -> first_name, Company -> company",
+        f"--- {urn(1)} (leads.csv line 2)",
+        "Hi Ada from Analytical Engines!",
+        f"--- {urn(2)} (leads.csv line 3)",
+        "Hi Zoë!",
+        f"--- {urn(3)} (leads.csv line 4)",
+        "Hi there!",
+    ]
+    code, out, err = run_preview(capsys, str(path), "--recipient", urn(2))
+    assert (code, out, err) == (0, f"--- {urn(2)} (leads.csv line 3)\nHi Zoë!\n", "")
+
+
+def run_preview(capsys, *args: str) -> tuple[int, str, str]:
+    code = run_cli(["preview", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_warns_of_a_variable_no_recipient_has_and_a_column_never_used(capsys, tmp_path) -> None:
+    (tmp_path / "leads.csv").write_text(f"profile_urn,first_name,company\n{urn(1)},Ada,AE\n", encoding="utf-8")
+    message = 'Hi {{ frist_name | default("there") }}!'
+    path = write_campaign(tmp_path, recipients=None, recipients_file="leads.csv", message=message)
+    code, out, err = validate(capsys, str(path))
+    assert code == 0
+    assert err.splitlines() == [
+        f"warning: {path}: message: no recipient has {{{{ frist_name }}}} (they have company, first_name), so every"
+        " message takes its default",
+        f"warning: {path}: recipients: the message never uses the column 'company'",
+        f"warning: {path}: recipients: the message never uses the column 'first_name'",
+    ]
+
+
+def test_a_problem_on_many_rows_is_one_line(capsys, tmp_path) -> None:
+    rows = "".join(f"{urn(i)},\n" for i in range(200))
+    (tmp_path / "leads.csv").write_text(f"profile_urn,first_name\n{rows}", encoding="utf-8")
+    path = write_campaign(tmp_path, recipients=None, recipients_file="leads.csv", message="Hi {{ first_name }}!")
+    code, out, err = validate(capsys, str(path))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: {path}: leads.csv line 2, leads.csv line 3, leads.csv line 4 and 197 more: message does not render:"
+        " 'first_name' is blank (give it a default(...), or test it with {% if %})\n"
+    )
