@@ -25,7 +25,7 @@ from rich.console import Console
 
 from . import __version__, client, sandbox
 from .clock import SystemClock, iso
-from .config import Campaign, CampaignSettings, Limit, account_label, load_campaign
+from .config import Campaign, CampaignSettings, Limit, account_label, load_campaign, renderer
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
 from .plan import estimate_finish, make_plan
 from .render import LiveView, LogLines, describe_wait
@@ -557,21 +557,26 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), help="Write to this file instead of standard output.")
 @click.option("--status", "only", type=click.Choice(STATUSES), help="Only recipients with this status.")
+@click.option("--excel", is_flag=True, help="CSV for Excel: a UTF-8 byte-order mark, and local times.")
 @sandbox_db_option
-def report(name: str, db: str | None, fmt: str, output: str | None, only: str | None, use_sandbox: bool) -> int:
+def report(name: str, db: str | None, fmt: str, output: str | None, only: str | None, excel: bool,
+           use_sandbox: bool) -> int:  # fmt: skip
     """Who was sent what, and who failed and why.
 
     \b
     Example:
         campaign-runner report spring-meetup-invite --format json --output report.json
     """
-    return anyio.run(_report, db, use_sandbox, name, fmt, output, only)
+    if excel and fmt != "csv":
+        raise click.UsageError("--excel is for --format csv")
+    return anyio.run(_report, db, use_sandbox, name, fmt, output, only, excel)
 
 
-async def _report(db: str | None, use_sandbox: bool, name: str, fmt: str, output: str | None, only: str | None) -> int:
+async def _report(db: str | None, use_sandbox: bool, name: str, fmt: str, output: str | None, only: str | None,
+                  excel: bool) -> int:  # fmt: skip
     async with _open_store(db, SystemClock(), create=False, sandbox=use_sandbox) as store:
         if output is None:
-            await write_report(store, name, sys.stdout, fmt, only)
+            await write_report(store, name, sys.stdout, fmt, only, excel)
             return EXIT_OK
         target = Path(output)
         if not target.parent.is_dir():
@@ -580,7 +585,7 @@ async def _report(db: str | None, use_sandbox: bool, name: str, fmt: str, output
         fd, temp = tempfile.mkstemp(dir=target.parent or Path("."), prefix=f".{target.name}.")
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-                count = await write_report(store, name, out, fmt, only)
+                count = await write_report(store, name, out, fmt, only, excel)
             os.replace(temp, target)
         except BaseException:
             os.unlink(temp)
@@ -591,27 +596,34 @@ async def _report(db: str | None, use_sandbox: bool, name: str, fmt: str, output
 
 @cli.command()
 @click.argument("name")
-@click.option("--status", "which", type=click.Choice(["unknown", "failed"]), required=True)
+@click.option("--status", "which", type=click.Choice(["unknown", "failed"]), help="Every recipient with this status.")
+@click.option("--urn", "urns", multiple=True, metavar="URN", help="This recipient (failed or unknown; repeatable).")
 @db_option
 @sandbox_db_option
-def retry(name: str, which: str, db: str | None, use_sandbox: bool) -> int:
-    """Put a campaign's unknown or failed recipients back to pending.
+def retry(name: str, which: str | None, urns: tuple[str, ...], db: str | None, use_sandbox: bool) -> int:
+    """Put a campaign's unknown or failed recipients back to pending, with its current message.
 
     An unknown recipient may already have received the message: retrying it risks a second one.
 
     \b
     Example:
         campaign-runner retry spring-meetup-invite --status failed
+        campaign-runner retry spring-meetup-invite --urn urn:li:fsd_profile:ACoAAFpqSoMB8vTqRbg4mN_wbabO8w0gjgFu-6o
     """
-    return anyio.run(_retry, db, use_sandbox, name, which)
+    if not which and not urns:
+        raise click.UsageError("give --status unknown|failed, or --urn URN")
+    return anyio.run(_retry, db, use_sandbox, name, which, urns)
 
 
-async def _retry(db: str | None, use_sandbox: bool, name: str, which: str) -> int:
+async def _retry(db: str | None, use_sandbox: bool, name: str, which: str | None, urns: tuple[str, ...]) -> int:
     clock = SystemClock()
     async with _open_store(db, clock, create=False, sandbox=use_sandbox) as store:
-        count = await store.retry(name, which, clock.now())
-    click.echo(f"{name}: {count} {which} recipients put back to pending")
-    if which == "unknown" and count:
+        settings = await store.campaign(name)
+        render = renderer(settings.message_template)
+        count = await store.retry(name, [which] if which else [], [u.strip() for u in urns], clock.now(), render)
+    what = f"{which} " if which else ""
+    click.echo(f"{name}: {count} {what}recipients put back to pending, with the campaign's current message")
+    if which != "failed" and count:
         click.echo("warning: unknown recipients may already have received the message", err=True)
     return EXIT_OK
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import csv
 import decimal
+import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -339,6 +340,11 @@ class Recipient:
     profile_urn: str
     message: str  # rendered
     place: str  # where it came from, for messages
+    variables: dict[str, Any] = field(default_factory=dict)  # its own values from the file (blank: None)
+
+    def variables_json(self) -> str:
+        """Its values as stored: JSON, with whatever YAML gave that JSON has not (a date) as text."""
+        return json.dumps(self.variables, ensure_ascii=False, default=str)
 
 
 @dataclass(frozen=True)
@@ -421,7 +427,8 @@ class Recipients:
             seen.add(urn)
             message = _render_checked(self._template, values, place, problems)
             if message is not None:
-                yield Recipient(urn, message, place)
+                own = {key: None if isinstance(value, BlankCell) else value for key, value in values.items()}
+                yield Recipient(urn, message, place, own)
         if problems:
             changed = Problem("", "the file changed while it was being loaded")
             raise CampaignFileError(self._source, [changed, *problems])
@@ -436,6 +443,7 @@ class Campaign(CampaignSettings):
     duplicates: int = 0
     warnings: tuple[Problem, ...] = ()
     advice: tuple[Problem, ...] = ()  # what `validate` points out: variables no recipient has, unused columns
+    columns: tuple[str, ...] = ()  # the recipients' variables, in file order
     timezone: str = "UTC"  # the campaign's schedule's (accounts may have their own)
 
 
@@ -468,6 +476,12 @@ def render(template: Any, variables: dict[str, Any]) -> str:
     return template.render(**variables).strip()
 
 
+def renderer(source: str) -> Callable[[dict[str, Any]], str]:
+    """The message of a template for a recipient's stored values (a blank value is None)."""
+    template = make_environment().from_string(source)
+    return lambda values: render(template, _present(values))
+
+
 def load_campaign(path: str | Path) -> Campaign:
     path = Path(path)
     problems: list[Problem] = []
@@ -493,12 +507,12 @@ def load_campaign(path: str | Path) -> Campaign:
     recipients = Recipients(str(path), spec.recipients, csv_path, spec.recipients_file or "", template, 0)
     # One pass that checks and renders every row and keeps nothing of it but the URNs seen.
     seen: set[str] = set()
-    keys: set[str] = set()  # every variable some recipient has (a column, an inline key)
+    keys: dict[str, None] = {}  # every variable some recipient has (a column, an inline key), in file order
     repeated: list[tuple[str, str]] = []  # (place, urn) of each repeat
     count = rows = 0
     for place, urn, values in recipients.rows(problems):
         rows += 1
-        keys.update(values)
+        keys.update(dict.fromkeys(values))
         if urn in seen:
             repeated.append((place, urn))
             continue
@@ -532,11 +546,12 @@ def load_campaign(path: str | Path) -> Campaign:
         duplicates=len(repeated),
         warnings=tuple(warnings),
         advice=tuple(advice),
+        columns=tuple(keys),
         timezone=spec.schedule.timezone or "UTC",
     )
 
 
-def _variable_warnings(env: SandboxedEnvironment, source: str, keys: set[str], recipients: Recipients
+def _variable_warnings(env: SandboxedEnvironment, source: str, keys: dict[str, None], recipients: Recipients
                        ) -> list[Problem]:  # fmt: skip
     """A variable of the message that no recipient has (a typo, or a column named otherwise: every
     message then takes its `default()`), and a column the message never uses."""
@@ -545,9 +560,9 @@ def _variable_warnings(env: SandboxedEnvironment, source: str, keys: set[str], r
     have = f"they have {', '.join(sorted(keys))}" if keys else "they have no variables"
     warnings = [
         Problem("message", f"no recipient has {{{{ {name} }}}} ({have}), so every message takes its default")
-        for name in sorted(used - keys)
+        for name in sorted(used - set(keys))
     ]
-    for name in sorted(keys - used):
+    for name in sorted(set(keys) - used):
         column = f"column {shown[name]!r}" if name in shown else f"variable {name!r}"
         warnings.append(Problem("recipients", f"the message never uses the {column}"))
     return warnings

@@ -1,6 +1,9 @@
 """Reports streamed from store rows: who was sent what, who failed and why.
 
-CSV cells that a spreadsheet would run as a formula are neutralised with a leading quote.
+The CSV keeps each recipient's own columns from the campaign file (name, company...) beside its
+outcome. CSV cells that a spreadsheet would run as a formula are neutralised with a leading quote.
+`excel=True` starts the file with a UTF-8 byte-order mark and writes local times, so Excel shows
+`Zoë` and dates as they are.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import contextlib
 import csv
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any, TextIO
 
 from .clock import iso
@@ -30,23 +34,38 @@ def as_dict(row: ReportRow) -> dict[str, Any]:
     return values
 
 
-async def write_report(store: Store, name: str, out: TextIO, fmt: str = "csv", status: str | None = None) -> int:
+def local_time(epoch: float | None) -> str | None:
+    """A time as a spreadsheet reads it: this machine's local time, to the second."""
+    return None if epoch is None else datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def write_report(store: Store, name: str, out: TextIO, fmt: str = "csv", status: str | None = None,
+                       excel: bool = False) -> int:  # fmt: skip
     """Write the report of campaign `name` from one consistent view; return how many recipients it lists."""
     async with store.snapshot():
         await store.campaign(name)  # an unknown name is an error, not an empty report
         counts = await store.counts(name)
+        columns = await store.columns(name)
         async with contextlib.aclosing(store.report_rows(name, status)) as rows:
             if fmt == "csv":
-                return await _csv(rows, out)
+                return await _csv(rows, out, columns, excel)
             return await _json(name, counts, rows, out)
 
 
-async def _csv(rows: AsyncIterator[ReportRow], out: TextIO) -> int:
-    writer = csv.DictWriter(out, fieldnames=REPORT_FIELDS, lineterminator="\n")
+async def _csv(rows: AsyncIterator[ReportRow], out: TextIO, columns: list[str], excel: bool) -> int:
+    # The file's own columns after the URN; one named like a report field keeps it apart.
+    own = {column: f"file_{column}" if column in REPORT_FIELDS else column for column in columns}
+    writer = csv.DictWriter(out, fieldnames=["profile_urn", *own.values(), *REPORT_FIELDS[1:]], lineterminator="\n")
+    if excel:
+        out.write("\ufeff")
     writer.writeheader()
     written = 0
     async for row in rows:
-        writer.writerow({key: neutralise(value) for key, value in as_dict(row).items()})
+        values = as_dict(row)
+        if excel:
+            values["sent_at"] = local_time(row.sent_at)
+        values |= {own[key]: value for key, value in row.variables.items() if key in own}
+        writer.writerow({key: neutralise(value) for key, value in values.items()})
         written += 1
     return written
 
@@ -55,7 +74,8 @@ async def _json(name: str, counts: dict[str, int], rows: AsyncIterator[ReportRow
     out.write(f'{{"campaign": {json.dumps(name)}, "counts": {json.dumps(counts)}, "recipients": [')
     written = 0
     async for row in rows:
-        out.write(("," if written else "") + "\n  " + json.dumps(as_dict(row), ensure_ascii=False))
+        values = as_dict(row) | {"variables": row.variables}
+        out.write(("," if written else "") + "\n  " + json.dumps(values, ensure_ascii=False))
         written += 1
     out.write("\n]}\n" if written else "]}\n")
     return written

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import random
 import socket
@@ -23,7 +24,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -131,6 +132,7 @@ class ReportRow:
     attempts: int
     sent_at: float | None
     message: str
+    variables: dict[str, Any] = field(default_factory=dict)  # the recipient's own values from the file
 
 
 REPORT_FIELDS = ("profile_urn", "status", "account_id", "http_status", "error", "attempts", "sent_at", "message")
@@ -404,8 +406,8 @@ class Store:
         db.execute(
             "INSERT INTO campaigns (name, group_id, endpoint, message_template, limit_cap, limit_window,"
             " burst, max_attempts, backoff, breaker_failures, breaker_cooldown, breaker_pauses,"
-            " breaker_forbidden, warmup_start, warmup_increase, api_limits, source, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " breaker_forbidden, warmup_start, warmup_increase, api_limits, source, columns, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET group_id = excluded.group_id, endpoint = excluded.endpoint,"
             " message_template = excluded.message_template, limit_cap = excluded.limit_cap,"
             " limit_window = excluded.limit_window, burst = excluded.burst,"
@@ -413,14 +415,16 @@ class Store:
             " breaker_failures = excluded.breaker_failures, breaker_cooldown = excluded.breaker_cooldown,"
             " breaker_pauses = excluded.breaker_pauses, breaker_forbidden = excluded.breaker_forbidden,"
             " warmup_start = excluded.warmup_start, warmup_increase = excluded.warmup_increase,"
-            " api_limits = excluded.api_limits, source = excluded.source, updated_at = excluded.updated_at",
+            " api_limits = excluded.api_limits, source = excluded.source, columns = excluded.columns,"
+            " updated_at = excluded.updated_at",
             (
                 campaign.name, campaign.group_id, campaign.endpoint, campaign.message_template,
                 campaign.limit.cap, campaign.limit.window, campaign.burst, campaign.max_attempts,
                 campaign.backoff, campaign.breaker.failures, campaign.breaker.cooldown, campaign.breaker.pauses,
                 campaign.breaker.forbidden, campaign.warmup.start if campaign.warmup else None,
                 campaign.warmup.increase if campaign.warmup else None,
-                ",".join(str(limit) for limit in campaign.api_limits), campaign.source, now, now,
+                ",".join(str(limit) for limit in campaign.api_limits), campaign.source, json.dumps(campaign.columns),
+                now, now,
             ),
         )  # fmt: skip
         db.execute("DELETE FROM campaign_accounts WHERE campaign = ?", (campaign.name,))
@@ -431,46 +435,53 @@ class Store:
               a.schedule.to_json()) for a in campaign.accounts],
         )  # fmt: skip
         known = {
-            row[0]: (row[1], row[2], row[3])
+            row[0]: (row[1], row[2], row[3], row[4])
             for row in self._all(
-                "SELECT profile_urn, status, message, removed FROM recipients WHERE campaign = ?", (campaign.name,)
+                "SELECT profile_urn, status, message, removed, variables FROM recipients WHERE campaign = ?",
+                (campaign.name,),
             )
         }
         # One pass over the file (it is read as it goes, never held whole): new recipients go
         # in as they come; what is known is compared with the file.
         added = in_file_known = 0
         in_file: set[str] = set()
-        differing: list[tuple[str, float, str, str]] = []
+        differing: list[tuple[str, str, float, str, str]] = []
+        values_only: list[tuple[str, float, str, str]] = []
 
-        def fresh() -> Iterator[tuple[str, str, str, float]]:
+        def fresh() -> Iterator[tuple[str, str, str, str, float]]:
             nonlocal added, in_file_known
             for r in campaign.recipients:
                 found = known.get(r.profile_urn)
+                variables = r.variables_json()
                 if found is None:
                     added += 1
-                    yield (campaign.name, r.profile_urn, r.message, now)
+                    yield (campaign.name, r.profile_urn, r.message, variables, now)
                     continue
                 in_file_known += 1
                 in_file.add(r.profile_urn)
-                # Unsent recipients whose message in the file is not the stored one (a new
-                # template, or an edited CSV cell). Before anything was sent, or with
+                # Unsent recipients whose message (or values) in the file is not the stored one (a
+                # new template, or an edited CSV cell). Before anything was sent, or with
                 # --accept-changes, the file wins; otherwise the stored message stays and the
                 # summary says how many differ.
                 if found[0] in ("pending", "skipped") and found[1] != r.message:
-                    differing.append((r.message, now, campaign.name, r.profile_urn))
+                    differing.append((r.message, variables, now, campaign.name, r.profile_urn))
+                elif found[3] != variables:  # values the message does not show (or a first load's)
+                    values_only.append((variables, now, campaign.name, r.profile_urn))
 
-        db.executemany("INSERT INTO recipients (campaign, profile_urn, message, updated_at) VALUES (?, ?, ?, ?)",
-                       fresh())  # fmt: skip
+        db.executemany(
+            "INSERT INTO recipients (campaign, profile_urn, message, variables, updated_at) VALUES (?, ?, ?, ?, ?)",
+            fresh(),
+        )
         # Whoever left the file is never sent again (a pending one is skipped at once; one in
         # flight is skipped if its answer hands it back) until it returns to the file.
-        gone = [urn for urn, (status, _, removed) in known.items() if not removed and urn not in in_file]
+        gone = [urn for urn, (status, _, removed, _) in known.items() if not removed and urn not in in_file]
         db.executemany(
             "UPDATE recipients SET removed = 1, status = CASE status WHEN 'pending' THEN 'skipped' ELSE status END,"
             " error = CASE status WHEN 'pending' THEN ? ELSE error END, updated_at = ?"
             " WHERE campaign = ? AND profile_urn = ?",
             [(REMOVED_FROM_FILE, now, campaign.name, urn) for urn in gone],
         )
-        back = [urn for urn, (_, _, removed) in known.items() if removed and urn in in_file]
+        back = [urn for urn, (_, _, removed, _) in known.items() if removed and urn in in_file]
         db.executemany(
             "UPDATE recipients SET removed = 0, status = CASE status WHEN 'skipped' THEN 'pending' ELSE status END,"
             " error = CASE status WHEN 'skipped' THEN NULL ELSE error END, updated_at = ?"
@@ -480,10 +491,13 @@ class Store:
         rewrite = accept_changes or not started
         if rewrite:
             db.executemany(
-                "UPDATE recipients SET message = ?, updated_at = ? WHERE campaign = ? AND profile_urn = ?"
-                " AND status = 'pending'",
+                "UPDATE recipients SET message = ?, variables = ?, updated_at = ? WHERE campaign = ?"
+                " AND profile_urn = ? AND status = 'pending'",
                 differing,
             )
+        db.executemany(
+            "UPDATE recipients SET variables = ?, updated_at = ? WHERE campaign = ? AND profile_urn = ?", values_only
+        )
         return LoadSummary(
             campaign=campaign.name,
             added=added,
@@ -527,6 +541,12 @@ class Store:
             warmup=Warmup(row[13], row[14]) if row[13] is not None else None,
             api_limits=_limits(row[15]),
         )  # fmt: skip
+
+    def _columns(self, name: str) -> list[str]:
+        """A campaign's own columns (its recipients' variables), in file order."""
+        with self._snapshot():
+            row = self._one("SELECT columns FROM campaigns WHERE name = ?", (name,))
+        return json.loads(row[0]) if row and row[0] else []
 
     def _campaign_names(self, unfinished_only: bool = False) -> list[str]:
         sql = "SELECT name FROM campaigns c"
@@ -869,7 +889,7 @@ class Store:
     async def report_rows(self, name: str, status: str | None = None) -> AsyncIterator[ReportRow]:
         """Rows in load order, streamed in batches. Inside `snapshot()` they pair with `counts`."""
         sql = (
-            "SELECT profile_urn, status, account_id, http_status, error, attempts, sent_at, message"
+            "SELECT profile_urn, status, account_id, http_status, error, attempts, sent_at, message, variables"
             " FROM recipients WHERE campaign = ?"
         )
         params: tuple[Any, ...] = (name,)
@@ -885,23 +905,40 @@ class Store:
                         yield ReportRow(
                             profile_urn=row[0], status=row[1], account_id=None if account in (None, "") else account,
                             http_status=row[3], error=row[4], attempts=row[5], sent_at=row[6], message=row[7],
+                            variables=json.loads(row[8]) if row[8] else {},
                         )  # fmt: skip
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._run(cursor.close)
 
-    def _retry(self, name: str, status: str, now: float) -> int:
-        """Put `unknown` or `failed` recipients back to pending, with a fresh retry budget."""
-        if status not in ("unknown", "failed"):
-            raise ValueError(status)
+    def _retry(self, name: str, statuses: Sequence[str], urns: Sequence[str], now: float,
+               render: Callable[[dict[str, Any]], str] | None = None) -> int:  # fmt: skip
+        """Put recipients back to pending with a fresh retry budget: those `unknown` or `failed`
+        with one of `statuses`, and (or) those of `urns` (failed or unknown). `render` gives each
+        the campaign's current message from its own values; one loaded before values were kept
+        keeps its message. Whoever left the campaign's file stays as it is."""
+        if not set(statuses) <= {"unknown", "failed"}:
+            raise ValueError(statuses)
         self._campaign(name)
+        where = "campaign = ? AND removed = 0 AND status IN ('unknown', 'failed')"
+        params: list[Any] = [name]
+        if statuses:
+            where += f" AND status IN ({','.join('?' * len(statuses))})"
+            params += statuses
+        if urns:
+            where += f" AND profile_urn IN ({','.join('?' * len(urns))})"
+            params += urns
         with self._transaction() as db:
-            cursor = db.execute(
+            rows = self._all(f"SELECT id, message, variables FROM recipients WHERE {where}", params)
+            db.executemany(
                 "UPDATE recipients SET status = 'pending', retries = 0, not_before = 0, http_status = NULL,"
-                " error = NULL, updated_at = ? WHERE campaign = ? AND status = ? AND removed = 0",
-                (now, name, status),
+                " error = NULL, message = ?, updated_at = ? WHERE id = ?",
+                [
+                    (render(json.loads(variables)) if render and variables is not None else message, now, rid)
+                    for rid, message, variables in rows
+                ],
             )
-            return cursor.rowcount
+            return len(rows)
 
     def _bind_api(self, names: Sequence[str], api: str, switch: bool, now: float) -> None:
         """Record that these campaigns are sent to `api` ('sandbox' or a base URL). A campaign that
@@ -967,6 +1004,9 @@ class Store:
     async def campaign(self, name: str) -> CampaignSettings:
         return await self._run(self._campaign, name)
 
+    async def columns(self, name: str) -> list[str]:
+        return await self._run(self._columns, name)
+
     async def campaign_names(self, unfinished_only: bool = False) -> list[str]:
         return await self._run(self._campaign_names, unfinished_only)
 
@@ -1028,9 +1068,10 @@ class Store:
     async def account_status(self, account_id: str, pacing: Pacing, now: float) -> AccountStatus:
         return await self._run(self._account_status, account_id, pacing, now)
 
-    async def retry(self, name: str, status: str, now: float) -> int:
-        """Put `unknown` or `failed` recipients back to pending, with a fresh retry budget."""
-        return await self._run(self._retry, name, status, now)
+    async def retry(self, name: str, statuses: Sequence[str], urns: Sequence[str], now: float,
+                    render: Callable[[dict[str, Any]], str] | None = None) -> int:  # fmt: skip
+        """Put recipients back to pending, with a fresh retry budget (see `_retry`)."""
+        return await self._run(self._retry, name, statuses, urns, now, render)
 
 
 def _create_private(path: Path) -> None:

@@ -98,6 +98,7 @@ def test_report_csv_neutralises_formulas(capsys, finished_db: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(out)))
     assert list(rows[0]) == [
         "profile_urn",
+        "greeting",  # the file's own column, beside the outcome
         "status",
         "account_id",
         "http_status",
@@ -109,7 +110,7 @@ def test_report_csv_neutralises_formulas(capsys, finished_db: Path) -> None:
     assert [(r["profile_urn"], r["status"], r["http_status"]) for r in rows] == [
         (urn(0), "sent", "200"), (urn(1), "failed", "403"), (urn(2), "sent", "200"),
     ]  # fmt: skip
-    assert rows[2]["message"] == '\'=HYPERLINK("http://x")'
+    assert rows[2]["message"] == rows[2]["greeting"] == '\'=HYPERLINK("http://x")'
     assert rows[1]["error"] == "Error sending group context message: Request failed with status code 403"
 
 
@@ -154,7 +155,11 @@ def test_status_text_and_json(capsys, finished_db: Path) -> None:
 
 def test_retry_puts_failed_back_to_pending(capsys, finished_db: Path) -> None:
     code, out, err = invoke(capsys, "retry", "test-campaign", "--status", "failed", "--db", str(finished_db))
-    assert (code, out, err) == (0, "test-campaign: 1 failed recipients put back to pending\n", "")
+    assert (code, out, err) == (
+        0,
+        "test-campaign: 1 failed recipients put back to pending, with the campaign's current message\n",
+        "",
+    )
     with sqlite3.connect(finished_db) as db:
         assert db.execute("SELECT status FROM recipients WHERE profile_urn = ?", (urn(1),)).fetchone() == ("pending",)
     code, out, err = invoke(capsys, "retry", "nope", "--status", "unknown", "--db", str(finished_db))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import re
+
 from campaign_runner.cli import run_cli
 
 from conftest import urn, write_campaign, write_text
@@ -142,3 +146,40 @@ def test_a_problem_on_many_rows_is_one_line(capsys, tmp_path) -> None:
         f"error: {path}: leads.csv line 2, leads.csv line 3, leads.csv line 4 and 197 more: message does not render:"
         " 'first_name' is blank (give it a default(...), or test it with {% if %})\n"
     )
+
+
+def test_a_retried_recipient_gets_the_message_that_was_accepted(cli, serve_sandbox, tmp_path) -> None:
+    box, url = serve_sandbox(non_members={urn(1), urn(2)})
+    people = [{"profile_urn": urn(i), "first_name": f"P{i}"} for i in range(3)]
+    path = write_campaign(tmp_path, recipients=people, message="Old text, {{ first_name }}")
+    assert cli("run", str(path), base_url=url)[0] == 0
+    path = write_campaign(tmp_path, recipients=people, message="New text, {{ first_name }}")
+    code, out, _ = cli("run", str(path), "--accept-changes", base_url=url)
+    assert code == 0
+    box.config.non_members.clear()
+    code, out, _ = cli("retry", "test-campaign", "--urn", urn(1))
+    assert (code, out) == (0, "test-campaign: 1 recipients put back to pending, with the campaign's current message\n")
+    assert cli("resume", base_url=url)[0] == 0
+    assert cli("retry", "test-campaign", "--status", "failed")[0] == 0
+    assert cli("resume", base_url=url)[0] == 0
+    assert [(d.recipient, d.message) for d in box.log] == [
+        (urn(0), "Old text, P0"),
+        (urn(1), "New text, P1"),
+        (urn(2), "New text, P2"),
+    ]
+
+
+def test_the_report_keeps_the_files_columns_and_opens_in_excel(cli, serve_sandbox, tmp_path) -> None:
+    box, url = serve_sandbox()
+    (tmp_path / "leads.csv").write_text(
+        f"Profile URN,First Name,Company,Status\n{urn(1)},Zoë,Café Ltd,VIP\n", encoding="utf-8"
+    )
+    path = write_campaign(tmp_path, recipients=None, recipients_file="leads.csv", message="Hi {{ first_name }}")
+    assert cli("run", str(path), base_url=url)[0] == 0
+    target = tmp_path / "report.csv"
+    assert cli("report", "test-campaign", "--excel", "--output", str(target))[0] == 0
+    data = target.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbfprofile_urn,first_name,company,file_status,status,")
+    row = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))[0]
+    assert (row["first_name"], row["company"], row["file_status"], row["status"]) == ("Zoë", "Café Ltd", "VIP", "sent")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row["sent_at"])  # local time, as Excel reads it

@@ -105,7 +105,7 @@ async def test_a_late_answer_never_overwrites_a_retry(store: Store) -> None:
     slow = await claim(store, await run_of(store, 4242, "another-host"))
     ours = await store.begin_run("test", T0 + 1, 60)
     await store.recover(ours, T0 + 200)
-    assert await store.retry("test-campaign", "unknown", T0 + 201) == 1
+    assert await store.retry("test-campaign", ["unknown"], [], T0 + 201) == 1
     again = await claim(store, ours, T0 + 202)
     assert again.recipient_id == slow.recipient_id
     result = await store.record(slow, Outcome(Kind.REJECTED, http_status=403), T0 + 203, latency=203,
@@ -117,7 +117,7 @@ async def test_a_late_answer_never_overwrites_a_later_claims_unknown(store: Stor
     slow = await claim(store, await run_of(store, 4242, "another-host"))
     ours = await store.begin_run("test", T0 + 1, 60)
     await store.recover(ours, T0 + 200)
-    assert await store.retry("test-campaign", "unknown", T0 + 201) == 1
+    assert await store.retry("test-campaign", ["unknown"], [], T0 + 201) == 1
     # Another run claims it again, and that run is lost too: its claim becomes `unknown` in turn.
     again = await claim(store, await run_of(store, 4343, "yet-another-host", T0 + 202), T0 + 202)
     assert again.recipient_id == slow.recipient_id
@@ -266,7 +266,7 @@ async def test_retry_and_a_403_streak_never_put_back_a_removed_recipient(store: 
     rest = write_campaign(tmp_path, "rest.yaml", limit="10/1s", recipients=[{"profile_urn": urn(0)}])
     await store.load([load_campaign(rest)], T0 + 8)
     assert await status_of(store, third.profile_urn) == ("failed", "Forbidden")
-    assert await store.retry("test-campaign", "failed", T0 + 9) == 0  # it left the file: not revived
+    assert await store.retry("test-campaign", ["failed"], [], T0 + 9) == 0  # it left the file: not revived
 
 
 async def status_of(store: Store, profile: str) -> tuple[str, str | None]:
