@@ -28,7 +28,7 @@ from .clock import SystemClock, iso
 from .config import Campaign, CampaignSettings, Limit, account_label, load_campaign, renderer
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
 from .plan import estimate_finish, make_plan
-from .render import LiveView, LogLines, describe_wait
+from .render import LiveView, LogLines, describe_account, describe_wait
 from .report import FORMATS, write_report
 from .schedule import Schedule
 from .scheduler import RunResult, Scheduler
@@ -513,24 +513,35 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
         for c in settings:
             counts = await store.counts(c.name)
             finish = estimate_finish(counts["pending"], [pacing[a] for a in c.account_ids if a in pacing], now)
-            campaigns.append(
-                {"name": c.name, "counts": counts, "projected_finish": iso(finish) if counts["pending"] else None}
-            )
+            zone_of = c.accounts[0].schedule if c.accounts else Schedule()
+            campaigns.append({
+                "name": c.name,
+                "counts": counts,
+                "projected_finish": iso(finish) if counts["pending"] and finish else None,
+                "projected_finish_local": zone_of.local(finish).strftime("%Y-%m-%d %H:%M %Z")
+                if counts["pending"] and finish else None,
+            })  # fmt: skip
         accounts = []
         for account_id in account_ids:
-            state = await store.account_status(account_id, pacing[account_id], now)
-            next_at = max(state.next_at, now)
-            schedules = state.pacing.schedules
-            local = (schedules[0] if schedules else Schedule()).local(next_at)
+            found = await store.account_status(account_id, pacing[account_id], now)
+            schedules = found.pacing.schedules
+            zone = schedules[0] if schedules else Schedule()
+            state, detail = describe_account(found, now, lambda t, z=zone: z.local(t).strftime("%Y-%m-%d %H:%M %Z"))
+            next_at = max(found.next_at, now)
             accounts.append({
                 "account_id": account_id or None,
-                "limits": str(state.pacing),
-                "window_used": state.window_used,
-                "window_cap": state.window_cap,
+                "state": state,
+                "detail": detail,
+                "limits": str(found.pacing),
+                "warmup_day": found.pacing.warmup_day,
+                "warmup_cap_today": found.pacing.warmup_cap,
+                "window_used": found.window_used,
+                "window_cap": found.window_cap,
                 "next_send_at": iso(next_at),
-                "next_send_local": local.strftime("%Y-%m-%d %H:%M %Z"),
-                "waiting_for": None if state.reason == "ready" else describe_wait(state.reason),
-                "hold_until": iso(state.hold_until) if state.hold_until > now else None,
+                "next_send_local": zone.local(next_at).strftime("%Y-%m-%d %H:%M %Z"),
+                "waiting_for": None if found.reason == "ready" else describe_wait(found.reason),
+                "hold_until": iso(found.hold_until) if found.hold_until > now else None,
+                "stopped_reason": found.stopped_reason,
             })  # fmt: skip
     if as_json:
         click.echo(json.dumps({"campaigns": campaigns, "accounts": accounts}, indent=2))
@@ -540,13 +551,12 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
         total = sum(counts.values())
         line = f"{c['name']}: {total} recipients: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES)
         if counts["pending"]:
-            line += f"; projected finish about {c['projected_finish'] or 'more than a year away'}"
+            line += f"; projected finish about {c['projected_finish_local'] or 'more than a year away'}"
         click.echo(line)
     for a in accounts:
-        wait = f" ({a['waiting_for']})" if a["waiting_for"] else ""
         click.echo(
-            f"account {account_label(a['account_id'] or '')}: limits {a['limits']},"
-            f" {a['window_used']}/{a['window_cap']} used in the current window, next send {a['next_send_local']}{wait}"
+            f"account {account_label(a['account_id'] or '')}: {a['detail']}; limits {a['limits']};"
+            f" {a['window_used']}/{a['window_cap']} used in the current window"
         )
     return EXIT_OK
 

@@ -46,6 +46,8 @@ class Pacing:
     limits: tuple[Limit, ...]
     burst: int = 1
     schedules: tuple[Schedule, ...] = ()  # all must allow a send (an account campaigns share)
+    warmup_day: int | None = None  # with a warm-up: the account's day of sending (1 is its first)...
+    warmup_cap: int | None = None  # ...and that day's cap, one of `limits`
 
     def __post_init__(self) -> None:
         if not self.limits:
@@ -92,7 +94,10 @@ class Pacing:
         return max(self.spread - (low + high) / 2, 0.0)
 
     def __str__(self) -> str:
-        text = ", ".join(str(limit) for limit in sorted(set(self.limits)))
+        warmup = Limit(self.warmup_cap, 86400.0) if self.warmup_cap is not None else None
+        text = ", ".join(str(limit) for limit in sorted(set(self.limits)) if limit != warmup)
+        if warmup is not None:
+            text += f"{', ' if text else ''}warm-up day {self.warmup_day}: at most {self.warmup_cap} today"
         shown = sorted({str(s) for s in self.schedules if not s.always or s.delay[1]})
         return f"{text} ({'; '.join(shown)})" if shown else text
 

@@ -142,10 +142,11 @@ def estimate_finish(pending: int, pacings: list[Pacing], now: float) -> float | 
     weeks = max(int(pending // weekly) - 1, 0)  # whole weeks first, then hour by hour
     done, at = weeks * weekly, now + weeks * WEEK
     for hour in range(2 * hours):
-        done += per_hour[hour % hours]
-        if done >= pending:
-            at += (hour + 1) * ESTIMATE_STEP  # to the hour
+        rate = per_hour[hour % hours]
+        if done + rate >= pending:  # within this hour, at its rate (2 left at 6 an hour: 20 minutes)
+            at += (hour + (pending - done) / rate) * ESTIMATE_STEP
             return at if at < now + ESTIMATE_HORIZON else None
+        done += rate
     return None  # pragma: no cover - two weeks always hold what is left
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -12,7 +13,7 @@ from rich.table import Table
 from . import events
 from .clock import Clock, iso
 from .config import account_label
-from .store import STATUSES
+from .store import STATUSES, AccountStatus
 
 
 def describe_wait(reason: str) -> str:
@@ -28,6 +29,27 @@ def describe_wait(reason: str) -> str:
         "key": "the API key's own limit",
         "schedule": "outside sending hours",
     }.get(reason, reason)
+
+
+def describe_account(found: AccountStatus, now: float, local: Callable[[float], str]) -> tuple[str, str]:
+    """An account's state at a glance, as (state, a line for people): stopped (and why), blocked or
+    held by the API, paused by the breaker, sending, waiting (for what, until when), or ready."""
+    hold = found.hold_reason or ""
+    if found.stopped_reason:
+        when = local(found.stopped_at) if found.stopped_at else "its last run"
+        return "stopped", f"stopped at {when}: {found.stopped_reason}; `resume` tries it again"
+    if found.hold_until > now:
+        until = local(found.hold_until)
+        if hold.startswith("blocked by the API"):
+            return "blocked", f"blocked by the API, held until {until} (`hold clear` lifts it)"
+        if hold.startswith("circuit breaker"):
+            return "paused", f"paused by the breaker until {until}: {hold}"
+        return "held", f"held by the API until {until}: {hold}"
+    if found.in_flight:
+        return "sending", f"sending ({found.in_flight} request{'s' if found.in_flight > 1 else ''} in flight)"
+    if found.next_at > now:
+        return "waiting", f"waiting until {local(found.next_at)} ({describe_wait(found.reason)})"
+    return "ready", "ready to send"
 
 
 _FINISHED = {"drained": "done", "deferred": "more later (--no-wait)", "stopped": "stopped"}

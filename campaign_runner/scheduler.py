@@ -296,7 +296,7 @@ class Scheduler:
             order.rotate(-1)  # campaigns sharing an account take turns
             self._set_progress()
             if judgement.stop:
-                self._stop_account(account, judgement)
+                await self._stop_account(account, judgement)
                 return
             if decision.next_at > self._clock.now() and not self._no_wait:
                 # The account's own pacing rules out another send before then: sleep now
@@ -323,9 +323,11 @@ class Scheduler:
         if was_head and self._key_line and (wake := self._key_wakes.pop(self._key_line[0], None)):
             wake.set()
 
-    def _stop_account(self, account: str, judgement: Judgement) -> None:
+    async def _stop_account(self, account: str, judgement: Judgement) -> None:
         reason = judgement.reason or "stopped"
         self._stopped[account] = reason
+        with anyio.CancelScope(shield=True):
+            await self._store.stop_account(account, reason, self._clock.now())
         put_back: dict[str, int] = {}
         for refused in judgement.put_back:
             put_back[refused.campaign] = put_back.get(refused.campaign, 0) + 1

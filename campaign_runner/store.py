@@ -113,6 +113,10 @@ class AccountStatus:
     next_at: float
     reason: str
     hold_until: float
+    hold_reason: str | None = None
+    in_flight: int = 0  # its requests on the wire now, from any process
+    stopped_reason: str | None = None  # why a run last stopped it, until it sends again
+    stopped_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -581,10 +585,12 @@ class Store:
         limits = {Limit(cap, window) for cap, window, *_ in rows}
         schedules = tuple(sorted({Schedule.from_json(row[3]) for row in rows}, key=str))
         warmups = [Warmup(row[4], row[5]) for row in rows if row[4] is not None]
+        day = cap = None
         if warmups:
             day = self._sending_day(account_id, schedules[0], now)
-            limits.add(Limit(min(w.cap(day) for w in warmups), 86400.0))
-        return Pacing(tuple(sorted(limits)), min(row[2] for row in rows), schedules)
+            cap = min(w.cap(day) for w in warmups)
+            limits.add(Limit(cap, 86400.0))
+        return Pacing(tuple(sorted(limits)), min(row[2] for row in rows), schedules, day, cap)
 
     def _sending_day(self, account_id: str, schedule: Schedule, now: float) -> int:
         """Which day of sending this is for the account (1 on its first), in its own time zone,
@@ -828,6 +834,9 @@ class Store:
                     headers.action, headers.limit, headers.used, headers.remaining, headers.reset, claim.attempt_id,
                 ),
             )  # fmt: skip
+            if outcome.kind is Kind.SENT:  # it works again: whatever stopped it is over
+                db.execute("UPDATE accounts SET stopped_reason = NULL, stopped_at = NULL WHERE id = ?",
+                           (claim.account_id,))  # fmt: skip
             if hold_until is not None and hold_until > now:
                 hold_until = min(hold_until, now + MAX_HOLD)  # the policy bounds it; a database must not trust that
                 db.execute(
@@ -875,6 +884,11 @@ class Store:
         with self._snapshot():
             state = self._account_state(account_id, pacing, now, self._key_limits(()))
             used = self._window_used(account_id, pacing.slowest, now)
+            row = self._one("SELECT hold_reason, stopped_reason, stopped_at FROM accounts WHERE id = ?", (account_id,))
+            (in_flight,) = self._one(
+                "SELECT count(*) FROM attempts WHERE account_id = ? AND slot_at >= ?", (account_id, IN_FLIGHT)
+            )
+        hold_reason, stopped_reason, stopped_at = row or (None, None, None)
         verdict = decide(pacing, state, now)
         return AccountStatus(
             account_id=account_id,
@@ -884,6 +898,10 @@ class Store:
             next_at=verdict.at,
             reason=verdict.reason,
             hold_until=state.hold_until,
+            hold_reason=hold_reason,
+            in_flight=in_flight,
+            stopped_reason=stopped_reason,
+            stopped_at=stopped_at,
         )
 
     async def report_rows(self, name: str, status: str | None = None) -> AsyncIterator[ReportRow]:
@@ -954,6 +972,15 @@ class Store:
                         " new name or another --db; to go on with it here as it is, run again with --switch-api"
                     )
                 db.execute("UPDATE campaigns SET api = ?, updated_at = ? WHERE name = ?", (api, now, name))
+
+    def _stop_account(self, account_id: str, reason: str, now: float) -> None:
+        """Remember why a run stopped the account, for `status` (cleared when it sends again)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO accounts (id, stopped_reason, stopped_at) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE"
+                " SET stopped_reason = excluded.stopped_reason, stopped_at = excluded.stopped_at",
+                (account_id, reason, now),
+            )
 
     def _set_api_limits(self, names: Sequence[str], limits: Sequence[Limit], now: float) -> None:
         """The API key's limit for these campaigns (`--api-limit`): every claim of every process
@@ -1046,6 +1073,9 @@ class Store:
     async def bind_api(self, names: Sequence[str], api: str, switch: bool, now: float) -> None:
         """Record the API these campaigns are sent to; refuse a switch unless asked (see `_bind_api`)."""
         await self._run(self._bind_api, names, api, switch, now)
+
+    async def stop_account(self, account_id: str, reason: str, now: float) -> None:
+        await self._run(self._stop_account, account_id, reason, now)
 
     async def set_api_limits(self, names: Sequence[str], limits: Sequence[Limit], now: float) -> None:
         await self._run(self._set_api_limits, names, limits, now)

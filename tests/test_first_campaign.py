@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 
 from campaign_runner.cli import run_cli
@@ -183,3 +184,34 @@ def test_the_report_keeps_the_files_columns_and_opens_in_excel(cli, serve_sandbo
     row = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))[0]
     assert (row["first_name"], row["company"], row["file_status"], row["status"]) == ("Zoë", "Café Ltd", "VIP", "sent")
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row["sent_at"])  # local time, as Excel reads it
+
+
+def test_status_shows_each_accounts_state_at_a_glance(cli, serve_sandbox, tmp_path) -> None:
+    """A stopped account is not shown as if it were fine; warm-up caps are labelled."""
+    box, url = serve_sandbox(credentials_error={"acc_bad"}, forbidden_after={"acc_403": 1})
+    accounts = [{"id": "acc_ok", "limit": "1/0.2s"}, "acc_bad", "acc_403"]
+    breaker = {"failures": 2, "cooldown": "100ms", "pauses": 0, "forbidden": 2}
+    recipients = [{"profile_urn": urn(i)} for i in range(8)]
+    path = write_campaign(tmp_path, accounts=accounts, breaker=breaker, recipients=recipients)
+    code, out, err = cli("run", str(path), base_url=url)
+    assert code == 1 and out.splitlines()[-1] == "test-campaign: 8 sent"
+    code, out, _ = cli("status")
+    assert code == 0
+    lines = {line.split(":", 1)[0]: line for line in out.splitlines()[1:]}
+    assert lines["account acc_bad"].startswith("account acc_bad: stopped at ")
+    assert "requests keep failing" in lines["account acc_bad"] and "`resume` tries it again" in lines["account acc_bad"]
+    assert lines["account acc_403"].startswith("account acc_403: stopped at ")
+    assert "refused with 403" in lines["account acc_403"]
+    code, out, _ = cli("status", "--json")
+    states = {a["account_id"]: a["state"] for a in json.loads(out)["accounts"]}
+    assert states["acc_ok"] in ("ready", "waiting") and (states["acc_bad"], states["acc_403"]) == ("stopped",) * 2
+
+    # A warm-up's cap of the day is labelled, and the wait is said in the campaign's time zone.
+    warm = write_campaign(tmp_path, "warm.yaml", name="warm", accounts=["acc_w"], limit="150/day",
+                          warmup={"start": 20, "increase": 10}, schedule={"timezone": "Europe/Berlin"})  # fmt: skip
+    assert cli("run", str(warm), "--no-wait", base_url=url)[0] == 0
+    code, out, _ = cli("status", "warm")
+    line = out.splitlines()[1]
+    assert line.startswith("account acc_w: waiting until ") and " (pacing); limits " in line
+    assert re.search(r" \d\d:\d\d CES?T \(pacing\)", line)
+    assert "; limits 150/day, warm-up day 1: at most 20 today; 1/20 used in the current window" in line

@@ -210,3 +210,5 @@ def test_the_status_estimate_follows_the_schedules_and_gives_up_after_a_year() -
     # 480 more: Friday, then Monday and Tuesday (the weekend sends nothing), done Tuesday 17:00.
     assert estimate_finish(480, accounts, friday_9) == friday_9 + (4 * 24 + 8) * 3600
     assert estimate_finish(10**6, accounts, friday_9) is None  # about 24 years
+    # Two left at 20 an hour together: six minutes, not the hour the estimate used to round to.
+    assert estimate_finish(2, accounts, friday_9) == pytest.approx(friday_9 + 6 * 60)
