@@ -405,8 +405,9 @@ async def _open_store(db: str | None, clock: SystemClock, *, create: bool, sandb
 @click.argument("file", type=click.Path(dir_okay=False))
 @db_option
 @click.option("--start", help="When sending would begin (ISO 8601; without an offset, the campaign's time zone).")
+@click.option("--weekly", is_flag=True, help="One row per week instead of per day.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def plan(file: str, db: str | None, start: str | None, as_json: bool) -> int:
+def plan(file: str, db: str | None, start: str | None, weekly: bool, as_json: bool) -> int:
     """Predict, per account and per day, what a campaign sends and when it finishes.
 
     Runs the campaign on a virtual clock against the built-in sandbox: nothing is sent, and the
@@ -415,12 +416,14 @@ def plan(file: str, db: str | None, start: str | None, as_json: bool) -> int:
     \b
     Example:
         campaign-runner plan campaigns/example.yaml --start 2027-03-01T09:00
+        campaign-runner plan campaigns/big.yaml --weekly
     """
     campaign = _load([file])[0]
     begin = _parse_start(start, campaign.timezone) if start else SystemClock().now()
     result = anyio.run(make_plan, campaign, begin, database_path(db, False))
+    rows = result.per_week() if weekly else result.per_day
     if as_json:
-        click.echo(json.dumps(_plan_json(result), indent=2))
+        click.echo(json.dumps(_plan_json(result, rows, weekly), indent=2))
         return EXIT_OK
     accounts = result.accounts
     click.echo(
@@ -429,11 +432,12 @@ def plan(file: str, db: str | None, start: str | None, as_json: bool) -> int:
     )
     labels = [account_label(a) for a in accounts]
     widths = [max(len(label), 5) for label in labels]
-    click.echo("  ".join(["date      ", "day", *(f"{label:>{w}}" for label, w in zip(labels, widths, strict=True)),
-                          "total"]))  # fmt: skip
-    for day, counts in result.per_day.items():
+    first = ["week of    ", "   "] if weekly else ["date      ", "day"]
+    click.echo("  ".join([*first, *(f"{label:>{w}}" for label, w in zip(labels, widths, strict=True)), "total"]))
+    for day, counts in rows.items():
         cells = [f"{counts.get(a, 0):>{w}}" for a, w in zip(accounts, widths, strict=True)]
-        click.echo("  ".join([day.isoformat(), day.strftime("%a"), *cells, f"{sum(counts.values()):>5}"]))
+        lead = [day.isoformat() + " ", day.strftime("W%V")] if weekly else [day.isoformat(), day.strftime("%a")]
+        click.echo("  ".join([*lead, *cells, f"{sum(counts.values()):>5}"]))
     if result.finish is None:
         click.echo("nothing to send")
     else:
@@ -466,7 +470,7 @@ def _parse_start(text: str, timezone: str) -> float:
     return moment.timestamp()
 
 
-def _plan_json(result: Any) -> dict[str, Any]:
+def _plan_json(result: Any, rows: dict[Any, dict[str, int]], weekly: bool) -> dict[str, Any]:
     return {
         "campaign": result.campaign,
         "timezone": result.timezone,
@@ -475,10 +479,10 @@ def _plan_json(result: Any) -> dict[str, Any]:
         "finish_local": result.local(result.finish) if result.finish is not None else None,
         "to_send": result.to_send,
         "sent": result.sent,
-        "days": [
-            {"date": day.isoformat(), "accounts": {a or None: n for a, n in counts.items()},
+        "weeks" if weekly else "days": [
+            {"week_of" if weekly else "date": day.isoformat(), "accounts": {a or None: n for a, n in counts.items()},
              "total": sum(counts.values())}
-            for day, counts in result.per_day.items()
+            for day, counts in rows.items()
         ],
     }  # fmt: skip
 

@@ -15,7 +15,7 @@ import sqlite3
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,15 @@ class Plan:
     per_day: dict[date, dict[str, int]] = field(default_factory=dict)  # local day -> account -> messages
     accounts: tuple[str, ...] = ()
     result: str = "done"  # the scheduler's: done, accounts_stopped, or horizon (two years were not enough)
+
+    def per_week(self) -> dict[date, dict[str, int]]:
+        """`per_day` added up by week: the Monday that starts it -> account -> messages."""
+        weeks: dict[date, dict[str, int]] = {}
+        for day, counts in self.per_day.items():
+            week = weeks.setdefault(day - timedelta(days=day.weekday()), {})
+            for account, count in counts.items():
+                week[account] = week.get(account, 0) + count
+        return weeks
 
     def local(self, epoch: float) -> str:
         return datetime.fromtimestamp(epoch, zone(self.timezone)).strftime("%Y-%m-%d %H:%M %Z")

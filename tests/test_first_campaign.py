@@ -215,3 +215,17 @@ def test_status_shows_each_accounts_state_at_a_glance(cli, serve_sandbox, tmp_pa
     assert line.startswith("account acc_w: waiting until ") and " (pacing); limits " in line
     assert re.search(r" \d\d:\d\d CES?T \(pacing\)", line)
     assert "; limits 150/day, warm-up day 1: at most 20 today; 1/20 used in the current window" in line
+
+
+def test_plan_weekly_sums_the_days_by_week(cli, tmp_path) -> None:
+    people = [{"profile_urn": urn(i)} for i in range(60)]
+    path = write_campaign(tmp_path, accounts=["acc_1"], limit="10/day", recipients=people,
+                          schedule={"hours": "09:00-17:00", "days": ["mon", "tue", "wed", "thu", "fri"]})  # fmt: skip
+    code, out, _ = cli("plan", str(path), "--start", "2027-03-03T08:00", "--weekly")
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        "week of           acc_1  total",
+        "2027-03-01   W09     30     30",
+        "2027-03-08   W10     30     30",
+        "projected finish: 2027-03-10 16:12 UTC, after 6 sending days (60 sent)",
+    ]
