@@ -15,7 +15,7 @@ import sqlite3
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from .store import Store
 
 __all__ = ["Plan", "estimate_finish", "make_plan"]
 
+SETTLED_WEEKS = 2  # weeks alike, day by day, before the rest of a plan is the last one repeated
 PLAN_DEADLINE = 60.0  # seconds a request may take; the sandbox answers at once on the virtual clock
 PLAN_HORIZON = 2 * 366 * 86400.0  # a plan looks this far ahead at most (schedules that never meet...)
 ESTIMATE_STEP = 3600.0  # `estimate_finish` looks at the schedules hour by hour
@@ -54,6 +55,7 @@ class Plan:
     per_day: dict[date, dict[str, int]] = field(default_factory=dict)  # local day -> account -> messages
     accounts: tuple[str, ...] = ()
     result: str = "done"  # the scheduler's: done, accounts_stopped, or horizon (two years were not enough)
+    settled_from: date | None = None  # from this day on, the last settled week repeated (see `_Days`)
 
     def per_week(self) -> dict[date, dict[str, int]]:
         """`per_day` added up by week: the Monday that starts it -> account -> messages."""
@@ -68,8 +70,9 @@ class Plan:
         return datetime.fromtimestamp(epoch, zone(self.timezone)).strftime("%Y-%m-%d %H:%M %Z")
 
 
-async def make_plan(campaign: Campaign, start: float, db: Path | None = None) -> Plan:
-    """Simulate sending `campaign` from `start` (epoch seconds), on top of `db`'s state if given."""
+async def make_plan(campaign: Campaign, start: float, db: Path | None = None, settle: bool = True) -> Plan:
+    """Simulate sending `campaign` from `start` (epoch seconds), on top of `db`'s state if given.
+    Once sending has settled into a weekly pattern (`settle`), the rest is that week repeated."""
     with tempfile.TemporaryDirectory(prefix="campaign-runner-plan-") as folder:
         scratch = Path(folder) / "plan.db"
         if db is not None and db.exists():
@@ -79,24 +82,31 @@ async def make_plan(campaign: Campaign, start: float, db: Path | None = None) ->
         try:
             await store.settle_in_flight(start)
             await store.load([campaign], start, accept_changes=True)
-            return await _simulate(store, clock, campaign)
+            return await _simulate(store, clock, campaign, settle)
         finally:
             await store.close()
 
 
-async def _simulate(store: Store, clock: VirtualClock, campaign: Campaign) -> Plan:
+async def _simulate(store: Store, clock: VirtualClock, campaign: Campaign, settle: bool = True) -> Plan:
     settings = await store.campaign(campaign.name)
     to_send = (await store.counts(campaign.name))["pending"]
     plan = Plan(campaign.name, campaign.timezone, clock.now(), None, to_send, 0, accounts=settings.account_ids)
-    tz = zone(campaign.timezone)
-    counts: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    days = _Days(zone(campaign.timezone), clock.now())
 
     def record(event: events.Event) -> None:
+        if plan.settled_from is not None:
+            return  # the run is stopping: what is left comes from the weekly pattern
         if clock.now() > plan.start + PLAN_HORIZON:  # schedules that never meet would wait forever
             scheduler.stop("horizon", "the plan looked two years ahead")
+        if isinstance(event, events.AccountHeld | events.AccountPaused | events.AccountStopped):
+            days.disturbed.add(days.day_of(clock.now()))
         if isinstance(event, events.Attempted) and event.status == "sent":
-            day = datetime.fromtimestamp(clock.now(), tz).date()
-            counts[day][event.account_id] += 1
+            day = days.day_of(clock.now())
+            if settle and day > days.last and days.settled(days.last):
+                plan.settled_from = day  # the sends of `day` on are taken from the pattern
+                scheduler.stop("settled", "sending has settled into a weekly pattern")
+                return
+            days.add(day, clock.now(), event.account_id)
             plan.sent += 1
             plan.finish = clock.now()
 
@@ -111,8 +121,62 @@ async def _simulate(store: Store, clock: VirtualClock, campaign: Campaign) -> Pl
                               emit=record, rng=random.Random(0))  # fmt: skip
         result = await scheduler.run()
     plan.result = result.reason
-    plan.per_day = {day: dict(by_account) for day, by_account in sorted(counts.items())}
+    plan.per_day = {day: dict(by_account) for day, by_account in sorted(days.counts.items())}
+    if plan.settled_from is not None:
+        _repeat_weeks(plan, days, plan.settled_from)
     return plan
+
+
+class _Days:
+    """What each local day sent, to see when sending has settled into a weekly pattern: then the
+    rest of a long campaign is that week repeated, and the simulation need not send it all."""
+
+    def __init__(self, tz: Any, start: float):
+        self.tz = tz
+        self.last = self.day_of(start)
+        self.counts: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.offsets: dict[date, list[tuple[float, str]]] = defaultdict(list)  # seconds after midnight, account
+        self.disturbed: set[date] = set()  # days with a hold, a pause or a stop
+
+    def day_of(self, epoch: float) -> date:
+        return datetime.fromtimestamp(epoch, self.tz).date()
+
+    def midnight(self, day: date) -> float:
+        return datetime.combine(day, time(0), self.tz).timestamp()
+
+    def add(self, day: date, epoch: float, account: str) -> None:
+        self.counts[day][account] += 1
+        self.offsets[day].append((epoch - self.midnight(day), account))
+        self.last = max(self.last, day)
+
+    def settled(self, last: date) -> bool:
+        """The SETTLED_WEEKS weeks up to `last` are whole, undisturbed, and each day sent what the
+        same weekday of the week before did, account by account: warm-ups are over, nothing holds."""
+        span = 7 * SETTLED_WEEKS
+        days = [last - timedelta(days=i) for i in range(span)]
+        if self.disturbed & set(days):  # (a partial first day differs from its weekday after: not alike)
+            return False
+        same = all(self.counts.get(d, {}) == self.counts.get(d - timedelta(days=7), {}) for d in days[: span - 7])
+        return same and any(self.counts.get(d) for d in days[:7])
+
+
+def _repeat_weeks(plan: Plan, days: _Days, first: date) -> None:
+    """Fill the plan from `first` on with the last settled week, day by day, until all are sent."""
+    pattern = {d.weekday(): sorted(days.offsets.get(d, [])) for d in (first - timedelta(days=i) for i in range(1, 8))}
+    remaining, day = plan.to_send - plan.sent, first
+    horizon = days.day_of(plan.start + PLAN_HORIZON)
+    while remaining > 0 and day <= horizon:
+        sends = pattern[day.weekday()][:remaining]
+        if sends:
+            per_account: dict[str, int] = defaultdict(int)
+            for _, account in sends:
+                per_account[account] += 1
+            plan.per_day[day] = dict(per_account)
+            plan.sent += len(sends)
+            remaining -= len(sends)
+            plan.finish = days.midnight(day) + sends[-1][0]
+        day += timedelta(days=1)
+    plan.result = "done" if remaining == 0 else "horizon"
 
 
 def _copy(db: Path, target: Path) -> None:

@@ -212,3 +212,26 @@ def test_the_status_estimate_follows_the_schedules_and_gives_up_after_a_year() -
     assert estimate_finish(10**6, accounts, friday_9) is None  # about 24 years
     # Two left at 20 an hour together: six minutes, not the hour the estimate used to round to.
     assert estimate_finish(2, accounts, friday_9) == pytest.approx(friday_9 + 6 * 60)
+
+
+@pytest.mark.parametrize("warmup", [None, {"start": 3, "increase": 2}])
+def test_a_long_plan_repeats_its_settled_week_exactly_as_the_full_simulation_runs(tmp_path: Path, warmup) -> None:
+    """Once two weeks send alike day by day, `plan` repeats the last one instead of simulating the
+    rest; what it predicts is what the full simulation predicts, day by day and to the second."""
+    import anyio
+
+    from campaign_runner.clock import parse_iso
+    from campaign_runner.plan import make_plan
+
+    path = write_campaign(
+        tmp_path, accounts=["acc_1", {"id": "acc_2", "limit": "7/day"}], limit="10/day", recipients=recipients(600),
+        schedule={"hours": "09:00-17:00", "days": ["mon", "tue", "wed", "thu", "fri"], "timezone": "Europe/Berlin"},
+        warmup=warmup,
+    )  # fmt: skip
+    campaign = load_campaign(path)
+    start = parse_iso("2027-03-03T10:30:00+01:00")  # a Wednesday, mid-window: a partial first day
+    quick = anyio.run(make_plan, campaign, start, None, True)
+    full = anyio.run(make_plan, campaign, start, None, False)
+    assert quick.settled_from is not None and full.settled_from is None
+    assert (quick.per_day, quick.sent, quick.result) == (full.per_day, full.sent, full.result)
+    assert quick.finish == pytest.approx(full.finish, abs=1.0)  # across a daylight-saving change, too
