@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import signal
@@ -80,6 +81,15 @@ def database_path(db: str | None, use_sandbox: bool) -> Path:
     return data_folder() / DEFAULT_DB
 
 
+MAX_TIMEOUT = 3600  # seconds to wait for one answer, at most
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value):  # nan passes FloatRange's comparisons
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
 def sending_options(f: F) -> F:
     for option in reversed(
         [
@@ -93,7 +103,8 @@ def sending_options(f: F) -> F:
             click.option(
                 "--timeout",
                 envvar="CONNECTSAFELY_TIMEOUT",
-                type=click.FloatRange(min=1),
+                type=click.FloatRange(min=1, max=MAX_TIMEOUT),
+                callback=_finite,
                 default=client.DEFAULT_TIMEOUT,
                 show_default=True,
                 help="Seconds to wait for one answer (env CONNECTSAFELY_TIMEOUT).",
@@ -290,7 +301,7 @@ async def _run(db: str, campaigns: list[Campaign], connection: _Connection, time
         for summary in await store.load(campaigns, clock.now(), accept_changes):
             click.echo(
                 f"loaded {summary.campaign}: {summary.added} new, {summary.known} already known,"
-                f" {summary.duplicates} duplicates dropped, {summary.skipped} no longer in the file (skipped),"
+                f" {summary.duplicates} duplicates dropped, {summary.removed} no longer in the file (never sent again),"
                 f" {summary.restored} back in the file"
             )
             if summary.rewritten and summary.known:
@@ -513,24 +524,14 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
         account_ids = sorted({a for c in settings for a in c.account_ids})
         now = clock.now()
         pacing = await store.pacing(account_ids, names, now)
-        campaigns = []
-        for c in settings:
-            counts = await store.counts(c.name)
-            finish = estimate_finish(counts["pending"], [pacing[a] for a in c.account_ids if a in pacing], now)
-            zone_of = c.accounts[0].schedule if c.accounts else Schedule()
-            campaigns.append({
-                "name": c.name,
-                "counts": counts,
-                "projected_finish": iso(finish) if counts["pending"] and finish else None,
-                "projected_finish_local": zone_of.local(finish).strftime("%Y-%m-%d %H:%M %Z")
-                if counts["pending"] and finish else None,
-            })  # fmt: skip
+        state_of: dict[str, str] = {}
         accounts = []
         for account_id in account_ids:
             found = await store.account_status(account_id, pacing[account_id], now)
             schedules = found.pacing.schedules
             zone = schedules[0] if schedules else Schedule()
             state, detail = describe_account(found, now, lambda t, z=zone: z.local(t).strftime("%Y-%m-%d %H:%M %Z"))
+            state_of[account_id] = state
             next_at = max(found.next_at, now)
             accounts.append({
                 "account_id": account_id or None,
@@ -547,6 +548,21 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
                 "hold_until": iso(found.hold_until) if found.hold_until > now else None,
                 "stopped_reason": found.stopped_reason,
             })  # fmt: skip
+        campaigns = []
+        for c in settings:
+            counts = await store.counts(c.name)
+            # Accounts stopped or blocked send nothing until someone acts: they do not count.
+            able = [pacing[a] for a in c.account_ids if a in pacing and state_of.get(a) not in ("stopped", "blocked")]
+            finish = estimate_finish(counts["pending"], able, now) if able else None
+            zone_of = c.accounts[0].schedule if c.accounts else Schedule()
+            campaigns.append({
+                "name": c.name,
+                "counts": counts,
+                "projected_finish": iso(finish) if counts["pending"] and finish else None,
+                "projected_finish_local": zone_of.local(finish).strftime("%Y-%m-%d %H:%M %Z")
+                if counts["pending"] and finish else None,
+                "accounts_able": len(able),
+            })  # fmt: skip
     if as_json:
         click.echo(json.dumps({"campaigns": campaigns, "accounts": accounts}, indent=2))
         return EXIT_OK
@@ -554,7 +570,9 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
         counts = c["counts"]
         total = sum(counts.values())
         line = f"{c['name']}: {total} recipients: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES)
-        if counts["pending"]:
+        if counts["pending"] and not c["accounts_able"]:
+            line += "; no account of it can send now (see below)"
+        elif counts["pending"]:
             line += f"; projected finish about {c['projected_finish_local'] or 'more than a year away'}"
         click.echo(line)
     for a in accounts:
@@ -697,11 +715,15 @@ def hold_clear(account: str, db: str | None, use_sandbox: bool) -> int:
 
 
 async def _hold_clear(db: str | None, use_sandbox: bool, account: str) -> int:
+    account = "" if account == account_label("") else account  # as `hold list` shows the default account
     clock = SystemClock()
     async with _open_store(db, clock, create=False, sandbox=use_sandbox) as store:
         cleared = await store.clear_hold(account, clock.now())
     if not cleared:
-        raise ConfigError(f"account {account_label(account)} is not held (see `campaign-runner hold list`)")
+        raise ConfigError(
+            f"account {account_label(account)} is not held (see `campaign-runner hold list`;"
+            ' the key\'s default account is "")'
+        )
     click.echo(f"{account_label(account)}: hold cleared")
     return EXIT_OK
 

@@ -132,8 +132,12 @@ def check_base_url(base_url: str, allow_insecure: bool = False) -> str:
     try:
         parts = urlsplit(base_url)
         host = parts.hostname
-    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        port = parts.port  # a port past 65535 raises here, not in the middle of a request
+        httpx.URL(base_url)  # and an address such as 256.1.1.1 here
+    except (ValueError, httpx.InvalidURL):  # e.g. an unclosed [ of an IPv6 address
         raise invalid from None
+    if port == 0:
+        raise invalid
     if parts.scheme not in ("http", "https") or not host:
         raise invalid
     if parts.query or parts.fragment or parts.username or parts.password:

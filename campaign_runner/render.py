@@ -35,13 +35,14 @@ def describe_account(found: AccountStatus, now: float, local: Callable[[float], 
     """An account's state at a glance, as (state, a line for people): stopped (and why), blocked or
     held by the API, paused by the breaker, sending, waiting (for what, until when), or ready."""
     hold = found.hold_reason or ""
+    held = found.hold_until > now
+    if held and hold.startswith("blocked by the API"):
+        return "blocked", f"blocked by the API, held until {local(found.hold_until)} (`hold clear` lifts it)"
     if found.stopped_reason:
         when = local(found.stopped_at) if found.stopped_at else "its last run"
         return "stopped", f"stopped at {when}: {found.stopped_reason}; `resume` tries it again"
-    if found.hold_until > now:
+    if held:
         until = local(found.hold_until)
-        if hold.startswith("blocked by the API"):
-            return "blocked", f"blocked by the API, held until {until} (`hold clear` lifts it)"
         if hold.startswith("circuit breaker"):
             return "paused", f"paused by the breaker until {until}: {hold}"
         return "held", f"held by the API until {until}: {hold}"

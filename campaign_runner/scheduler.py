@@ -93,8 +93,8 @@ def hold_for(outcome: Outcome, now: float) -> Hold | None:
     if until > now + MAX_HOLD:
         return Hold(
             now + MAX_HOLD,
-            f"blocked by the API: it asked for a hold until {iso(asked)} ({reason}); held for"
-            f" {MAX_HOLD / 86400:g} days, see `campaign-runner hold list`",
+            f"blocked by the API: it asked for a hold until {iso(asked)} ({reason});"
+            f" held for {MAX_HOLD / 86400:g} days",
             blocked=True,
         )
     return Hold(max(until, now + MIN_HOLD), reason)
@@ -198,6 +198,10 @@ class Scheduler:
             return self._result
         if self._stopped:
             stopped = "; ".join(f"{account_label(a)} stopped: {why}" for a, why in self._stopped.items())
+            counts = [await self._store.counts(name) for name in self._campaigns]
+            if not any(c["pending"] or c["in_flight"] for c in counts):  # the others sent everything
+                return RunResult("accounts_stopped", f"{stopped}. The other accounts sent everything; fix the"
+                                 " account before it sends again")  # fmt: skip
             return RunResult("accounts_stopped", f"{stopped}. Fix the account, then run `campaign-runner resume`")
         return RunResult("deferred") if self._deferred else RunResult("done")
 
@@ -298,9 +302,10 @@ class Scheduler:
             if judgement.stop:
                 await self._stop_account(account, judgement)
                 return
-            if decision.next_at > self._clock.now() and not self._no_wait:
+            if decision.more and decision.next_at > self._clock.now() and not self._no_wait:
                 # The account's own pacing rules out another send before then: sleep now
-                # instead of asking the database to be told so.
+                # instead of asking the database to be told so. With nothing left to claim, ask
+                # at once instead, so a finished run ends when its last answer comes.
                 wake = anyio.Event()
                 self._on_drained.add(wake)
                 await self._sleep(decision.next_at, wake)
@@ -410,7 +415,7 @@ class Scheduler:
         if hold is not None:
             self._emit(events.AccountHeld(claim.account_id, hold.until, hold.reason))
             if hold.blocked:
-                return replace(judgement, stop=True, reason=hold.reason)
+                return replace(judgement, stop=True, reason=f"{hold.reason} (see `campaign-runner hold list`)")
         if pause is not None:
             self._emit(events.AccountPaused(claim.account_id, pause, judgement.reason or "circuit breaker"))
         return judgement

@@ -63,7 +63,7 @@ class LoadSummary:
     added: int
     known: int
     duplicates: int
-    skipped: int  # pending recipients no longer in the file
+    removed: int  # recipients no longer in the file (pending ones are skipped), never sent again
     restored: int  # skipped recipients back in the file
     rewritten: int  # pending recipients whose message was updated from the file
     kept: int  # pending recipients whose stored message differs from the file, kept as it was
@@ -91,6 +91,7 @@ class Claimed:
     window_used: int  # requests of the account in the window of its slowest limit, this one included
     window_cap: int
     next_at: float = 0.0  # the account's own pacing allows no other request before then
+    more: bool = True  # other recipients of its campaigns were still pending when it was claimed
 
 
 @dataclass(frozen=True)
@@ -507,7 +508,7 @@ class Store:
             added=added,
             known=in_file_known,
             duplicates=campaign.duplicates,
-            skipped=sum(1 for urn in gone if known[urn][0] == "pending"),
+            removed=len(gone),
             restored=sum(1 for urn in back if known[urn][0] == "skipped"),
             rewritten=len(differing) if rewrite else 0,
             kept=0 if rewrite else len(differing),
@@ -714,6 +715,11 @@ class Store:
                 "  (SELECT min(started_at) FROM attempts WHERE account_id = ?), ?)",
                 (account_id, tat, gap_until, now, account_id, now),
             )
+            more = self._one(
+                f"SELECT 1 FROM recipients WHERE campaign IN ({','.join('?' * len(campaigns))})"
+                " AND status = 'pending' AND removed = 0 LIMIT 1",
+                tuple(campaigns),
+            )
             # A lower bound for the next request of this account: the bucket, the gap and the
             # schedule (windows and holds are checked again by the next claim).
             after = AccountState(tat=tat, hold_until=state.hold_until, gap_until=gap_until,
@@ -736,6 +742,7 @@ class Store:
                 window_used=self._window_used(account_id, pacing.slowest, now),
                 window_cap=pacing.slowest.cap,
                 next_at=decide(pacing, after, now).at,
+                more=more is not None,
             )
 
     def _key_limits(self, running: Sequence[str]) -> tuple[Limit, ...]:

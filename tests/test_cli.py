@@ -149,6 +149,7 @@ def test_status_text_and_json(capsys, finished_db: Path) -> None:
             "counts": {"pending": 0, "in_flight": 0, "sent": 2, "failed": 1, "unknown": 0, "skipped": 0},
             "projected_finish": None,
             "projected_finish_local": None,
+            "accounts_able": 1,
         }
     ]
     (account,) = data["accounts"]

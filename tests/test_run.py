@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,8 +16,8 @@ def test_full_campaign_is_sent_once_and_a_second_run_sends_nothing(cli, serve_sa
     assert (code, err) == (0, "")
     assert out.splitlines()[0] == f"created the database {tmp_path / 'runs.db'}"
     assert out.splitlines()[1] == (
-        "loaded test-campaign: 5 new, 0 already known, 0 duplicates dropped, 0 no longer in the file (skipped),"
-        " 0 back in the file"
+        "loaded test-campaign: 5 new, 0 already known, 0 duplicates dropped, 0 no longer in the file"
+        " (never sent again), 0 back in the file"
     )
     assert out.splitlines()[-1] == "test-campaign: 5 sent"
     assert sorted(d.recipient for d in box.log) == [urn(i) for i in range(5)]
@@ -47,7 +48,7 @@ def test_new_recipients_are_added_and_removed_ones_skipped(cli, serve_sandbox, t
                           limit="4/1s")  # fmt: skip
     code, out, _ = cli("run", str(path), base_url=url)
     assert code == 0
-    assert "1 new, 2 already known, 0 duplicates dropped, 1 no longer in the file (skipped)" in out
+    assert "1 new, 2 already known, 0 duplicates dropped, 1 no longer in the file (never sent again)" in out
     assert sorted(d.recipient for d in box.log) == [urn(0), urn(1), urn(7)]
     rows = by_urn(report(cli))
     assert (rows[urn(2)]["status"], rows[urn(2)]["error"]) == ("skipped", "removed from the campaign file")
@@ -265,3 +266,12 @@ def test_429_without_hold_until_waits_for_the_reset_header(cli, serve_sandbox, t
     assert reset >= refused.at
     later = [r.at for r in box.requests if r.at > refused.at]
     assert later and min(later) >= reset  # nothing before the reset the server named
+
+
+def test_a_finished_run_ends_at_its_last_answer_not_at_the_next_allowed_send(cli, serve_sandbox, tmp_path) -> None:
+    box, url = serve_sandbox()
+    path = write_campaign(tmp_path, limit="1/20s", recipients=[{"profile_urn": urn(0)}])
+    started = time.monotonic()
+    code, out, _ = cli("run", str(path), base_url=url)
+    assert (code, out.splitlines()[-1]) == (0, "test-campaign: 1 sent")
+    assert time.monotonic() - started < 10  # not the 20 s until the account could send again

@@ -67,7 +67,7 @@ def test_a_hold_until_the_end_of_time_stops_the_account_and_every_command_still_
     assert code == 1
     assert err.startswith(
         "error: acc_1 stopped: blocked by the API: it asked for a hold until 9999-12-31T23:59:59.000Z (Rate limit"
-        " exceeded for MESSAGE: 150/150 used); held for 7 days, see `campaign-runner hold list`."
+        " exceeded for MESSAGE: 150/150 used); held for 7 days (see `campaign-runner hold list`)."
     )
     assert out.splitlines()[-1] == "test-campaign: 3 pending"
     [(hold, _, _)] = stored_holds(tmp_path)
@@ -77,13 +77,17 @@ def test_a_hold_until_the_end_of_time_stops_the_account_and_every_command_still_
     for args in (("status",), ("status", "--json"), ("report", "test-campaign"), ("resume", "--no-wait")):
         code, out, err = cli(*args, base_url=url) if args[0] == "resume" else cli(*args)
         assert code == 0, (args, err)
+    code, out, _ = cli("status")
+    assert out.splitlines()[0].endswith("; no account of it can send now (see below)")
+    assert out.splitlines()[1].startswith("account acc_1: blocked by the API, held until ")
     code, out, _ = cli("hold", "list")
     assert code == 0 and out.startswith("acc_1: held until ") and "blocked by the API" in out
+    assert "hold list" not in out
     assert cli("hold", "clear", "acc_1") == (0, "acc_1: hold cleared\n", "")
     assert cli("hold", "clear", "acc_1") == (
         2,
         "",
-        "error: account acc_1 is not held (see `campaign-runner hold list`)\n",
+        'error: account acc_1 is not held (see `campaign-runner hold list`; the key\'s default account is "")\n',
     )
     assert cli("hold", "list")[1] == "no account is held\n"
     code, out, _ = cli("resume", base_url=url)
