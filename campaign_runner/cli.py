@@ -230,6 +230,8 @@ def run(files: tuple[str, ...], db: str | None, base_url: str, timeout: float, u
     campaigns = _load(list(files))
     first_file: dict[str, str] = {}
     for campaign in campaigns:
+        if campaign.name in first_file and Path(first_file[campaign.name]).resolve() == Path(campaign.source).resolve():
+            raise ConfigError(f"{campaign.source} is given twice")
         if campaign.name in first_file:
             raise ConfigError(
                 f"{first_file[campaign.name]} and {campaign.source} both name the campaign {campaign.name!r};"
@@ -802,16 +804,21 @@ def sandbox_command(host: str, port: int, api_key: str, typing_delay: float, quo
         forbidden_after=_by_account(forbidden_after, "--forbidden-after"), unauthorized_after=unauthorized_after,
     )  # fmt: skip
 
-    async def serve() -> None:
+    async def serve() -> int:
         async with anyio.create_task_group() as tg:
-            url = await tg.start(sandbox.serve, sandbox.Sandbox(config), host, port)
-            click.echo(f"sandbox listening on {url} (API key {api_key!r}); Ctrl-C stops it", err=True)
+            # Ctrl-C and `kill` (SIGTERM) both stop it quietly, letting requests finish first.
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                url = await tg.start(sandbox.serve, sandbox.Sandbox(config), host, port)
+                click.echo(f"sandbox listening on {url} (API key {api_key!r}); Ctrl-C stops it", err=True)
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    break
+        return EXIT_INTERRUPTED
 
     try:
-        anyio.run(serve)
+        return anyio.run(serve)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    return EXIT_OK
 
 
 # --- entry point -----------------------------------------------------------------------------

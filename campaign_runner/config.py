@@ -37,6 +37,7 @@ DEFAULT_ACCOUNT = ""  # stored id of "the API key's default account": no account
 
 MAX_CAP = 1_000_000_000
 MAX_WINDOW = 366 * 86400.0
+MIN_WINDOW = 0.001  # seconds: a shorter one is no limit the API could mean
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _NAMED_WINDOWS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0, "week": 604800.0}
 # A window's number may carry an exponent: databases written before limits were stored in plain
@@ -93,6 +94,8 @@ class Limit:
             window = float(match.group(3)) * _UNITS[match.group(4)]
         if cap < 1 or window <= 0:
             raise ValueError(f"{text!r}: the count and the window must both be above zero")
+        if window < MIN_WINDOW:
+            raise ValueError(f"{text!r}: a window of at least {MIN_WINDOW * 1000:g} ms")
         if cap > MAX_CAP or window > MAX_WINDOW:
             raise ValueError(f"{text!r}: at most {MAX_CAP} requests and a window of at most 366 days")
         return cls(cap, window)

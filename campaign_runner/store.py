@@ -784,8 +784,10 @@ class Store:
             db.execute(
                 f"UPDATE recipients SET status = {_PENDING_UNLESS_REMOVED},"
                 f" error = {_ERROR_IF_REMOVED.format('error')}, attempts = attempts - 1, run_id = NULL,"
+                " account_id = (SELECT a.account_id FROM attempts a WHERE a.recipient_id = recipients.id"
+                "  AND a.id <> ? ORDER BY a.id DESC LIMIT 1),"
                 " updated_at = ? WHERE id = ? AND status = 'in_flight' AND run_id = ?",
-                (now, claim.recipient_id, claim.run_id),
+                (claim.attempt_id, now, claim.recipient_id, claim.run_id),
             )
             db.execute("DELETE FROM attempts WHERE id = ?", (claim.attempt_id,))
 

@@ -426,3 +426,24 @@ def test_shares_are_drawn_from_the_seed(start: Start) -> None:
     assert first == statuses(7)
     assert set(first) == {200, 500}
     assert first != statuses(8)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_the_sandbox_command_stops_quietly_on_a_signal(sig, tmp_path) -> None:
+    import subprocess
+
+    from conftest import EXECUTABLE
+
+    log = tmp_path / "sandbox.err"
+    with log.open("wb") as err:
+        process = subprocess.Popen([EXECUTABLE, "sandbox", "--port", "0"], stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while "listening" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(sig)
+        assert process.wait(20) == 130
+    finally:
+        process.kill()
+        process.wait()
+    assert "Traceback" not in log.read_text()
