@@ -343,11 +343,19 @@ class Recipient:
     profile_urn: str
     message: str  # rendered
     place: str  # where it came from, for messages
-    variables: dict[str, Any] = field(default_factory=dict)  # its own values from the file (blank: None)
+    variables: dict[str, Any] = field(default_factory=dict)  # its own values from the file
 
     def variables_json(self) -> str:
-        """Its values as stored: JSON, with whatever YAML gave that JSON has not (a date) as text."""
-        return json.dumps(self.variables, ensure_ascii=False, default=str)
+        """Its values as stored: JSON, a blank one as null, whatever else YAML gave that JSON has not
+        (a date) as text."""
+        return _VARIABLES_JSON.encode(self.variables)
+
+
+def _json_value(value: Any) -> Any:
+    return None if isinstance(value, BlankCell) else str(value)
+
+
+_VARIABLES_JSON = json.JSONEncoder(ensure_ascii=False, default=_json_value)  # one, not one per row
 
 
 @dataclass(frozen=True)
@@ -430,8 +438,7 @@ class Recipients:
             seen.add(urn)
             message = _render_checked(self._template, values, place, problems)
             if message is not None:
-                own = {key: None if isinstance(value, BlankCell) else value for key, value in values.items()}
-                yield Recipient(urn, message, place, own)
+                yield Recipient(urn, message, place, values)
         if problems:
             changed = Problem("", "the file changed while it was being loaded")
             raise CampaignFileError(self._source, [changed, *problems])
