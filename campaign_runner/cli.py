@@ -12,6 +12,7 @@ import math
 import os
 import secrets
 import signal
+import socket
 import sys
 import tempfile
 import traceback
@@ -480,6 +481,8 @@ def _parse_start(text: str, timezone: str) -> float:
         raise ConfigError(f"--start: {text!r} is not an ISO 8601 time, e.g. 2027-03-01T09:00") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone(timezone))
+    if not 2000 <= moment.year <= 2999:
+        raise ConfigError(f"--start: {text!r} is not a time a campaign could start at (years 2000 to 2999)")
     return moment.timestamp()
 
 
@@ -815,10 +818,22 @@ def sandbox_command(host: str, port: int, api_key: str, typing_delay: float, quo
                     break
         return EXIT_INTERRUPTED
 
+    _check_listen(host, port)
     try:
         return anyio.run(serve)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _check_listen(host: str, port: int) -> None:
+    """One clear line when the sandbox cannot listen there (not this machine's address, a port taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise ConfigError(f"the sandbox cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 # --- entry point -----------------------------------------------------------------------------
