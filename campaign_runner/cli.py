@@ -74,12 +74,17 @@ def database_path(db: str | None, use_sandbox: bool) -> Path:
         return data_folder() / SANDBOX_DB
     if os.environ.get("CAMPAIGN_RUNNER_DB"):
         return Path(os.environ["CAMPAIGN_RUNNER_DB"])
-    here = Path(DEFAULT_DB)
+    here, default = Path(DEFAULT_DB), data_folder() / DEFAULT_DB
     if here.is_file():
-        default = data_folder() / DEFAULT_DB
+        if default.exists() and here.resolve() != default.resolve():
+            # Two histories: using either one silently could message the other's people again.
+            raise StoreError(
+                f"there are two databases: {here.resolve()} in this folder and {default}; say which with"
+                f" --db (or move {here.resolve()} to {default} if it is the one to keep)"
+            )
         click.echo(f"using the database in this folder, {here.resolve()} (without it: {default})", err=True)
         return here
-    return data_folder() / DEFAULT_DB
+    return default
 
 
 MAX_TIMEOUT = 3600  # seconds to wait for one answer, at most

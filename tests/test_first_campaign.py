@@ -83,15 +83,22 @@ def test_one_database_wherever_you_run(cli, capsys, serve_sandbox, tmp_path, mon
     assert "0 new, 5 already known" in capsys.readouterr().out
     assert len(box.log) == 5
 
-    # A database left in the working folder by an older version is still used, and said so.
+    # A database left in the working folder by an older version is still used, and said so...
+    default = tmp_path / "data" / "campaign-runner" / "campaign-runner.db"
     legacy = tmp_path / "two" / "campaign-runner.db"
-    legacy.write_bytes((tmp_path / "data" / "campaign-runner" / "campaign-runner.db").read_bytes())
+    legacy.write_bytes(default.read_bytes())
+    default.rename(tmp_path / "moved.db")
     assert run_cli(["status"]) == 0
     err = capsys.readouterr().err
-    assert err == (
-        f"using the database in this folder, {legacy} (without it:"
-        f" {tmp_path / 'data' / 'campaign-runner' / 'campaign-runner.db'})\n"
+    assert err == f"using the database in this folder, {legacy} (without it: {default})\n"
+    # ...but beside the default one it is refused: which history is the truth is the user's call.
+    (tmp_path / "moved.db").rename(default)
+    assert run_cli(["run", str(path), "--base-url", url]) == 2
+    assert capsys.readouterr().err == (
+        f"error: there are two databases: {legacy} in this folder and {default}; say which with --db (or move"
+        f" {legacy} to {default} if it is the one to keep)\n"
     )
+    assert len(box.log) == 5
 
 
 def test_a_spreadsheet_export_just_works(capsys, tmp_path) -> None:
