@@ -50,28 +50,29 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|[smhd])?\s*$")
 GROUP_URL = re.compile(r"^(?:https?://)?(?:[a-z0-9-]+\.)?linkedin\.com/groups/(\d+)(?:[/?#].*)?$", re.IGNORECASE)
 
 
-class OctalInt(int):
-    """An integer YAML read from a literal with a leading zero (YAML 1.1 reads `0123` as octal 83)."""
+class WrittenInt(int):
+    """An integer YAML read from anything but plain decimal digits: `0123` (octal 83), `0x1F`,
+    `12:30` (base 60: 750), `1_000`, `+5`, `-5`. As an id, what was written is not what it means."""
 
     text: str
 
 
 class _YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """libyaml's safe loader (several times faster on big inline recipient lists, same semantics),
-    which remembers when an integer was written with a leading zero, so that an id such as
+    which remembers when an integer was written as anything but plain digits, so that an id such as
     `group_id: 0123` is refused with a hint instead of being sent as "83"."""
 
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     value = yaml.SafeLoader.construct_yaml_int(loader, node)
-    text = str(node.value).replace("_", "").lstrip("+-")
-    if len(text) > 1 and text.startswith("0") and text[1:2] not in ("x", "X"):
-        found = OctalInt(value)
-        found.text = str(node.value)
-        return found
-    return value
+    if _PLAIN_INT.fullmatch(str(node.value)):
+        return value
+    found = WrittenInt(value)
+    found.text = str(node.value)
+    return found
 
 
+_PLAIN_INT = re.compile(r"0|[1-9][0-9]*")
 _YamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
@@ -123,7 +124,7 @@ def group_id_of(text: str) -> str:
     """A group's numeric id, from the id itself or from the group's URL
     (`https://www.linkedin.com/groups/9876543/` -> `9876543`)."""
     text = text.strip()
-    if text.isdigit() and text.isascii():
+    if text.isdigit() and text.isascii() and int(text) > 0:
         return text
     found = GROUP_URL.match(text)
     if found:
@@ -276,11 +277,9 @@ class CampaignFile(_Strict):
         # `accounts: [acc_1, {id: acc_2, limit: 50/day}]`: a bare string is an id.
         if isinstance(value, list):
             for item in value:
-                if isinstance(item, OctalInt) or (isinstance(item, dict) and isinstance(item.get("id"), OctalInt)):
-                    octal = item if isinstance(item, OctalInt) else item["id"]
-                    raise ValueError(
-                        f"YAML reads the account id {octal.text} as the octal number {int(octal)}: quote it"
-                    )
+                written = item.get("id") if isinstance(item, dict) else item
+                if isinstance(written, WrittenInt):
+                    raise ValueError(f"YAML reads the account id {written.text} as the number {int(written)}: quote it")
             return [{"id": str(item)} if isinstance(item, (str, int)) and not isinstance(item, bool) else item
                     for item in value]  # fmt: skip
         return value
@@ -289,12 +288,10 @@ class CampaignFile(_Strict):
     @classmethod
     def _group_id(cls, value: Any) -> Any:
         # YAML reads `group_id: 12345678` as a number; the API wants its decimal string.
-        if isinstance(value, OctalInt):
-            raise ValueError(
-                f'YAML reads {value.text} as the octal number {int(value)}: quote it (group_id: "{value.text}")'
-            )
+        if isinstance(value, WrittenInt):
+            raise ValueError(f'YAML reads {value.text} as the number {int(value)}: quote it (group_id: "{value.text}")')
         if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
+            return group_id_of(str(value))
         if isinstance(value, str):
             return group_id_of(value)
         return value

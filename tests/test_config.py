@@ -268,9 +268,16 @@ def test_group_ids_that_are_not_ids_are_refused(tmp_path: Path) -> None:
         tmp_path / "octal.yaml", f"name: x\ngroup_id: 0123\nmessage: Hi\nrecipients: [{{profile_urn: {urn(1)}}}]\n"
     )
     assert problems(tmp_path / "octal.yaml") == [
-        'group_id: YAML reads 0123 as the octal number 83: quote it (group_id: "0123")'
+        'group_id: YAML reads 0123 as the number 83: quote it (group_id: "0123")'
     ]
-    for bad in ("https://www.linkedin.com/company/acme/", "my group", "12 34"):
+    for written, number in (("0x1F", 31), ("12:30", 750), ("1_000", 1000), ("+123", 123), ("-5", -5)):
+        write_text(
+            tmp_path / "n.yaml", f"name: x\ngroup_id: {written}\nmessage: Hi\nrecipients: [{{profile_urn: {urn(1)}}}]\n"
+        )
+        assert problems(tmp_path / "n.yaml") == [
+            f'group_id: YAML reads {written} as the number {number}: quote it (group_id: "{written}")'
+        ]
+    for bad in ("https://www.linkedin.com/company/acme/", "my group", "12 34", "0", "-5"):
         assert problems(write_campaign(tmp_path, group_id=bad)) == [
             f"group_id: {bad!r} is not a group id: give the group's numeric id (e.g. 12345678) or its URL"
             " (https://www.linkedin.com/groups/12345678/)"

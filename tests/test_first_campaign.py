@@ -32,7 +32,7 @@ def test_a_group_url_is_sent_as_its_id_and_an_octal_looking_id_is_refused(cli, c
     code, out, err = validate(capsys, str(octal))
     assert (code, err) == (
         2,
-        f'error: {octal}: group_id: YAML reads 0123 as the octal number 83: quote it (group_id: "0123")\n',
+        f'error: {octal}: group_id: YAML reads 0123 as the number 83: quote it (group_id: "0123")\n',
     )
 
 
