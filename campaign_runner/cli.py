@@ -657,12 +657,31 @@ def retry(name: str, which: str | None, urns: tuple[str, ...], db: str | None, u
     return anyio.run(_retry, db, use_sandbox, name, which, urns)
 
 
+def _why_not_retried(state: tuple[str, bool] | None, which: str | None) -> str:
+    if state is None:
+        return "not a recipient of this campaign"
+    if state[1]:
+        return "no longer in the campaign file"
+    return f"it is {state[0]}" + (f", not {which}" if which else ", neither failed nor unknown")
+
+
 async def _retry(db: str | None, use_sandbox: bool, name: str, which: str | None, urns: tuple[str, ...]) -> int:
     clock = SystemClock()
     async with _open_store(db, clock, create=False, sandbox=use_sandbox) as store:
         settings = await store.campaign(name)
+        wanted = [u.strip() for u in urns]
+        states = await store.states(name, wanted) if wanted else {}
+        refused = [
+            f"{urn} ({_why_not_retried(states.get(urn), which)})"
+            for urn in wanted
+            if urn not in states
+            or states[urn][1]
+            or states[urn][0] not in ((which,) if which else ("failed", "unknown"))
+        ]
+        if refused:
+            raise ConfigError(f"not put back, so nothing was: {'; '.join(refused)}")
         render = renderer(settings.message_template)
-        count = await store.retry(name, [which] if which else [], [u.strip() for u in urns], clock.now(), render)
+        count = await store.retry(name, [which] if which else [], wanted, clock.now(), render)
     what = f"{which} " if which else ""
     click.echo(f"{name}: {count} {what}recipients put back to pending, with the campaign's current message")
     if which != "failed" and count:

@@ -547,6 +547,16 @@ class Store:
             api_limits=_limits(row[15]),
         )  # fmt: skip
 
+    def _states(self, name: str, urns: Sequence[str]) -> dict[str, tuple[str, bool]]:
+        """Status, and whether it left the file, of those of `urns` that are recipients of `name`."""
+        with self._snapshot():
+            rows = self._all(
+                f"SELECT profile_urn, status, removed FROM recipients WHERE campaign = ?"
+                f" AND profile_urn IN ({','.join('?' * len(urns))})",
+                (name, *urns),
+            )
+        return {urn: (status, bool(removed)) for urn, status, removed in rows}
+
     def _columns(self, name: str) -> list[str]:
         """A campaign's own columns (its recipients' variables), in file order."""
         with self._snapshot():
@@ -1039,6 +1049,9 @@ class Store:
 
     async def campaign(self, name: str) -> CampaignSettings:
         return await self._run(self._campaign, name)
+
+    async def states(self, name: str, urns: Sequence[str]) -> dict[str, tuple[str, bool]]:
+        return await self._run(self._states, name, urns)
 
     async def columns(self, name: str) -> list[str]:
         return await self._run(self._columns, name)

@@ -9,7 +9,7 @@ import re
 
 from campaign_runner.cli import run_cli
 
-from conftest import urn, write_campaign, write_text
+from conftest import by_urn, report, urn, write_campaign, write_text
 
 
 def validate(capsys, *args: str) -> tuple[int, str, str]:
@@ -236,3 +236,17 @@ def test_plan_weekly_sums_the_days_by_week(cli, tmp_path) -> None:
         "2027-03-08   W10     30     30",
         "projected finish: 2027-03-10 16:12 UTC, after 6 sending days (60 sent)",
     ]
+
+
+def test_retry_of_a_recipient_that_cannot_be_retried_says_why_and_writes_nothing(cli, serve_sandbox, tmp_path) -> None:
+    box, url = serve_sandbox(non_members={urn(1)})
+    assert cli("run", str(write_campaign(tmp_path)), base_url=url)[0] == 0
+    code, out, err = cli(
+        "retry", "test-campaign", "--urn", urn(0), "--urn", "urn:li:fsd_profile:nobody", "--urn", urn(1)
+    )
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: not put back, so nothing was: {urn(0)} (it is sent, neither failed nor unknown);"
+        " urn:li:fsd_profile:nobody (not a recipient of this campaign)\n"
+    )
+    assert by_urn(report(cli))[urn(1)]["status"] == "failed"
