@@ -449,7 +449,7 @@ class Campaign(CampaignSettings):
     source: str
     duplicates: int = 0
     warnings: tuple[Problem, ...] = ()
-    advice: tuple[Problem, ...] = ()  # what `validate` points out: variables no recipient has, unused columns
+    advice: tuple[Problem, ...] = ()  # what `validate` also points out: columns the message never uses
     columns: tuple[str, ...] = ()  # the recipients' variables, in file order
     timezone: str = "UTC"  # the campaign's schedule's (accounts may have their own)
 
@@ -530,7 +530,8 @@ def load_campaign(path: str | Path) -> Campaign:
         problems.append(Problem("recipients", "no recipients: give `recipients`, `recipients_file`, or both"))
     del seen
     warnings = _repeat_warnings(recipients, repeated)
-    advice = _variable_warnings(env, spec.message, keys, recipients) if not problems else []
+    missing, advice = _variable_warnings(env, spec.message, keys, recipients) if not problems else ([], [])
+    warnings += missing  # a typo in the message: every command that reads the file says so
 
     if problems:
         raise CampaignFileError(str(path), grouped(problems), warnings)
@@ -559,20 +560,21 @@ def load_campaign(path: str | Path) -> Campaign:
 
 
 def _variable_warnings(env: SandboxedEnvironment, source: str, keys: dict[str, None], recipients: Recipients
-                       ) -> list[Problem]:  # fmt: skip
-    """A variable of the message that no recipient has (a typo, or a column named otherwise: every
-    message then takes its `default()`), and a column the message never uses."""
+                       ) -> tuple[list[Problem], list[Problem]]:  # fmt: skip
+    """The message's variables that no recipient has (a typo, or a column named otherwise: every
+    message then takes its `default()`), and the columns the message never uses."""
     used = jinja2.meta.find_undeclared_variables(env.parse(source)) - set(env.globals)
     shown = dict((name, written) for written, name in recipients.columns)
     have = f"they have {', '.join(sorted(keys))}" if keys else "they have no variables"
-    warnings = [
+    missing = [
         Problem("message", f"no recipient has {{{{ {name} }}}} ({have}), so every message takes its default")
         for name in sorted(used - set(keys))
     ]
+    unused = []
     for name in sorted(set(keys) - used):
         column = f"column {shown[name]!r}" if name in shown else f"variable {name!r}"
-        warnings.append(Problem("recipients", f"the message never uses the {column}"))
-    return warnings
+        unused.append(Problem("recipients", f"the message never uses the {column}"))
+    return missing, unused
 
 
 def grouped(problems: list[Problem], shown: int = 3) -> list[Problem]:

@@ -11,7 +11,7 @@ FAST_BREAKER = {"failures": 2, "cooldown": "100ms", "pauses": 2, "forbidden": 3}
 
 
 def recipients(n: int, start: int = 0) -> list[dict]:
-    return [{"profile_urn": urn(i)} for i in range(start, start + n)]
+    return [{"profile_urn": urn(i), "first_name": f"P{i}"} for i in range(start, start + n)]
 
 
 def test_credentials_errors_pause_the_account_then_stop_it_and_fail_nobody(cli, serve_sandbox, tmp_path) -> None:

@@ -142,6 +142,10 @@ def test_validate_warns_of_a_variable_no_recipient_has_and_a_column_never_used(c
         f"warning: {path}: recipients: the message never uses the column 'company'",
         f"warning: {path}: recipients: the message never uses the column 'first_name'",
     ]
+    # The typo is said by every command that reads the file, not by validate alone.
+    for command in (["preview", str(path)], ["run", str(path), "--sandbox", "--no-wait"]):
+        run_cli(command)
+        assert capsys.readouterr().err.splitlines()[0] == err.splitlines()[0]
 
 
 def test_a_problem_on_many_rows_is_one_line(capsys, tmp_path) -> None:

@@ -25,7 +25,7 @@ START = 1_800_000_000.0
 
 
 def recipients(n: int) -> list[dict[str, str]]:
-    return [{"profile_urn": urn(i)} for i in range(n)]
+    return [{"profile_urn": urn(i), "first_name": f"P{i}"} for i in range(n)]
 
 
 class FirstHeadersOnly:

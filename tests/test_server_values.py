@@ -45,7 +45,7 @@ def campaign(tmp_path: Path, n: int = 3) -> Path:
     return write_campaign(
         tmp_path,
         schedule={"hours": open_hours(), "timezone": "UTC"},
-        recipients=[{"profile_urn": urn(i)} for i in range(n)],
+        recipients=[{"profile_urn": urn(i), "first_name": f"P{i}"} for i in range(n)],
     )
 
 
