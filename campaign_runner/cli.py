@@ -535,6 +535,7 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
         now = clock.now()
         pacing = await store.pacing(account_ids, names, now)
         state_of: dict[str, str] = {}
+        next_of: dict[str, float] = {}
         accounts = []
         for account_id in account_ids:
             found = await store.account_status(account_id, pacing[account_id], now)
@@ -542,6 +543,7 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
             zone = schedules[0] if schedules else Schedule()
             state, detail = describe_account(found, now, lambda t, z=zone: z.local(t).strftime("%Y-%m-%d %H:%M %Z"))
             state_of[account_id] = state
+            next_of[account_id] = max(found.next_at, now)
             next_at = max(found.next_at, now)
             accounts.append({
                 "account_id": account_id or None,
@@ -562,8 +564,10 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
         for c in settings:
             counts = await store.counts(c.name)
             # Accounts stopped or blocked send nothing until someone acts: they do not count.
-            able = [pacing[a] for a in c.account_ids if a in pacing and state_of.get(a) not in ("stopped", "blocked")]
-            finish = estimate_finish(counts["pending"], able, now) if able else None
+            ids = [a for a in c.account_ids if a in pacing and state_of.get(a) not in ("stopped", "blocked")]
+            able = [pacing[a] for a in ids]
+            # From when the first of them may send (a pause, a hold, the night), not from now.
+            finish = estimate_finish(counts["pending"], able, min(next_of[a] for a in ids)) if ids else None
             zone_of = c.accounts[0].schedule if c.accounts else Schedule()
             campaigns.append({
                 "name": c.name,

@@ -38,6 +38,7 @@ SKEW_TOLERANCE = 2.0  # seconds: the Date header has whole seconds, and the answ
 NO_RESET = "no usable reset time in the answer: holding for an hour"
 KEY_LINE_RECHECK = 60.0  # seconds an account waits in line for the API key's limit before it looks again
 MAX_BACKOFF = 300.0
+ANNOUNCED_WAIT = 3.0  # seconds: a pause between two sends at least this long is reported as a wait
 INTERRUPTED = "the request was interrupted in flight; it may have been delivered"
 
 
@@ -306,6 +307,8 @@ class Scheduler:
                 # The account's own pacing rules out another send before then: sleep now
                 # instead of asking the database to be told so. With nothing left to claim, ask
                 # at once instead, so a finished run ends when its last answer comes.
+                if decision.next_at - self._clock.now() >= ANNOUNCED_WAIT:  # say what it waits for
+                    self._emit(events.AccountWaiting(account, decision.next_at, decision.next_reason))
                 wake = anyio.Event()
                 self._on_drained.add(wake)
                 await self._sleep(decision.next_at, wake)

@@ -91,6 +91,7 @@ class Claimed:
     window_used: int  # requests of the account in the window of its slowest limit, this one included
     window_cap: int
     next_at: float = 0.0  # the account's own pacing allows no other request before then
+    next_reason: str = "ready"  # what holds it back until then (pace, delay, schedule...)
     more: bool = True  # other recipients of its campaigns were still pending when it was claimed
 
 
@@ -734,6 +735,7 @@ class Store:
             # schedule (windows and holds are checked again by the next claim).
             after = AccountState(tat=tat, hold_until=state.hold_until, gap_until=gap_until,
                                  kth_recent=tuple(None for _ in state.kth_recent))  # fmt: skip
+            upcoming = decide(pacing, after, now)
             return Claimed(
                 recipient_id=recipient_id,
                 attempt_id=int(cursor.lastrowid),
@@ -751,7 +753,8 @@ class Store:
                 requeued=requeued,
                 window_used=self._window_used(account_id, pacing.slowest, now),
                 window_cap=pacing.slowest.cap,
-                next_at=decide(pacing, after, now).at,
+                next_at=upcoming.at,
+                next_reason=upcoming.reason,
                 more=more is not None,
             )
 

@@ -275,3 +275,14 @@ def test_a_finished_run_ends_at_its_last_answer_not_at_the_next_allowed_send(cli
     code, out, _ = cli("run", str(path), base_url=url)
     assert (code, out.splitlines()[-1]) == (0, "test-campaign: 1 sent")
     assert time.monotonic() - started < 10  # not the 20 s until the account could send again
+
+
+def test_a_pause_between_sends_is_said_while_it_lasts(cli, serve_sandbox, tmp_path) -> None:
+    box, url = serve_sandbox()
+    path = write_campaign(tmp_path, limit="1/5s", recipients=[{"profile_urn": urn(i)} for i in range(2)])
+    code, out, _ = cli("run", str(path), base_url=url)
+    assert code == 0
+    lines = out.splitlines()
+    sent = [i for i, line in enumerate(lines) if " test-campaign sent " in line]
+    assert len(sent) == 2
+    assert any("acc_1 pacing: next send at " in line for line in lines[sent[0] + 1 : sent[1]]), out
