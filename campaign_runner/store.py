@@ -533,7 +533,9 @@ class Store:
                 (name,),
             )
             if row is None:
-                raise UnknownCampaignError(f"no campaign named {name!r} in {self.path}")
+                known = [found for (found,) in self._all("SELECT name FROM campaigns ORDER BY created_at, name")]
+                there = f" (its campaigns: {', '.join(known)})" if known else " (it has no campaign yet)"
+                raise UnknownCampaignError(f"no campaign named {name!r} in {self.path}{there}")
             accounts = self._all(
                 "SELECT account_id, limit_cap, limit_window, schedule FROM campaign_accounts WHERE campaign = ?"
                 " ORDER BY rowid",

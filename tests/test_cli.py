@@ -131,7 +131,7 @@ def test_report_json_to_a_file_and_filtered(capsys, finished_db: Path, tmp_path:
 def test_report_of_an_unknown_campaign(capsys, finished_db: Path) -> None:
     code, out, err = invoke(capsys, "report", "nope", "--db", str(finished_db))
     assert (code, out) == (2, "")
-    assert err == f"error: no campaign named 'nope' in {finished_db}\n"
+    assert err == f"error: no campaign named 'nope' in {finished_db} (its campaigns: test-campaign)\n"
 
 
 def test_status_text_and_json(capsys, finished_db: Path) -> None:
@@ -166,7 +166,7 @@ def test_retry_puts_failed_back_to_pending(capsys, finished_db: Path) -> None:
     with sqlite3.connect(finished_db) as db:
         assert db.execute("SELECT status FROM recipients WHERE profile_urn = ?", (urn(1),)).fetchone() == ("pending",)
     code, out, err = invoke(capsys, "retry", "nope", "--status", "unknown", "--db", str(finished_db))
-    assert (code, err) == (2, f"error: no campaign named 'nope' in {finished_db}\n")
+    assert (code, err) == (2, f"error: no campaign named 'nope' in {finished_db} (its campaigns: test-campaign)\n")
 
 
 def test_resume_with_nothing_left(capsys, finished_db: Path, monkeypatch) -> None:
