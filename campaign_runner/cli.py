@@ -306,6 +306,8 @@ async def _run(db: str, campaigns: list[Campaign], connection: _Connection, time
                accept_changes: bool) -> int:  # fmt: skip
     clock = SystemClock()
     async with _open_store(db, clock, create=True, sandbox=connection.use_sandbox) as store:
+        # A campaign that went to another API is refused before its file is loaded.
+        await store.bind_api([c.name for c in campaigns], connection.api, connection.switch_api, clock.now())
         for summary in await store.load(campaigns, clock.now(), accept_changes):
             click.echo(
                 f"loaded {summary.campaign}: {summary.added} new, {summary.known} already known,"

@@ -988,7 +988,10 @@ class Store:
         to that API (a rehearsal must never use up the real campaign)."""
         with self._transaction() as db:
             for name in names:
-                (old,) = self._one("SELECT api FROM campaigns WHERE name = ?", (name,))
+                row = self._one("SELECT api FROM campaigns WHERE name = ?", (name,))
+                if row is None:
+                    continue  # not loaded yet: recorded at its first run
+                (old,) = row
                 if old not in (None, api) and not switch and self._has_started(name):
                     raise ChangeRefusedError(
                         f"campaign {name!r} was sent to {_api_label(old)} in {self.path}, and this run sends to"

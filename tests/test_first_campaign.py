@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import re
+import sqlite3
 
 from campaign_runner.cli import run_cli
 
 from conftest import by_urn, report, urn, write_campaign, write_text
+
+
+def dump(db) -> list[str]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return list(conn.iterdump())
 
 
 def validate(capsys, *args: str) -> tuple[int, str, str]:
@@ -61,13 +68,16 @@ def test_a_sandbox_rehearsal_never_uses_up_the_real_campaign(cli, capsys, serve_
     shared = str(tmp_path / "shared.db")
     assert run_cli(["run", str(path), "--sandbox", "--db", shared]) == 0
     capsys.readouterr()
-    assert run_cli(["run", str(path), "--base-url", url, "--db", shared]) == 2
+    before = dump(tmp_path / "shared.db")
+    edited = write_campaign(tmp_path, "edited.yaml", limit="5/1s")
+    assert run_cli(["run", str(edited), "--base-url", url, "--db", shared]) == 2
     assert capsys.readouterr().err == (
         f"error: campaign 'test-campaign' was sent to the built-in sandbox in {shared}, and this run sends to {url}:"
         " its recipients count as done there. To start it afresh, give it a new name or another --db; to go on"
         " with it here as it is, run again with --switch-api\n"
     )
     assert len(box.log) == 5
+    assert dump(tmp_path / "shared.db") == before  # refused before the file was loaded
 
 
 def test_one_database_wherever_you_run(cli, capsys, serve_sandbox, tmp_path, monkeypatch):
