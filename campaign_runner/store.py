@@ -998,7 +998,8 @@ class Store:
                         f" {_api_label(api)}: its recipients count as done there. To start it afresh, give it a"
                         " new name or another --db; to go on with it here as it is, run again with --switch-api"
                     )
-                db.execute("UPDATE campaigns SET api = ?, updated_at = ? WHERE name = ?", (api, now, name))
+                if old != api:  # written only when it changes: a refused run writes nothing
+                    db.execute("UPDATE campaigns SET api = ?, updated_at = ? WHERE name = ?", (api, now, name))
 
     def _stop_account(self, account_id: str, reason: str, now: float) -> None:
         """Remember why a run stopped the account, for `status` (cleared when it sends again)."""

@@ -189,7 +189,7 @@ CASES = [
     Case("timeout-zero", ["run", FILE, "--timeout", "0"],
          "error: Invalid value for '--timeout': 0.0 is not in the range 1<=x<=3600.", fields()),
     Case("unknown-option", ["run", FILE, "--frobnicate"], "error: No such option '--frobnicate'.", fields()),
-    Case("changed-after-sending", ["run", FILE],
+    Case("changed-after-sending", ["run", FILE, "--sandbox"],
          "error: campaign 'test-campaign' has already sent messages and its message changed; run again with"
          " --accept-changes to apply the change to unsent recipients only, or give the campaign a new name",
          fields(message="A different message, {{ first_name }}")),
