@@ -735,9 +735,10 @@ def _delimiter(line: str) -> str:
 
 def column_name(header: str) -> str:
     """A spreadsheet's column header as a template variable: `Profile URN`, `profileUrn` and
-    `profile-urn` all become `profile_urn`, `First Name` and `firstName` become `first_name`."""
-    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", header.strip())
-    return re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_").lower()
+    `profile-urn` all become `profile_urn`, `First Name` and `firstName` become `first_name`.
+    Letters of any script stay (`Prénom` -> `prénom`)."""
+    text = re.sub(r"(?<=[^\W_A-Z])(?=[A-Z])", "_", header.strip())
+    return re.sub(r"[\W_]+", "_", text).strip("_").lower()
 
 
 def _csv_reader_rows(reader: Any, shown: str, problems: list[Problem], columns: list[tuple[str, str]] | None = None

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from hypothesis import assume, given, settings
 
-from campaign_runner.config import DEFAULT_ACCOUNT, Limit, load_campaign, parse_duration
+from campaign_runner.config import DEFAULT_ACCOUNT, Limit, column_name, load_campaign, parse_duration
 from campaign_runner.errors import CampaignFileError
 
 from conftest import LIMIT_TEXTS, parsed_or_none, urn, write_campaign, write_text
@@ -282,3 +282,12 @@ def test_group_ids_that_are_not_ids_are_refused(tmp_path: Path) -> None:
             f"group_id: {bad!r} is not a group id: give the group's numeric id (e.g. 12345678) or its URL"
             " (https://www.linkedin.com/groups/12345678/)"
         ]
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [("Profile URN", "profile_urn"), ("profileUrn", "profile_urn"), ("First Name", "first_name"),
+     ("firstName", "first_name"), ("E-mail", "e_mail"), ("Prénom", "prénom"), ("Straße Nr.", "straße_nr")],
+)  # fmt: skip
+def test_spreadsheet_headers_become_variables(header: str, name: str) -> None:
+    assert column_name(header) == name  # letters of every script are kept, only their case is not
