@@ -543,7 +543,7 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
             found = await store.account_status(account_id, pacing[account_id], now)
             schedules = found.pacing.schedules
             zone = schedules[0] if schedules else Schedule()
-            state, detail = describe_account(found, now, lambda t, z=zone: z.local(t).strftime("%Y-%m-%d %H:%M %Z"))
+            state, detail = describe_account(found, now, lambda t, z=zone: _local(z, t))
             state_of[account_id] = state
             next_of[account_id] = max(found.next_at, now)
             next_at = max(found.next_at, now)
@@ -557,7 +557,7 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
                 "window_used": found.window_used,
                 "window_cap": found.window_cap,
                 "next_send_at": iso(next_at),
-                "next_send_local": zone.local(next_at).strftime("%Y-%m-%d %H:%M %Z"),
+                "next_send_local": _local(zone, next_at),
                 "waiting_for": None if found.reason == "ready" else describe_wait(found.reason),
                 "hold_until": iso(found.hold_until) if found.hold_until > now else None,
                 "stopped_reason": found.stopped_reason,
@@ -575,8 +575,7 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
                 "name": c.name,
                 "counts": counts,
                 "projected_finish": iso(finish) if counts["pending"] and finish else None,
-                "projected_finish_local": zone_of.local(finish).strftime("%Y-%m-%d %H:%M %Z")
-                if counts["pending"] and finish else None,
+                "projected_finish_local": _local(zone_of, finish) if counts["pending"] and finish else None,
                 "accounts_able": len(able),
             })  # fmt: skip
     if as_json:
@@ -597,6 +596,11 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
             f" {a['window_used']}/{a['window_cap']} used in the current window"
         )
     return EXIT_OK
+
+
+def _local(schedule: Schedule, epoch: float) -> str:
+    """A moment as people read it: minutes, in the time zone of the account or campaign."""
+    return schedule.local(epoch).strftime("%Y-%m-%d %H:%M %Z")
 
 
 @cli.command()
