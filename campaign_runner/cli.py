@@ -25,16 +25,16 @@ import anyio
 import click
 from rich.console import Console
 
-from . import __version__, client, sandbox
+from . import __version__, client, events, sandbox
 from .clock import SystemClock, iso
 from .config import Campaign, CampaignSettings, Limit, account_label, load_campaign, renderer
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
-from .plan import estimate_finish, make_plan
-from .render import LiveView, LogLines, describe_account, describe_wait
+from .plan import Forecaster, make_plan
+from .render import LiveView, LogLines, describe_account, describe_finish, describe_wait, local_time
 from .report import FORMATS, write_report
 from .schedule import Schedule
 from .scheduler import RunResult, Scheduler
-from .store import DEFAULT_DB, SANDBOX_API, SANDBOX_DB, STATUSES, Store, data_folder
+from .store import DEFAULT_DB, SANDBOX_API, SANDBOX_DB, STATUSES, Forecast, Store, data_folder
 
 EXIT_OK, EXIT_FATAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 F = TypeVar("F", bound=Callable[..., Any])
@@ -355,15 +355,28 @@ async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettin
                 config = sandbox.SandboxConfig(api_key=connection.api_key, typing_delay=0.2)
                 base_url = await tg.start(sandbox.serve, sandbox.Sandbox(config, clock))
             http = client.AccountClients(base_url, connection.api_key, timeout, connection.allow_insecure)
-            async with http, _renderer(clock) as emit:
+            async with http, _renderer(clock) as show, anyio.create_task_group() as forecasting:
+                forecaster = Forecaster(store, [c.name for c in campaigns], clock, show)
+
+                def emit(event: events.Event) -> None:
+                    forecaster.notice(event)
+                    show(event)
+
                 scheduler = Scheduler(
                     store, client.ApiClient(http, deadline), clock, run_id=run_id, campaigns=campaigns,
                     emit=emit, no_wait=no_wait, handle_signals=True,
                 )  # fmt: skip
+                forecasting.start_soon(forecaster.run)
                 try:
-                    result = await scheduler.run()
+                    try:
+                        result = await scheduler.run()
+                    finally:
+                        _catch_sigterm()  # asyncio put back the default action when the scheduler let go
+                    if result.reason == "deferred":  # leave a forecast behind for `status`
+                        await forecaster.made()
                 finally:
-                    _catch_sigterm()  # asyncio put back the default action when the scheduler let go
+                    forecaster.give_up()
+                    forecasting.cancel_scope.cancel()
             tg.cancel_scope.cancel()
         if scheduler.output_error is not None:
             click.echo(f"warning: progress output stopped: {scheduler.output_error!r}", err=True)
@@ -537,7 +550,6 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
         now = clock.now()
         pacing = await store.pacing(account_ids, names, now)
         state_of: dict[str, str] = {}
-        next_of: dict[str, float] = {}
         accounts = []
         for account_id in account_ids:
             found = await store.account_status(account_id, pacing[account_id], now)
@@ -545,7 +557,6 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
             zone = schedules[0] if schedules else Schedule()
             state, detail = describe_account(found, now, lambda t, z=zone: _local(z, t))
             state_of[account_id] = state
-            next_of[account_id] = max(found.next_at, now)
             next_at = max(found.next_at, now)
             accounts.append({
                 "account_id": account_id or None,
@@ -563,39 +574,55 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
                 "stopped_reason": found.stopped_reason,
             })  # fmt: skip
         campaigns = []
+        endings: dict[str, str] = {}  # campaign -> the end of its line: the projected finish
         for c in settings:
             counts = await store.counts(c.name)
-            # Accounts stopped or blocked send nothing until someone acts: they do not count.
-            ids = [a for a in c.account_ids if a in pacing and state_of.get(a) not in ("stopped", "blocked")]
-            able = [pacing[a] for a in ids]
-            # From when the first of them may send (a pause, a hold, the night), not from now.
-            finish = estimate_finish(counts["pending"], able, min(next_of[a] for a in ids)) if ids else None
-            zone_of = c.accounts[0].schedule if c.accounts else Schedule()
+            # Accounts stopped or blocked send nothing until someone acts.
+            able = [a for a in c.account_ids if a in pacing and state_of.get(a) not in ("stopped", "blocked")]
+            found = await store.latest_forecast(c.name) if counts["pending"] else None
+            finish = found.finish if found and found.result == "done" else None
             campaigns.append({
                 "name": c.name,
                 "counts": counts,
-                "projected_finish": iso(finish) if counts["pending"] and finish else None,
-                "projected_finish_local": _local(zone_of, finish) if counts["pending"] and finish else None,
+                "projected_finish": iso(finish),
+                "projected_finish_local": local_time(finish, c.timezone) if finish else None,
+                "forecast": {
+                    "made_at": iso(found.made_at),
+                    "made_at_local": local_time(found.made_at, c.timezone),
+                    "result": found.result,
+                    "pending": found.pending,
+                } if found else None,
                 "accounts_able": len(able),
             })  # fmt: skip
+            endings[c.name] = _finish_line(counts["pending"], able, found, c.timezone, now)
     if as_json:
         click.echo(json.dumps({"campaigns": campaigns, "accounts": accounts}, indent=2))
         return EXIT_OK
     for c in campaigns:
         counts = c["counts"]
         total = sum(counts.values())
-        line = f"{c['name']}: {total} recipients: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES)
-        if counts["pending"] and not c["accounts_able"]:
-            line += "; no account of it can send now (see below)"
-        elif counts["pending"]:
-            line += f"; projected finish about {c['projected_finish_local'] or 'more than a year away'}"
-        click.echo(line)
+        tally = ", ".join(f"{counts[s]} {s}" for s in STATUSES)
+        click.echo(f"{c['name']}: {total} recipients: {tally}{endings[c['name']]}")
     for a in accounts:
         click.echo(
             f"account {account_label(a['account_id'] or '')}: {a['detail']}; limits {a['limits']};"
             f" {a['window_used']}/{a['window_cap']} used in the current window"
         )
     return EXIT_OK
+
+
+def _finish_line(pending: int, able: list[str], found: Forecast | None, timezone: str, now: float) -> str:
+    """The end of a campaign's line in `status`: the projected finish, from the latest forecast."""
+    if not pending:
+        return ""
+    if not able:
+        return "; no account of it can send now (see below)"
+    if found is None:
+        return "; no forecast yet (a run makes one when its accounts first wait; `plan FILE` makes one now)"
+    made = local_time(found.made_at, timezone)
+    if found.finish is not None and found.result == "done" and found.finish < now:
+        return f"; the forecast of {made} saw the last send at {local_time(found.finish, timezone)}, now past"
+    return f"; {describe_finish(found.finish, found.result, timezone)} (forecast of {made})"
 
 
 def _local(schedule: Schedule, epoch: float) -> str:

@@ -397,6 +397,11 @@ class CampaignSettings:
     def account_ids(self) -> tuple[str, ...]:
         return tuple(account.id for account in self.accounts)
 
+    @property
+    def timezone(self) -> str:
+        """The time zone its times are shown in: its schedule's (its first account's, in the database)."""
+        return self.accounts[0].schedule.timezone if self.accounts else "UTC"
+
 
 class Recipients:
     """A campaign's recipients, read and rendered from its file each time they are iterated, so a

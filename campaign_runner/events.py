@@ -77,6 +77,18 @@ class Recovered:
 
 
 @dataclass(frozen=True)
+class Forecast:
+    """A forecast of a campaign (`plan`'s simulation of the database as it stood), made and stored."""
+
+    campaign: str
+    made_at: float
+    finish: float | None  # the last send; None when none is in sight (see `result`) or it failed
+    timezone: str  # the campaign's, to show the finish in
+    result: str = "done"  # done, horizon (beyond two years), accounts_stopped (none of them can send)
+    problem: str | None = None  # why no forecast could be made
+
+
+@dataclass(frozen=True)
 class Stopping:
     reason: str  # interrupted, fatal
     message: str
@@ -91,6 +103,7 @@ Event = (
     | AccountStopped
     | AccountFinished
     | Recovered
+    | Forecast
     | Stopping
 )
 EventSink = Callable[[Event], None]

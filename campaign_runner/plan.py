@@ -13,8 +13,10 @@ import random
 import secrets
 import sqlite3
 import tempfile
+import threading
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,23 +27,20 @@ import httpx
 
 from . import events
 from .client import ApiClient
-from .clock import VirtualClock
+from .clock import Clock, VirtualClock
 from .config import Campaign
-from .errors import StoreError
-from .limiter import Pacing
+from .errors import CampaignRunnerError, StoreError
 from .sandbox import Sandbox, SandboxConfig
-from .schedule import Schedule, zone
+from .schedule import zone
 from .scheduler import Scheduler
-from .store import Store
+from .store import Forecast, Store
 
-__all__ = ["Plan", "estimate_finish", "make_plan"]
+__all__ = ["Plan", "as_forecast", "forecast", "make_plan"]
 
 SETTLED_WEEKS = 2  # weeks alike, day by day, before the rest of a plan is the last one repeated
 PLAN_DEADLINE = 60.0  # seconds a request may take; the sandbox answers at once on the virtual clock
 PLAN_HORIZON = 2 * 366 * 86400.0  # a plan looks this far ahead at most (schedules that never meet...)
-ESTIMATE_STEP = 3600.0  # `estimate_finish` looks at the schedules hour by hour
-WEEK = 7 * 86400.0
-ESTIMATE_HORIZON = 366 * 86400.0
+REFORECAST = 3600.0  # a run forecasts again after a hold, a pause or a stop, at most this often
 
 
 @dataclass
@@ -54,7 +53,7 @@ class Plan:
     sent: int
     per_day: dict[date, dict[str, int]] = field(default_factory=dict)  # local day -> account -> messages
     accounts: tuple[str, ...] = ()
-    result: str = "done"  # the scheduler's: done, accounts_stopped, or horizon (two years were not enough)
+    result: str = "done"  # done, accounts_stopped, horizon (two years were not enough), given_up
     settled_from: date | None = None  # from this day on, the last settled week repeated (see `_Days`)
 
     def per_week(self) -> dict[date, dict[str, int]]:
@@ -73,29 +72,67 @@ class Plan:
 async def make_plan(campaign: Campaign, start: float, db: Path | None = None, settle: bool = True) -> Plan:
     """Simulate sending `campaign` from `start` (epoch seconds), on top of `db`'s state if given.
     Once sending has settled into a weekly pattern (`settle`), the rest is that week repeated."""
+    async with _scratch(db, start) as store:
+        await store.load([campaign], start, accept_changes=True)
+        return await _simulate(store, VirtualClock(start), campaign.name, campaign.timezone, settle)
+
+
+async def forecast(
+    db: Path, name: str, start: float, give_up: threading.Event | None = None, leave_out: Collection[str] = ()
+) -> Plan:
+    """The plan of a campaign already in `db`, as it stands at `start`, without the accounts in
+    `leave_out` (those a run has stopped): what `run` forecasts, and `status` shows. Setting
+    `give_up` (from another thread) ends the simulation early, its plan cut short ("given_up")."""
+    async with _scratch(db, start) as store:
+        timezone = (await store.campaign(name)).timezone
+        return await _simulate(store, VirtualClock(start), name, timezone, give_up=give_up, leave_out=leave_out)
+
+
+def as_forecast(plan: Plan, made_at: float) -> Forecast:
+    """What the database keeps of a plan."""
+    per_day = {day.isoformat(): sum(counts.values()) for day, counts in plan.per_day.items()}
+    return Forecast(plan.campaign, made_at, plan.finish, plan.result, plan.to_send, per_day)
+
+
+@contextlib.asynccontextmanager
+async def _scratch(db: Path | None, start: float) -> AsyncIterator[Store]:
+    """A throwaway copy of `db` (an empty database without one) that the simulation may change."""
     with tempfile.TemporaryDirectory(prefix="campaign-runner-plan-") as folder:
         scratch = Path(folder) / "plan.db"
         if db is not None and db.exists():
             await anyio.to_thread.run_sync(_copy, db, scratch)
-        clock = VirtualClock(start)
         store = await Store.open(scratch, start, scratch=True)
         try:
             await store.settle_in_flight(start)
-            await store.load([campaign], start, accept_changes=True)
-            return await _simulate(store, clock, campaign, settle)
+            yield store
         finally:
             await store.close()
 
 
-async def _simulate(store: Store, clock: VirtualClock, campaign: Campaign, settle: bool = True) -> Plan:
-    settings = await store.campaign(campaign.name)
-    to_send = (await store.counts(campaign.name))["pending"]
-    plan = Plan(campaign.name, campaign.timezone, clock.now(), None, to_send, 0, accounts=settings.account_ids)
-    days = _Days(zone(campaign.timezone), clock.now())
+async def _simulate(
+    store: Store,
+    clock: VirtualClock,
+    name: str,
+    timezone: str,
+    settle: bool = True,
+    give_up: threading.Event | None = None,
+    leave_out: Collection[str] = (),
+) -> Plan:
+    settings = await store.campaign(name)
+    settings = replace(settings, accounts=tuple(a for a in settings.accounts if a.id not in leave_out))
+    to_send = (await store.counts(name))["pending"]
+    plan = Plan(name, timezone, clock.now(), None, to_send, 0, accounts=settings.account_ids)
+    if not settings.accounts:
+        plan.result = "accounts_stopped"
+        return plan
+    days = _Days(zone(timezone), clock.now())
 
     def record(event: events.Event) -> None:
         if plan.settled_from is not None:
             return  # the run is stopping: what is left comes from the weekly pattern
+        if give_up is not None and give_up.is_set():
+            scheduler.stop("given_up", "the forecast is no longer wanted")
+            return
         if clock.now() > plan.start + PLAN_HORIZON:  # schedules that never meet would wait forever
             scheduler.stop("horizon", "the plan looked two years ahead")
         if isinstance(event, events.AccountHeld | events.AccountPaused | events.AccountStopped):
@@ -125,6 +162,77 @@ async def _simulate(store: Store, clock: VirtualClock, campaign: Campaign, settl
     if plan.settled_from is not None:
         _repeat_weeks(plan, days, plan.settled_from)
     return plan
+
+
+class Forecaster:
+    """Forecasts a run's campaigns while its accounts wait, so that forecasting never delays a send.
+
+    The first forecast is made when an account first has to wait (a run that never waits is over
+    before a forecast could matter), another after a hold, a pause or a stop, at most every
+    REFORECAST seconds. Each is `forecast` in a worker thread, on a copy of the database; it is
+    stored for `status`, and told to `emit` for the live view.
+    """
+
+    def __init__(self, store: Store, names: Sequence[str], clock: Clock, emit: events.EventSink):
+        self._store = store
+        self._names = list(names)
+        self._clock = clock
+        self._emit = emit
+        self._wanted = anyio.Event()
+        self._made = anyio.Event()  # set once a forecast of this run is stored
+        self._last: float | None = None
+        self._give_up = threading.Event()
+        self._stopped: set[str] = set()  # accounts the run has stopped: the forecast leaves them out
+
+    def notice(self, event: events.Event) -> None:
+        """Hear one of the run's events: a wait, a hold, a pause or a stop asks for a forecast."""
+        if isinstance(event, events.AccountStopped):
+            self._stopped.add(event.account_id)
+        first_wait = self._last is None and isinstance(event, events.AccountWaiting)
+        if first_wait or isinstance(event, events.AccountHeld | events.AccountPaused | events.AccountStopped):
+            self._wanted.set()
+
+    async def run(self) -> None:
+        """Forecast whenever asked to, until cancelled."""
+        while True:
+            await self._wanted.wait()
+            if self._last is not None:
+                await self._clock.sleep_until(self._last + REFORECAST)
+            self._wanted = anyio.Event()
+            await self._forecast()
+
+    async def made(self) -> None:
+        """Wait for a forecast of this run (asking for one now if none was): `--no-wait` runs
+        leave one behind for `status`."""
+        self._wanted.set()
+        await self._made.wait()
+
+    def give_up(self) -> None:
+        """End a forecast in progress: the run is over."""
+        self._give_up.set()
+
+    async def _forecast(self) -> None:
+        made_at = self._clock.now()
+        for name in self._names:
+            try:
+                if not (await self._store.counts(name))["pending"]:
+                    continue
+                plan = await anyio.to_thread.run_sync(
+                    _forecast_in_thread, self._store.path, name, made_at, self._give_up, frozenset(self._stopped)
+                )
+                if plan.result == "given_up":
+                    return
+                await self._store.save_forecast(as_forecast(plan, made_at))
+            except CampaignRunnerError as exc:  # a forecast is worth less than the run: say so, go on
+                self._emit(events.Forecast(name, made_at, None, "UTC", problem=str(exc)))
+                continue
+            self._emit(events.Forecast(name, made_at, plan.finish, plan.timezone, plan.result))
+        self._last = made_at
+        self._made.set()
+
+
+def _forecast_in_thread(db: Path, name: str, start: float, give_up: threading.Event, leave_out: frozenset[str]) -> Plan:
+    return anyio.run(forecast, db, name, start, give_up, leave_out)
 
 
 class _Days:
@@ -186,41 +294,6 @@ def _copy(db: Path, target: Path) -> None:
             conn.execute("VACUUM INTO ?", (str(target),))
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read the database {db}: {exc}") from None
-
-
-def estimate_finish(pending: int, pacings: list[Pacing], now: float) -> float | None:
-    """A quick estimate of when `pending` recipients are sent by accounts paced as given: each
-    sends at its pacing rate (with its mean random gap) while its schedules are open. The next
-    week is looked at hour by hour and taken to repeat, so the cost does not grow with the
-    campaign. Warm-ups and holds are left out: `plan` runs the real thing. None when it would take
-    more than a year."""
-    if pending <= 0:
-        return now
-    hours = round(WEEK / ESTIMATE_STEP)
-    per_hour = [0.0] * hours  # messages all the accounts send in each hour of the coming week
-    open_hours: dict[tuple[Schedule, ...], list[bool]] = {}  # accounts mostly share a schedule
-    for pacing in pacings:
-        sent = ESTIMATE_STEP / max(pacing.interval + sum(pacing.delay) / 2, 1e-9)
-        schedules = pacing.open_schedules
-        if schedules not in open_hours:
-            open_hours[schedules] = [
-                all(s.is_open(now + (hour + 0.5) * ESTIMATE_STEP) for s in schedules) for hour in range(hours)
-            ]
-        for hour, is_open in enumerate(open_hours[schedules]):
-            if is_open:
-                per_hour[hour] += sent
-    weekly = sum(per_hour)
-    if weekly <= 0:
-        return None
-    weeks = max(int(pending // weekly) - 1, 0)  # whole weeks first, then hour by hour
-    done, at = weeks * weekly, now + weeks * WEEK
-    for hour in range(2 * hours):
-        rate = per_hour[hour % hours]
-        if done + rate >= pending:  # within this hour, at its rate (2 left at 6 an hour: 20 minutes)
-            at += (hour + (pending - done) / rate) * ESTIMATE_STEP
-            return at if at < now + ESTIMATE_HORIZON else None
-        done += rate
-    return None  # pragma: no cover - two weeks always hold what is left
 
 
 class _InProcess(httpx.AsyncBaseTransport):

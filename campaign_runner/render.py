@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TextIO
 
 from rich.console import Console, Group
@@ -13,6 +14,7 @@ from rich.table import Table
 from . import events
 from .clock import Clock, iso
 from .config import account_label
+from .schedule import zone
 from .store import STATUSES, AccountStatus
 
 
@@ -51,6 +53,22 @@ def describe_account(found: AccountStatus, now: float, local: Callable[[float], 
     if found.next_at > now:
         return "waiting", f"waiting until {local(found.next_at)} ({describe_wait(found.reason)})"
     return "ready", "ready to send"
+
+
+def local_time(epoch: float, timezone: str) -> str:
+    """A moment as people read it: minutes, in a campaign's or an account's time zone."""
+    return datetime.fromtimestamp(epoch, zone(timezone)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def describe_finish(finish: float | None, result: str, timezone: str) -> str:
+    """What a forecast says of a campaign's end, the same words in the live view and `status`."""
+    if finish is not None and result == "done":
+        return f"projected finish {local_time(finish, timezone)}"
+    if result == "horizon":
+        return "projected finish more than two years away"
+    if result == "accounts_stopped":
+        return "no projected finish: none of its accounts can send"
+    return "no projected finish"
 
 
 _FINISHED = {"drained": "done", "deferred": "more later (--no-wait)", "stopped": "stopped"}
@@ -98,6 +116,10 @@ class LogLines:
                     f"{campaign}: {urn} was in flight when an earlier run stopped; marked unknown"
                     " (see `retry --status unknown`)"
                 )
+            case events.Forecast(campaign=campaign, problem=str(problem)):
+                return f"{campaign}: no forecast: {problem}"
+            case events.Forecast() as e:
+                return f"{e.campaign}: {describe_finish(e.finish, e.result, e.timezone)} (forecast)"
             case events.Stopping(message=message):
                 return message
         return None
@@ -121,6 +143,7 @@ class LiveView:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     accounts: dict[str, _AccountRow] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    forecasts: dict[str, str] = field(default_factory=dict)  # campaign -> its projected finish, in words
     _live: Live | None = None
 
     def __enter__(self) -> LiveView:
@@ -168,7 +191,9 @@ class LiveView:
                 self.notes.append(LogLines.line(event))  # type: ignore[arg-type]
             case events.AccountFinished(account_id=account, reason=reason):
                 self.accounts.setdefault(account, _AccountRow()).state = _FINISHED.get(reason, reason)
-            case events.Recovered() | events.Stopping():
+            case events.Forecast(campaign=campaign, problem=None) as e:
+                self.forecasts[campaign] = describe_finish(e.finish, e.result, e.timezone)
+            case events.Recovered() | events.Stopping() | events.Forecast():
                 self.notes.append(LogLines.line(event))  # type: ignore[arg-type]
         if self._live is not None:
             self._live.refresh()
@@ -202,4 +227,5 @@ class LiveView:
         for account, row in self.accounts.items():
             accounts.add_row(account_label(account), str(row.sent), str(row.failed), str(row.other), row.window,
                              row.state)  # fmt: skip
-        return Group(campaigns, accounts, *self.notes)
+        forecasts = [f"{name}: {text}" for name, text in self.forecasts.items()]
+        return Group(campaigns, *forecasts, accounts, *self.notes)

@@ -128,6 +128,18 @@ class AccountHold:
     reason: str
 
 
+@dataclass(frozen=True)
+class Forecast:
+    """What a forecast (`plan`'s simulation, made by a run) said of a campaign when it was made."""
+
+    campaign: str
+    made_at: float
+    finish: float | None  # the last send; None when it lies beyond the forecast's horizon
+    result: str  # done, horizon, accounts_stopped
+    pending: int  # recipients left to send when it was made
+    per_day: dict[str, int]  # local day (YYYY-MM-DD) -> messages
+
+
 @dataclass
 class ReportRow:
     profile_urn: str
@@ -565,6 +577,33 @@ class Store:
         with self._snapshot():
             row = self._one("SELECT columns FROM campaigns WHERE name = ?", (name,))
         return json.loads(row[0]) if row and row[0] else []
+
+    def _save_forecast(self, forecast: Forecast) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO forecasts (campaign, made_at, finish, result, pending, per_day)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    forecast.campaign,
+                    forecast.made_at,
+                    forecast.finish,
+                    forecast.result,
+                    forecast.pending,
+                    json.dumps(forecast.per_day),
+                ),
+            )
+
+    def _latest_forecast(self, name: str) -> Forecast | None:
+        with self._snapshot():
+            row = self._one(
+                "SELECT made_at, finish, result, pending, per_day FROM forecasts WHERE campaign = ?"
+                " ORDER BY made_at DESC LIMIT 1",
+                (name,),
+            )
+        if row is None:
+            return None
+        made_at, finish, result, pending, per_day = row
+        return Forecast(name, made_at, finish, result, pending, json.loads(per_day))
 
     def _campaign_names(self, unfinished_only: bool = False) -> list[str]:
         sql = "SELECT name FROM campaigns c"
@@ -1064,6 +1103,12 @@ class Store:
 
     async def columns(self, name: str) -> list[str]:
         return await self._run(self._columns, name)
+
+    async def save_forecast(self, forecast: Forecast) -> None:
+        await self._run(self._save_forecast, forecast)
+
+    async def latest_forecast(self, name: str) -> Forecast | None:
+        return await self._run(self._latest_forecast, name)
 
     async def campaign_names(self, unfinished_only: bool = False) -> list[str]:
         return await self._run(self._campaign_names, unfinished_only)

@@ -149,6 +149,7 @@ def test_status_text_and_json(capsys, finished_db: Path) -> None:
             "counts": {"pending": 0, "in_flight": 0, "sent": 2, "failed": 1, "unknown": 0, "skipped": 0},
             "projected_finish": None,
             "projected_finish_local": None,
+            "forecast": None,
             "accounts_able": 1,
         }
     ]
@@ -249,4 +250,4 @@ def test_status_shows_local_next_sends_and_a_projected_finish(capsys, tmp_path: 
     finish = datetime.fromisoformat(campaign["projected_finish"].replace("Z", "+00:00"))
     assert timedelta(days=1) < finish - datetime.now(timezone.utc) < timedelta(days=5)
     code, out, _ = invoke(capsys, "status", "--db", db)
-    assert "; projected finish about 20" in out.splitlines()[0]
+    assert "; projected finish 20" in out.splitlines()[0]

@@ -264,3 +264,46 @@ def test_retry_of_a_recipient_that_cannot_be_retried_says_why_and_writes_nothing
         " urn:li:fsd_profile:nobody (not a recipient of this campaign)\n"
     )
     assert by_urn(report(cli))[urn(1)]["status"] == "failed"
+
+
+def test_status_and_the_run_show_the_finish_plan_forecasts(cli, serve_sandbox, tmp_path) -> None:
+    """One forecaster: the run forecasts when its accounts first wait, says so, and stores it;
+    `status` shows that finish, in the campaign's time zone, and `plan` of the same state agrees."""
+    box, url = serve_sandbox()
+    people = [{"profile_urn": urn(i)} for i in range(40)]
+    path = write_campaign(tmp_path, accounts=["acc_1", "acc_2"], limit="6/day", recipients=people,
+                          schedule={"timezone": "Europe/Berlin", "hours": "09:00-17:00",
+                                    "days": ["mon", "tue", "wed", "thu", "fri"]})  # fmt: skip
+    code, out, _ = cli("run", str(path), "--no-wait", base_url=url)
+    assert code == 0
+    [announced] = [line for line in out.splitlines() if "(forecast)" in line]
+    finish = re.search(r"test-campaign: projected finish (\d{4}-\d\d-\d\d \d\d:\d\d CES?T) \(forecast\)", announced)
+    assert finish is not None, announced
+
+    code, out, _ = cli("status")
+    assert re.search(rf"; projected finish {finish[1]} \(forecast of \d{{4}}-\d\d-\d\d \d\d:\d\d CES?T\)$",
+                     out.splitlines()[0]), out  # fmt: skip
+    code, out, _ = cli("status", "--json")
+    [campaign] = json.loads(out)["campaigns"]
+    assert campaign["projected_finish_local"] == finish[1]
+    assert campaign["forecast"]["pending"] == campaign["counts"]["pending"] == 40 - len(box.log)
+    code, out, _ = cli("plan", str(path), "--json")
+    assert code == 0 and json.loads(out)["finish_local"] == finish[1]
+
+
+def test_a_run_that_never_waits_makes_no_forecast_and_status_says_how_to_get_one(cli, serve_sandbox, tmp_path):
+    box, url = serve_sandbox()
+    code, out, _ = cli("run", str(write_campaign(tmp_path, limit="1000/second")), base_url=url)
+    assert code == 0 and "forecast" not in out
+    code, out, _ = cli("status", "--json")
+    assert json.loads(out)["campaigns"][0]["forecast"] is None  # all sent: nothing to forecast
+
+    slow = write_campaign(tmp_path, "slow.yaml", name="slow", limit="1/day")
+    code, out, _ = cli("run", str(slow), "--no-wait", base_url=url)
+    assert "slow: projected finish " in out
+    with contextlib.closing(sqlite3.connect(tmp_path / "runs.db")) as conn, conn:  # as an older version left it
+        conn.execute("DELETE FROM forecasts")
+    code, out, _ = cli("status", "slow")
+    assert out.splitlines()[0].endswith(
+        "; no forecast yet (a run makes one when its accounts first wait; `plan FILE` makes one now)"
+    )

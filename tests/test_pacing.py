@@ -196,24 +196,6 @@ def test_a_plan_whose_schedules_never_meet_ends_and_says_so(cli, tmp_path: Path)
     assert "3 recipients are still unsent two years ahead" in err
 
 
-def test_the_status_estimate_follows_the_schedules_and_gives_up_after_a_year() -> None:
-    from campaign_runner.config import Limit
-    from campaign_runner.limiter import Pacing
-    from campaign_runner.plan import estimate_finish
-    from campaign_runner.schedule import Schedule, parse_hours
-
-    friday_9 = START  # Friday 2027-01-15 08:00 UTC, 09:00 in Berlin
-    office = Schedule("Europe/Berlin", *parse_hours("09:00-17:00"), frozenset(range(5)))
-    accounts = [Pacing((Limit(80, 86400),), 1, (office,))] * 2  # 160 a working day together
-    assert estimate_finish(0, accounts, friday_9) == friday_9
-    assert estimate_finish(160, accounts, friday_9) == friday_9 + 8 * 3600  # Friday's eight hours
-    # 480 more: Friday, then Monday and Tuesday (the weekend sends nothing), done Tuesday 17:00.
-    assert estimate_finish(480, accounts, friday_9) == friday_9 + (4 * 24 + 8) * 3600
-    assert estimate_finish(10**6, accounts, friday_9) is None  # about 24 years
-    # Two left at 20 an hour together: six minutes, not the hour the estimate used to round to.
-    assert estimate_finish(2, accounts, friday_9) == pytest.approx(friday_9 + 6 * 60)
-
-
 @pytest.mark.parametrize("warmup", [None, {"start": 3, "increase": 2}])
 def test_a_long_plan_repeats_its_settled_week_exactly_as_the_full_simulation_runs(tmp_path: Path, warmup) -> None:
     """Once two weeks send alike day by day, `plan` repeats the last one instead of simulating the

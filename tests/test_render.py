@@ -34,3 +34,17 @@ def test_the_live_table_fits_80_columns() -> None:
     # One line per account: nothing wrapped.
     assert sum(line.startswith("│ account-with") for line in lines) == 3
     assert any("held until 2027-01-18 08:00" in line for line in lines)
+
+
+def test_the_live_table_shows_each_campaigns_forecast_in_its_time_zone() -> None:
+    clock = VirtualClock(START)
+    console = Console(file=io.StringIO(), width=80, record=True, color_system=None)
+    view = LiveView(console, clock)
+    view(events.RunStarted({"meetup": {"pending": 40}, "webinar": {"pending": 9}}, {"acc_1": "3/day"}))
+    view(events.Forecast("meetup", START, START + 5 * 86400, "Europe/Berlin"))
+    view(events.Forecast("webinar", START, None, "UTC", "horizon"))
+    console.print(view)
+    lines = console.export_text().splitlines()
+    assert "meetup: projected finish 2027-01-20 09:00 CET" in lines
+    assert "webinar: projected finish more than two years away" in lines
+    assert max(len(line) for line in lines) <= 80
