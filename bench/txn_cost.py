@@ -31,7 +31,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
-from campaign_runner.client import Kind, Outcome, RateLimitHeaders  # noqa: E402
+from campaign_runner.outcome import Kind, Outcome, RateLimitHeaders  # noqa: E402
 from campaign_runner.store import Claimed, Store  # noqa: E402
 
 MODES = ("FULL", "NORMAL", "OFF")

@@ -27,13 +27,14 @@ from rich.console import Console
 
 from . import __version__, client, events, sandbox
 from .clock import SystemClock, iso
-from .config import Campaign, CampaignSettings, Limit, account_label, load_campaign, renderer
+from .config import Campaign, load_campaign, renderer
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
 from .plan import Forecaster, make_plan
 from .render import LiveView, LogLines, describe_account, describe_finish, describe_wait, local_time
 from .report import FORMATS, write_report
 from .schedule import Schedule
 from .scheduler import RunResult, Scheduler
+from .settings import CampaignSettings, Limit, account_label
 from .store import DEFAULT_DB, SANDBOX_API, SANDBOX_DB, STATUSES, Forecast, Store, data_folder
 
 EXIT_OK, EXIT_FATAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -221,8 +222,18 @@ def _print_messages(campaign: Campaign, count: int, urns: Sequence[str]) -> None
 @db_option
 @sending_options
 @click.option("--accept-changes", is_flag=True, help="Apply a changed message/group/endpoint to unsent recipients.")
-def run(files: tuple[str, ...], db: str | None, base_url: str, timeout: float, use_sandbox: bool, no_wait: bool,
-        allow_insecure: bool, switch_api: bool, api_limit: str | None, accept_changes: bool) -> int:  # fmt: skip
+def run(
+    files: tuple[str, ...],
+    db: str | None,
+    base_url: str,
+    timeout: float,
+    use_sandbox: bool,
+    no_wait: bool,
+    allow_insecure: bool,
+    switch_api: bool,
+    api_limit: str | None,
+    accept_changes: bool,
+) -> int:
     """Load campaign files and send until every recipient is done.
 
     Sleeps while the accounts' limits refill. Running the same file again adds new recipients
@@ -252,8 +263,17 @@ def run(files: tuple[str, ...], db: str | None, base_url: str, timeout: float, u
 @click.argument("name", required=False)
 @db_option
 @sending_options
-def resume(name: str | None, db: str | None, base_url: str, timeout: float, use_sandbox: bool, no_wait: bool,
-           allow_insecure: bool, switch_api: bool, api_limit: str | None) -> int:  # fmt: skip
+def resume(
+    name: str | None,
+    db: str | None,
+    base_url: str,
+    timeout: float,
+    use_sandbox: bool,
+    no_wait: bool,
+    allow_insecure: bool,
+    switch_api: bool,
+    api_limit: str | None,
+) -> int:
     """Continue a campaign from the database (all unfinished ones when NAME is left out).
 
     \b
@@ -281,8 +301,9 @@ class _Connection:
         return SANDBOX_API if self.use_sandbox else self.base_url
 
 
-def _connection(base_url: str, use_sandbox: bool, allow_insecure: bool, api_limit: str | None,
-                switch_api: bool = False) -> _Connection:  # fmt: skip
+def _connection(
+    base_url: str, use_sandbox: bool, allow_insecure: bool, api_limit: str | None, switch_api: bool = False
+) -> _Connection:
     api_limits = None
     if api_limit is not None:
         try:
@@ -302,8 +323,9 @@ def _connection(base_url: str, use_sandbox: bool, allow_insecure: bool, api_limi
     return _Connection(base_url, key, False, api_limits, allow_insecure, switch_api)
 
 
-async def _run(db: str, campaigns: list[Campaign], connection: _Connection, timeout: float, no_wait: bool,
-               accept_changes: bool) -> int:  # fmt: skip
+async def _run(
+    db: str, campaigns: list[Campaign], connection: _Connection, timeout: float, no_wait: bool, accept_changes: bool
+) -> int:
     clock = SystemClock()
     async with _open_store(db, clock, create=True, sandbox=connection.use_sandbox) as store:
         # A campaign that went to another API is refused before its file is loaded.
@@ -341,8 +363,15 @@ async def _resume(db: str, name: str | None, connection: _Connection, timeout: f
         return await _send(store, clock, settings, connection, timeout, no_wait, "resume")
 
 
-async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettings], connection: _Connection,
-                timeout: float, no_wait: bool, command: str) -> int:  # fmt: skip
+async def _send(
+    store: Store,
+    clock: SystemClock,
+    campaigns: list[CampaignSettings],
+    connection: _Connection,
+    timeout: float,
+    no_wait: bool,
+    command: str,
+) -> int:
     deadline = client.deadline_for(timeout)
     await store.bind_api([c.name for c in campaigns], connection.api, connection.switch_api, clock.now())
     if connection.api_limits is not None:
@@ -363,9 +392,15 @@ async def _send(store: Store, clock: SystemClock, campaigns: list[CampaignSettin
                     show(event)
 
                 scheduler = Scheduler(
-                    store, client.ApiClient(http, deadline), clock, run_id=run_id, campaigns=campaigns,
-                    emit=emit, no_wait=no_wait, handle_signals=True,
-                )  # fmt: skip
+                    store,
+                    client.ApiClient(http, deadline),
+                    clock,
+                    run_id=run_id,
+                    campaigns=campaigns,
+                    emit=emit,
+                    no_wait=no_wait,
+                    handle_signals=True,
+                )
                 forecasting.start_soon(forecaster.run)
                 try:
                     try:
@@ -411,8 +446,9 @@ async def _renderer(clock: SystemClock) -> AsyncIterator[Callable[..., None]]:
 
 
 @contextlib.asynccontextmanager
-async def _open_store(db: str | None, clock: SystemClock, *, create: bool, sandbox: bool = False
-                      ) -> AsyncIterator[Store]:  # fmt: skip
+async def _open_store(
+    db: str | None, clock: SystemClock, *, create: bool, sandbox: bool = False
+) -> AsyncIterator[Store]:
     path = database_path(db, sandbox)
     new = not path.exists()
     if new and not create:
@@ -516,11 +552,14 @@ def _plan_json(result: Any, rows: dict[Any, dict[str, int]], weekly: bool) -> di
         "to_send": result.to_send,
         "sent": result.sent,
         "weeks" if weekly else "days": [
-            {"week_of" if weekly else "date": day.isoformat(), "accounts": {a or None: n for a, n in counts.items()},
-             "total": sum(counts.values())}
+            {
+                "week_of" if weekly else "date": day.isoformat(),
+                "accounts": {a or None: n for a, n in counts.items()},
+                "total": sum(counts.values()),
+            }
             for day, counts in rows.items()
         ],
-    }  # fmt: skip
+    }
 
 
 # --- status / report / retry -----------------------------------------------------------------
@@ -558,21 +597,23 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
             state, detail = describe_account(found, now, lambda t, z=zone: _local(z, t))
             state_of[account_id] = state
             next_at = max(found.next_at, now)
-            accounts.append({
-                "account_id": account_id or None,
-                "state": state,
-                "detail": detail,
-                "limits": str(found.pacing),
-                "warmup_day": found.pacing.warmup_day,
-                "warmup_cap_today": found.pacing.warmup_cap,
-                "window_used": found.window_used,
-                "window_cap": found.window_cap,
-                "next_send_at": iso(next_at),
-                "next_send_local": _local(zone, next_at),
-                "waiting_for": None if found.reason == "ready" else describe_wait(found.reason),
-                "hold_until": iso(found.hold_until) if found.hold_until > now else None,
-                "stopped_reason": found.stopped_reason,
-            })  # fmt: skip
+            accounts.append(
+                {
+                    "account_id": account_id or None,
+                    "state": state,
+                    "detail": detail,
+                    "limits": str(found.pacing),
+                    "warmup_day": found.pacing.warmup_day,
+                    "warmup_cap_today": found.pacing.warmup_cap,
+                    "window_used": found.window_used,
+                    "window_cap": found.window_cap,
+                    "next_send_at": iso(next_at),
+                    "next_send_local": _local(zone, next_at),
+                    "waiting_for": None if found.reason == "ready" else describe_wait(found.reason),
+                    "hold_until": iso(found.hold_until) if found.hold_until > now else None,
+                    "stopped_reason": found.stopped_reason,
+                }
+            )
         campaigns = []
         endings: dict[str, str] = {}  # campaign -> the end of its line: the projected finish
         for c in settings:
@@ -581,19 +622,23 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
             able = [a for a in c.account_ids if a in pacing and state_of.get(a) not in ("stopped", "blocked")]
             found = await store.latest_forecast(c.name) if counts["pending"] else None
             finish = found.finish if found and found.result == "done" else None
-            campaigns.append({
-                "name": c.name,
-                "counts": counts,
-                "projected_finish": iso(finish),
-                "projected_finish_local": local_time(finish, c.timezone) if finish else None,
-                "forecast": {
-                    "made_at": iso(found.made_at),
-                    "made_at_local": local_time(found.made_at, c.timezone),
-                    "result": found.result,
-                    "pending": found.pending,
-                } if found else None,
-                "accounts_able": len(able),
-            })  # fmt: skip
+            campaigns.append(
+                {
+                    "name": c.name,
+                    "counts": counts,
+                    "projected_finish": iso(finish),
+                    "projected_finish_local": local_time(finish, c.timezone) if finish else None,
+                    "forecast": {
+                        "made_at": iso(found.made_at),
+                        "made_at_local": local_time(found.made_at, c.timezone),
+                        "result": found.result,
+                        "pending": found.pending,
+                    }
+                    if found
+                    else None,
+                    "accounts_able": len(able),
+                }
+            )
             endings[c.name] = _finish_line(counts["pending"], able, found, c.timezone, now)
     if as_json:
         click.echo(json.dumps({"campaigns": campaigns, "accounts": accounts}, indent=2))
@@ -638,8 +683,9 @@ def _local(schedule: Schedule, epoch: float) -> str:
 @click.option("--status", "only", type=click.Choice(STATUSES), help="Only recipients with this status.")
 @click.option("--excel", is_flag=True, help="CSV for Excel: a UTF-8 byte-order mark, and local times.")
 @sandbox_db_option
-def report(name: str, db: str | None, fmt: str, output: str | None, only: str | None, excel: bool,
-           use_sandbox: bool) -> int:  # fmt: skip
+def report(
+    name: str, db: str | None, fmt: str, output: str | None, only: str | None, excel: bool, use_sandbox: bool
+) -> int:
     """Who was sent what, and who failed and why.
 
     \b
@@ -651,8 +697,9 @@ def report(name: str, db: str | None, fmt: str, output: str | None, only: str | 
     return anyio.run(_report, db, use_sandbox, name, fmt, output, only, excel)
 
 
-async def _report(db: str | None, use_sandbox: bool, name: str, fmt: str, output: str | None, only: str | None,
-                  excel: bool) -> int:  # fmt: skip
+async def _report(
+    db: str | None, use_sandbox: bool, name: str, fmt: str, output: str | None, only: str | None, excel: bool
+) -> int:
     async with _open_store(db, SystemClock(), create=False, sandbox=use_sandbox) as store:
         if output is None:
             await write_report(store, name, sys.stdout, fmt, only, excel)
@@ -816,8 +863,13 @@ def _by_account(values: tuple[str, ...], option: str) -> dict[str | None, int]:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--api-key", default="sandbox-key", show_default=True, help="The key it accepts.")
-@click.option("--typing-delay", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Seconds the -with-typing endpoint takes.")  # fmt: skip
+@click.option(
+    "--typing-delay",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds the -with-typing endpoint takes.",
+)
 @click.option("--quota", default="150/day", show_default=True, help="Messages per account, e.g. 150/day or 5/3s.")
 @click.option("--non-member", multiple=True, help="A recipient URN to refuse with 403 (repeatable).")
 @click.option("--seed", type=int, help="Seed for the shares below, to repeat a run exactly.")
@@ -826,23 +878,48 @@ def _by_account(values: tuple[str, ...], option: str) -> dict[str | None, int]:
 @_share("--slow-rate", "delivered, then answered after --slow-delay")
 @click.option("--slow-delay", type=click.FloatRange(min=0), default=90.0, show_default=True)
 @_share("--storm-rate", "starting a 429 storm on their account")
-@click.option("--storm-length", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="Seconds a 429 storm lasts.")  # fmt: skip
+@click.option(
+    "--storm-length", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Seconds a 429 storm lasts."
+)
 @_share("--bad-gateway-rate", "answered with an HTML 502 page")
 @_share("--bad-headers-rate", "answered with missing or malformed X-RateLimit-* headers")
 @_share("--portal-rate", "answered 200 with an HTML page (a captive portal), not delivered")
-@click.option("--credentials-error", multiple=True, metavar="ACCOUNT",
-              help="Answer this account's every request with the credentials 500 (repeatable).")  # fmt: skip
-@click.option("--forbidden-after", multiple=True, metavar="ACCOUNT=N",
-              help="Refuse every recipient of ACCOUNT with 403 from its Nth request on (repeatable).")  # fmt: skip
-@click.option("--unauthorized-after", type=click.IntRange(min=1), metavar="N",
-              help="Answer 401 from the Nth request on.")  # fmt: skip
-def sandbox_command(host: str, port: int, api_key: str, typing_delay: float, quota: str,
-                    non_member: tuple[str, ...], seed: int | None, error_rate: float, drop_rate: float,
-                    slow_rate: float, slow_delay: float, storm_rate: float, storm_length: float,
-                    bad_gateway_rate: float, bad_headers_rate: float, portal_rate: float,
-                    credentials_error: tuple[str, ...],
-                    forbidden_after: tuple[str, ...], unauthorized_after: int | None) -> int:  # fmt: skip
+@click.option(
+    "--credentials-error",
+    multiple=True,
+    metavar="ACCOUNT",
+    help="Answer this account's every request with the credentials 500 (repeatable).",
+)
+@click.option(
+    "--forbidden-after",
+    multiple=True,
+    metavar="ACCOUNT=N",
+    help="Refuse every recipient of ACCOUNT with 403 from its Nth request on (repeatable).",
+)
+@click.option(
+    "--unauthorized-after", type=click.IntRange(min=1), metavar="N", help="Answer 401 from the Nth request on."
+)
+def sandbox_command(
+    host: str,
+    port: int,
+    api_key: str,
+    typing_delay: float,
+    quota: str,
+    non_member: tuple[str, ...],
+    seed: int | None,
+    error_rate: float,
+    drop_rate: float,
+    slow_rate: float,
+    slow_delay: float,
+    storm_rate: float,
+    storm_length: float,
+    bad_gateway_rate: float,
+    bad_headers_rate: float,
+    portal_rate: float,
+    credentials_error: tuple[str, ...],
+    forbidden_after: tuple[str, ...],
+    unauthorized_after: int | None,
+) -> int:
     """Serve a local emulator of the ConnectSafely API, for trying campaigns without sending.
 
     Fault options make it misbehave the ways the real API and the network can. An empty ACCOUNT
@@ -860,13 +937,25 @@ def sandbox_command(host: str, port: int, api_key: str, typing_delay: float, quo
     except ValueError as exc:
         raise ConfigError(f"--quota: {exc}") from None
     config = sandbox.SandboxConfig(
-        api_key=api_key, typing_delay=typing_delay, quota=limit.cap, quota_window=limit.window,
-        non_members=set(non_member), seed=seed, error_rate=error_rate, drop_rate=drop_rate,
-        slow_rate=slow_rate, slow_delay=slow_delay, storm_rate=storm_rate, storm_length=storm_length,
-        bad_gateway_rate=bad_gateway_rate, bad_headers_rate=bad_headers_rate, portal_rate=portal_rate,
+        api_key=api_key,
+        typing_delay=typing_delay,
+        quota=limit.cap,
+        quota_window=limit.window,
+        non_members=set(non_member),
+        seed=seed,
+        error_rate=error_rate,
+        drop_rate=drop_rate,
+        slow_rate=slow_rate,
+        slow_delay=slow_delay,
+        storm_rate=storm_rate,
+        storm_length=storm_length,
+        bad_gateway_rate=bad_gateway_rate,
+        bad_headers_rate=bad_headers_rate,
+        portal_rate=portal_rate,
         credentials_error={a or None for a in credentials_error},
-        forbidden_after=_by_account(forbidden_after, "--forbidden-after"), unauthorized_after=unauthorized_after,
-    )  # fmt: skip
+        forbidden_after=_by_account(forbidden_after, "--forbidden-after"),
+        unauthorized_after=unauthorized_after,
+    )
 
     async def serve() -> int:
         async with anyio.create_task_group() as tg:
@@ -929,8 +1018,9 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code instead of exiting (tests call this)."""
     _State.debug = False
     try:
-        result = cli.main(args=list(argv) if argv is not None else None, prog_name="campaign-runner",
-                          standalone_mode=False)  # fmt: skip
+        result = cli.main(
+            args=list(argv) if argv is not None else None, prog_name="campaign-runner", standalone_mode=False
+        )
     except BaseException as raised:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         exc = _unwrap(raised)
         if isinstance(exc, click.exceptions.Exit):

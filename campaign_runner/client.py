@@ -12,13 +12,11 @@ whether the request can have reached the server:
 from __future__ import annotations
 
 import contextlib
-import email.utils
-import enum
 import ipaddress
 import json
 import re
 import ssl
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,87 +25,27 @@ import httpx
 
 from .clock import parse_server_time
 from .errors import ConfigError
+from .outcome import Kind, Outcome, RateLimitHeaders
 
 DEFAULT_BASE_URL = "https://api.connectsafely.ai/linkedin"
 DEFAULT_TIMEOUT = 60.0  # seconds: the -with-typing endpoint types before it answers
 CONNECT_TIMEOUT = 10.0
-CREDENTIALS_ERROR = "failed to get linkedin authentication credentials"  # a 500 that names the account
 MAX_BODY_KEPT = 4000  # characters of a response body stored with an attempt
 MAX_ERROR_CHARS = 500  # characters of the server's error text kept as a recipient's error
-MAX_REMAINING = 1_000_000_000  # a larger X-RateLimit-Remaining is taken as this (SQLite's integers end at 2**63)
 USER_AGENT = "campaign-runner"
 # The status an API error text names, as in "Request failed with status code 403".
 NAMED_STATUS = re.compile(r"\b(?:status(?:\s+code)?|HTTP)\s*:?\s*([1-5]\d\d)\b", re.IGNORECASE)
 
 
-class Kind(enum.StrEnum):
-    SENT = "sent"  # 200
-    REJECTED = "rejected"  # 400, 403, other 4xx: this recipient failed, never retried
-    RATE_LIMITED = "rate_limited"  # 429: not a failure, the account pauses
-    UNAUTHORIZED = "unauthorized"  # 401: the key is refused; stop the run
-    MISROUTED = "misrouted"  # 404, 405, 3xx: the base URL is wrong; stop the run
-    SERVER_ERROR = "server_error"  # 500: the API's own error, documented as not sent; retry with backoff
-    NOT_SENT = "not_sent"  # the request never left: retry with backoff
-    UNKNOWN = "unknown"  # may have been delivered: never re-sent by itself
-
-
-@dataclass(frozen=True)
-class RateLimitHeaders:
-    """The X-RateLimit-* headers exactly as they came (None when absent)."""
-
-    action: str | None = None
-    limit: str | None = None
-    used: str | None = None
-    remaining: str | None = None
-    reset: str | None = None
-    date: str | None = None  # the response's Date header: the server's clock, to the second
-
-    @classmethod
-    def from_response(cls, headers: httpx.Headers) -> RateLimitHeaders:
-        return cls(
-            action=headers.get("x-ratelimit-action"),
-            limit=headers.get("x-ratelimit-limit"),
-            used=headers.get("x-ratelimit-used"),
-            remaining=headers.get("x-ratelimit-remaining"),
-            reset=headers.get("x-ratelimit-reset"),
-            date=headers.get("date"),
-        )
-
-    @property
-    def server_now(self) -> float | None:
-        """The server's clock when it answered, from the Date header."""
-        try:
-            return email.utils.parsedate_to_datetime(self.date).timestamp() if self.date else None
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-
-    @property
-    def remaining_count(self) -> int | None:
-        """X-RateLimit-Remaining as a count a database can hold (0 to MAX_REMAINING), or None."""
-        try:
-            count = int(self.remaining) if self.remaining is not None else None
-        except ValueError:
-            return None
-        return None if count is None else min(max(count, 0), MAX_REMAINING)
-
-    @property
-    def reset_at(self) -> float | None:
-        return parse_server_time(self.reset) if self.reset else None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    kind: Kind
-    http_status: int | None = None
-    error: str | None = None  # one readable line
-    body: str | None = None  # the response body as it came, truncated
-    rate_limit: RateLimitHeaders = field(default_factory=RateLimitHeaders)
-    hold_until: float | None = None  # the 429 body's holdUntil, when given
-
-    @property
-    def blames_account(self) -> bool:
-        """A 500 whose text says the sending account's LinkedIn credentials are the trouble."""
-        return self.kind is Kind.SERVER_ERROR and CREDENTIALS_ERROR in (self.error or "").lower()
+def rate_limit_headers(headers: httpx.Headers) -> RateLimitHeaders:
+    return RateLimitHeaders(
+        action=headers.get("x-ratelimit-action"),
+        limit=headers.get("x-ratelimit-limit"),
+        used=headers.get("x-ratelimit-used"),
+        remaining=headers.get("x-ratelimit-remaining"),
+        reset=headers.get("x-ratelimit-reset"),
+        date=headers.get("date"),
+    )
 
 
 @dataclass(frozen=True)
@@ -159,9 +97,13 @@ def _is_loopback(host: str) -> bool:
 
 
 def make_http_client(
-    base_url: str, api_key: str, timeout: float, connections: int, verify: ssl.SSLContext | bool = True,
+    base_url: str,
+    api_key: str,
+    timeout: float,
+    connections: int,
+    verify: ssl.SSLContext | bool = True,
     allow_insecure: bool = False,
-) -> httpx.AsyncClient:  # fmt: skip
+) -> httpx.AsyncClient:
     """An AsyncClient for the API. `connections`: how many requests may be in flight at once."""
     return httpx.AsyncClient(
         base_url=check_base_url(base_url, allow_insecure) + "/",
@@ -255,7 +197,7 @@ def classify(response: httpx.Response) -> Outcome:
     status = response.status_code
     text = response.text
     payload = _json(text)
-    common = {"body": text[:MAX_BODY_KEPT], "rate_limit": RateLimitHeaders.from_response(response.headers)}
+    common = {"body": text[:MAX_BODY_KEPT], "rate_limit": rate_limit_headers(response.headers)}
     if status == 200:
         return _classify_ok(payload, text, common)
     return _judge(status, payload, _error_text(payload, text, response.reason_phrase), response, common)
@@ -284,8 +226,9 @@ def _classify_ok(payload: dict[str, Any], text: str, common: dict[str, Any]) -> 
     return Outcome(Kind.UNKNOWN, http_status=200, error=error, **common)
 
 
-def _judge(status: int, payload: dict[str, Any], error: str, response: httpx.Response | None,
-           common: dict[str, Any]) -> Outcome:  # fmt: skip
+def _judge(
+    status: int, payload: dict[str, Any], error: str, response: httpx.Response | None, common: dict[str, Any]
+) -> Outcome:
     """What a refusal with `status` means (also a 200 whose `success: false` names a status)."""
     common = {**common, "http_status": status}
     if status == 429:

@@ -8,11 +8,10 @@ Nothing here touches the database, the network or the clock.
 from __future__ import annotations
 
 import csv
-import decimal
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import CampaignFileError, Problem
 from .schedule import DAY_NAMES, Schedule, parse_hours, zone
+from .settings import DEFAULT_ACCOUNT, MAX_CAP, UNITS, Account, Breaker, CampaignSettings, Limit, Warmup
 
 ENDPOINTS = ("send-group", "send-group-with-typing", "send-group-with-ack")
 DEFAULT_ENDPOINT = "send-group-with-typing"
@@ -33,18 +33,7 @@ DEFAULT_API_LIMITS = ("60/minute", "100/10s")  # the vendor's allowance per API 
 MAX_MESSAGE_CHARS = 8000
 URN_PATTERN = re.compile(r"^urn:li:fsd_profile:[A-Za-z0-9_-]+$")
 URN_COLUMN = "profile_urn"
-DEFAULT_ACCOUNT = ""  # stored id of "the API key's default account": no accountId is sent
 
-MAX_CAP = 1_000_000_000
-MAX_WINDOW = 366 * 86400.0
-MIN_WINDOW = 0.001  # seconds: a shorter one is no limit the API could mean
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_NAMED_WINDOWS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0, "week": 604800.0}
-# A window's number may carry an exponent: databases written before limits were stored in plain
-# decimals hold texts such as `10000/2.592e+06s`, and they must still read.
-_LIMIT = re.compile(
-    r"^\s*(\d+)\s*/\s*(?:(second|minute|hour|day|week)|(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*([smhd]))\s*$"
-)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|[smhd])?\s*$")
 
 GROUP_URL = re.compile(r"^(?:https?://)?(?:[a-z0-9-]+\.)?linkedin\.com/groups/(\d+)(?:[/?#].*)?$", re.IGNORECASE)
@@ -74,50 +63,6 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
 
 _PLAIN_INT = re.compile(r"0|[1-9][0-9]*")
 _YamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-
-
-@dataclass(frozen=True, order=True)
-class Limit:
-    """At most `cap` requests in any window of `window` seconds."""
-
-    cap: int
-    window: float
-
-    @classmethod
-    def parse(cls, text: str) -> Limit:
-        match = _LIMIT.match(str(text))
-        if not match:
-            raise ValueError(f"{text!r} is not a limit: use N/day, N/hour, N/week, N/minute or N/<number><s|m|h|d>")
-        cap = int(match.group(1))
-        if match.group(2):
-            window = _NAMED_WINDOWS[match.group(2)]
-        else:
-            window = float(match.group(3)) * _UNITS[match.group(4)]
-        if cap < 1 or window <= 0:
-            raise ValueError(f"{text!r}: the count and the window must both be above zero")
-        if window < MIN_WINDOW:
-            raise ValueError(f"{text!r}: a window of at least {MIN_WINDOW * 1000:g} ms")
-        if cap > MAX_CAP or window > MAX_WINDOW:
-            raise ValueError(f"{text!r}: at most {MAX_CAP} requests and a window of at most 366 days")
-        return cls(cap, window)
-
-    def __str__(self) -> str:
-        """The limit as `parse` reads it back, exactly: named windows by name, others in the largest
-        unit that divides them, else in seconds as a plain decimal (never an exponent)."""
-        for name, seconds in _NAMED_WINDOWS.items():
-            if self.window == seconds:
-                return f"{self.cap}/{name}"
-        for unit in "dhm":
-            count = self.window / _UNITS[unit]
-            if count.is_integer() and count * _UNITS[unit] == self.window:
-                return f"{self.cap}/{int(count)}{unit}"
-        return f"{self.cap}/{_decimal(self.window)}s"
-
-
-def _decimal(value: float) -> str:
-    """The shortest decimal that reads back as `value`, written out without an exponent."""
-    text = format(decimal.Decimal(repr(value)), "f")
-    return text[:-2] if text.endswith(".0") else text
 
 
 def group_id_of(text: str) -> str:
@@ -158,7 +103,7 @@ def parse_duration(value: Any) -> float:
         if not match:
             raise ValueError(f"{value!r} is not a duration: use a number of seconds or e.g. 500ms, 2s, 5m")
         unit = match.group(2) or "s"
-        seconds = float(match.group(1)) * (0.001 if unit == "ms" else _UNITS[unit])
+        seconds = float(match.group(1)) * (0.001 if unit == "ms" else UNITS[unit])
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -280,8 +225,10 @@ class CampaignFile(_Strict):
                 written = item.get("id") if isinstance(item, dict) else item
                 if isinstance(written, WrittenInt):
                     raise ValueError(f"YAML reads the account id {written.text} as the number {int(written)}: quote it")
-            return [{"id": str(item)} if isinstance(item, (str, int)) and not isinstance(item, bool) else item
-                    for item in value]  # fmt: skip
+            return [
+                {"id": str(item)} if isinstance(item, (str, int)) and not isinstance(item, bool) else item
+                for item in value
+            ]
         return value
 
     @field_validator("group_id", mode="before")
@@ -317,25 +264,6 @@ class CampaignFile(_Strict):
 
 
 @dataclass(frozen=True)
-class Warmup:
-    """A new account's daily cap: `start` on its first day of sending, `increase` more each day."""
-
-    start: int
-    increase: int
-
-    def cap(self, day: int) -> int:
-        """The cap on the account's `day`-th day of sending (1 is the first)."""
-        return self.start + self.increase * max(day - 1, 0)
-
-
-@dataclass(frozen=True)
-class Account:
-    id: str  # DEFAULT_ACCOUNT for the key's default account
-    limit: Limit
-    schedule: Schedule = field(default_factory=Schedule)
-
-
-@dataclass(frozen=True)
 class Recipient:
     profile_urn: str
     message: str  # rendered
@@ -355,62 +283,15 @@ def _json_value(value: Any) -> Any:
 _VARIABLES_JSON = json.JSONEncoder(ensure_ascii=False, default=_json_value)  # one, not one per row
 
 
-@dataclass(frozen=True)
-class Breaker:
-    """When an account's own answers say the trouble is the account, not its recipients."""
-
-    failures: int = 3  # failed requests in a row (500, no connection, no answer) that pause the account
-    cooldown: float = 30.0  # seconds of the first pause; each further one doubles
-    pauses: int = 3  # pauses with no success in between; the next opening stops the account for the run
-    forbidden: int = 5  # 403s in a row, each for a different recipient: the account is blocked
-
-    @classmethod
-    def strictest(cls, breakers: Iterable[Breaker]) -> Breaker:
-        """For an account several campaigns share: every campaign's caution holds at once."""
-        found = list(breakers) or [cls()]
-        return cls(
-            failures=min(b.failures for b in found),
-            cooldown=max(b.cooldown for b in found),
-            pauses=min(b.pauses for b in found),
-            forbidden=min(b.forbidden for b in found),
-        )
-
-
-@dataclass(frozen=True)
-class CampaignSettings:
-    """What a campaign is, whether read from its file or from the database."""
-
-    name: str
-    group_id: str
-    endpoint: str
-    message_template: str
-    limit: Limit  # the default for accounts listed without a limit of their own
-    burst: int
-    max_attempts: int
-    backoff: float
-    breaker: Breaker
-    accounts: tuple[Account, ...]
-    warmup: Warmup | None
-    api_limits: tuple[Limit, ...]  # the API key's own allowance, shared by every account it drives
-
-    @property
-    def account_ids(self) -> tuple[str, ...]:
-        return tuple(account.id for account in self.accounts)
-
-    @property
-    def timezone(self) -> str:
-        """The time zone its times are shown in: its schedule's (its first account's, in the database)."""
-        return self.accounts[0].schedule.timezone if self.accounts else "UTC"
-
-
 class Recipients:
     """A campaign's recipients, read and rendered from its file each time they are iterated, so a
     list of 100,000 is never held in memory at once. `load_campaign` has checked every row; if the
     file changed since, iterating raises CampaignFileError at the end (a loading transaction then
     rolls back)."""
 
-    def __init__(self, source: str, items: list[dict[str, Any]], csv_path: Path | None, csv_shown: str,
-                 template: Any, count: int):  # fmt: skip
+    def __init__(
+        self, source: str, items: list[dict[str, Any]], csv_path: Path | None, csv_shown: str, template: Any, count: int
+    ):
         self._source = source
         self._items = items
         self._csv = csv_path
@@ -457,10 +338,6 @@ class Campaign(CampaignSettings):
     advice: tuple[Problem, ...] = ()  # what `validate` also points out: columns the message never uses
     columns: tuple[str, ...] = ()  # the recipients' variables, in file order
     timezone: str = "UTC"  # the campaign's schedule's (accounts may have their own)
-
-
-def account_label(account_id: str) -> str:
-    return account_id or "(default account)"
 
 
 class BlankCell(StrictUndefined):
@@ -564,8 +441,9 @@ def load_campaign(path: str | Path) -> Campaign:
     )
 
 
-def _variable_warnings(env: SandboxedEnvironment, source: str, keys: dict[str, None], recipients: Recipients
-                       ) -> tuple[list[Problem], list[Problem]]:  # fmt: skip
+def _variable_warnings(
+    env: SandboxedEnvironment, source: str, keys: dict[str, None], recipients: Recipients
+) -> tuple[list[Problem], list[Problem]]:
     """The message's variables that no recipient has (a typo, or a column named otherwise: every
     message then takes its `default()`), and the columns the message never uses."""
     used = jinja2.meta.find_undeclared_variables(env.parse(source)) - set(env.globals)
@@ -715,8 +593,9 @@ def _inline_rows(items: list[dict[str, Any]], problems: list[Problem]) -> Iterat
             yield place, urn, values
 
 
-def _csv_rows(path: Path, shown: str, problems: list[Problem], columns: list[tuple[str, str]] | None = None
-              ) -> Iterator[Row]:  # fmt: skip
+def _csv_rows(
+    path: Path, shown: str, problems: list[Problem], columns: list[tuple[str, str]] | None = None
+) -> Iterator[Row]:
     """The rows of a CSV file, read as they go (spreadsheets start UTF-8 CSVs with a BOM). The
     delimiter (`,` `;` or tab) is the one the header line uses most; `columns` receives each
     header as written and the variable name it became."""
@@ -746,8 +625,9 @@ def column_name(header: str) -> str:
     return re.sub(r"[\W_]+", "_", text).strip("_").lower()
 
 
-def _csv_reader_rows(reader: Any, shown: str, problems: list[Problem], columns: list[tuple[str, str]] | None = None
-                     ) -> Iterator[Row]:  # fmt: skip
+def _csv_reader_rows(
+    reader: Any, shown: str, problems: list[Problem], columns: list[tuple[str, str]] | None = None
+) -> Iterator[Row]:
     try:
         header = next(reader, None)
     except csv.Error as exc:

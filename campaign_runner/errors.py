@@ -10,7 +10,7 @@
     └── FatalApiError                 exit 1: the API refuses every request (401, wrong URL)
 
 Expected outcomes of a request (sent, refused, rate limited, unknown...) are not errors: they are
-values (`campaign_runner.client.Outcome`). An interrupted run exits 130; that is not an error either.
+values (`campaign_runner.outcome.Outcome`). An interrupted run exits 130; that is not an error either.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .client import Kind, Outcome
-from .config import Breaker
+from .outcome import Kind, Outcome
+from .settings import Breaker
 
 __all__ = ["AccountGuard", "Judgement", "Refused"]
 

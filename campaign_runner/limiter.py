@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import Limit
 from .schedule import Schedule, next_open
+from .settings import Limit
 
 EPSILON = 0.001  # seconds added past a window's edge, so two requests never share an edge
 IN_FLIGHT = 1e18  # slot time of a request whose outcome is not known yet

@@ -152,10 +152,18 @@ async def _simulate(
     box = Sandbox(SandboxConfig(api_key=key, quota=10**9, quota_window=1.0), clock)
     run_id = await store.begin_run("plan", clock.now(), PLAN_DEADLINE)
     transport = _InProcess(box)
-    async with httpx.AsyncClient(transport=transport, base_url="http://sandbox/linkedin/",
-                                 headers={"Authorization": f"Bearer {key}"}) as http:  # fmt: skip
-        scheduler = Scheduler(store, ApiClient(http, PLAN_DEADLINE), clock, run_id=run_id, campaigns=[settings],
-                              emit=record, rng=random.Random(0))  # fmt: skip
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://sandbox/linkedin/", headers={"Authorization": f"Bearer {key}"}
+    ) as http:
+        scheduler = Scheduler(
+            store,
+            ApiClient(http, PLAN_DEADLINE),
+            clock,
+            run_id=run_id,
+            campaigns=[settings],
+            emit=record,
+            rng=random.Random(0),
+        )
         result = await scheduler.run()
     plan.result = result.reason
     plan.per_day = {day: dict(by_account) for day, by_account in sorted(days.counts.items())}
@@ -306,11 +314,19 @@ class _InProcess(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
         scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": request.method,
-            "scheme": "http", "path": request.url.path, "raw_path": request.url.raw_path.split(b"?")[0],
-            "query_string": request.url.query, "root_path": "", "server": ("sandbox", 80),
-            "client": ("127.0.0.1", 0), "headers": [(k.lower(), v) for k, v in request.headers.raw],
-        }  # fmt: skip
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": request.method,
+            "scheme": "http",
+            "path": request.url.path,
+            "raw_path": request.url.raw_path.split(b"?")[0],
+            "query_string": request.url.query,
+            "root_path": "",
+            "server": ("sandbox", 80),
+            "client": ("127.0.0.1", 0),
+            "headers": [(k.lower(), v) for k, v in request.headers.raw],
+        }
         received = False
         status, headers, chunks = 500, [], []
 

@@ -13,8 +13,8 @@ from rich.table import Table
 
 from . import events
 from .clock import Clock, iso
-from .config import account_label
 from .schedule import zone
+from .settings import account_label
 from .store import STATUSES, AccountStatus
 
 
@@ -225,7 +225,8 @@ class LiveView:
         accounts.add_column("window", no_wrap=True)
         accounts.add_column("state", max_width=30, no_wrap=True, overflow="ellipsis")
         for account, row in self.accounts.items():
-            accounts.add_row(account_label(account), str(row.sent), str(row.failed), str(row.other), row.window,
-                             row.state)  # fmt: skip
+            accounts.add_row(
+                account_label(account), str(row.sent), str(row.failed), str(row.other), row.window, row.state
+            )
         forecasts = [f"{name}: {text}" for name, text in self.forecasts.items()]
         return Group(campaigns, *forecasts, accounts, *self.notes)

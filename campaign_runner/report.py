@@ -39,8 +39,9 @@ def local_time(epoch: float | None) -> str | None:
     return None if epoch is None else datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
 
 
-async def write_report(store: Store, name: str, out: TextIO, fmt: str = "csv", status: str | None = None,
-                       excel: bool = False) -> int:  # fmt: skip
+async def write_report(
+    store: Store, name: str, out: TextIO, fmt: str = "csv", status: str | None = None, excel: bool = False
+) -> int:
     """Write the report of campaign `name` from one consistent view; return how many recipients it lists."""
     async with store.snapshot():
         await store.campaign(name)  # an unknown name is an error, not an empty report

@@ -110,7 +110,7 @@ class Schedule:
                 "end": self.end,
                 "days": sorted(self.days),
                 "delay": list(self.delay),
-            }  # fmt: skip
+            }
         )
 
     @classmethod

@@ -23,12 +23,13 @@ import anyio
 import anyio.abc
 
 from . import events
-from .client import ApiClient, Kind, Outcome, SendRequest
+from .client import ApiClient, SendRequest
 from .clock import Clock, iso
-from .config import Breaker, CampaignSettings, account_label
 from .errors import StoreError
 from .guard import AccountGuard, Judgement
 from .limiter import MAX_HOLD
+from .outcome import Kind, Outcome
+from .settings import Breaker, CampaignSettings, account_label
 from .store import ELSEWHERE_POLL, Claimed, Drained, Store, Waiting
 
 DEFAULT_HOLD = 3600.0  # a rate-limit answer that says nothing of when to come back: wait an hour
@@ -201,8 +202,10 @@ class Scheduler:
             stopped = "; ".join(f"{account_label(a)} stopped: {why}" for a, why in self._stopped.items())
             counts = [await self._store.counts(name) for name in self._campaigns]
             if not any(c["pending"] or c["in_flight"] for c in counts):  # the others sent everything
-                return RunResult("accounts_stopped", f"{stopped}. The other accounts sent everything; fix the"
-                                 " account before it sends again")  # fmt: skip
+                return RunResult(
+                    "accounts_stopped",
+                    f"{stopped}. The other accounts sent everything; fix the account before it sends again",
+                )
             return RunResult("accounts_stopped", f"{stopped}. Fix the account, then run `campaign-runner resume`")
         return RunResult("deferred") if self._deferred else RunResult("done")
 

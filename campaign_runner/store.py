@@ -26,20 +26,22 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
 import platformdirs
 
-from . import config
-from .client import Kind, Outcome
-from .config import Account, Breaker, CampaignSettings, Limit, Warmup
 from .errors import ChangeRefusedError, StoreError, UnknownCampaignError
 from .events import Recovered
 from .limiter import EPSILON, IN_FLIGHT, MAX_HOLD, AccountState, Pacing, Verdict, advance, decide
 from .migrate import migrate
+from .outcome import Kind, Outcome
 from .schedule import Schedule
+from .settings import Account, Breaker, CampaignSettings, Limit, Warmup
+
+if TYPE_CHECKING:
+    from . import config
 
 T = TypeVar("T")
 DEFAULT_DB = "campaign-runner.db"
@@ -436,22 +438,43 @@ class Store:
             " api_limits = excluded.api_limits, source = excluded.source, columns = excluded.columns,"
             " updated_at = excluded.updated_at",
             (
-                campaign.name, campaign.group_id, campaign.endpoint, campaign.message_template,
-                campaign.limit.cap, campaign.limit.window, campaign.burst, campaign.max_attempts,
-                campaign.backoff, campaign.breaker.failures, campaign.breaker.cooldown, campaign.breaker.pauses,
-                campaign.breaker.forbidden, campaign.warmup.start if campaign.warmup else None,
+                campaign.name,
+                campaign.group_id,
+                campaign.endpoint,
+                campaign.message_template,
+                campaign.limit.cap,
+                campaign.limit.window,
+                campaign.burst,
+                campaign.max_attempts,
+                campaign.backoff,
+                campaign.breaker.failures,
+                campaign.breaker.cooldown,
+                campaign.breaker.pauses,
+                campaign.breaker.forbidden,
+                campaign.warmup.start if campaign.warmup else None,
                 campaign.warmup.increase if campaign.warmup else None,
-                ",".join(str(limit) for limit in campaign.api_limits), campaign.source, json.dumps(campaign.columns),
-                now, now,
+                ",".join(str(limit) for limit in campaign.api_limits),
+                campaign.source,
+                json.dumps(campaign.columns),
+                now,
+                now,
             ),
-        )  # fmt: skip
+        )
         db.execute("DELETE FROM campaign_accounts WHERE campaign = ?", (campaign.name,))
         db.executemany(
             "INSERT INTO campaign_accounts (campaign, account_id, limit_cap, limit_window, schedule)"
             " VALUES (?, ?, ?, ?, ?)",
-            [(campaign.name, a.id, a.limit.cap, a.limit.window, None if a.schedule == Schedule() else
-              a.schedule.to_json()) for a in campaign.accounts],
-        )  # fmt: skip
+            [
+                (
+                    campaign.name,
+                    a.id,
+                    a.limit.cap,
+                    a.limit.window,
+                    None if a.schedule == Schedule() else a.schedule.to_json(),
+                )
+                for a in campaign.accounts
+            ],
+        )
         known = {
             row[0]: (row[1], row[2], row[3], row[4])
             for row in self._all(
@@ -554,13 +577,19 @@ class Store:
                 (name,),
             )
         return CampaignSettings(
-            name=row[0], group_id=row[1], endpoint=row[2], message_template=row[3],
-            limit=Limit(row[4], row[5]), burst=row[6], max_attempts=row[7], backoff=row[8],
+            name=row[0],
+            group_id=row[1],
+            endpoint=row[2],
+            message_template=row[3],
+            limit=Limit(row[4], row[5]),
+            burst=row[6],
+            max_attempts=row[7],
+            backoff=row[8],
             breaker=Breaker(failures=row[9], cooldown=row[10], pauses=row[11], forbidden=row[12]),
             accounts=tuple(Account(a[0], Limit(a[1], a[2]), Schedule.from_json(a[3])) for a in accounts),
             warmup=Warmup(row[13], row[14]) if row[13] is not None else None,
             api_limits=_limits(row[15]),
-        )  # fmt: skip
+        )
 
     def _states(self, name: str, urns: Sequence[str]) -> dict[str, tuple[str, bool]]:
         """Status, and whether it left the file, of those of `urns` that are recipients of `name`."""
@@ -697,8 +726,14 @@ class Store:
             )
             if since >= remaining:
                 server_until = reset
-        return AccountState(tat=tat, hold_until=hold, kth_recent=tuple(kth), gap_until=gap,
-                            server_until=server_until, key_recent=tuple(key))  # fmt: skip
+        return AccountState(
+            tat=tat,
+            hold_until=hold,
+            kth_recent=tuple(kth),
+            gap_until=gap,
+            server_until=server_until,
+            key_recent=tuple(key),
+        )
 
     def _window_used(self, account_id: str, limit: Limit, now: float) -> int:
         row = self._one(
@@ -707,9 +742,13 @@ class Store:
         return int(row[0])
 
     def _claim(
-        self, run_id: int, account_id: str, campaigns: Sequence[str], now: float,
+        self,
+        run_id: int,
+        account_id: str,
+        campaigns: Sequence[str],
+        now: float,
         draw: Callable[[float, float], float] = random.uniform,
-    ) -> Claimed | Waiting | Drained:  # fmt: skip
+    ) -> Claimed | Waiting | Drained:
         """Claim one recipient of `campaigns` for `account_id`, if every limit in force allows a
         request now. Everything the decision and the request use (the limits, the API key's limit,
         the campaign's group, endpoint and retry policy, the recipient's message) is read inside
@@ -774,8 +813,12 @@ class Store:
             )
             # A lower bound for the next request of this account: the bucket, the gap and the
             # schedule (windows and holds are checked again by the next claim).
-            after = AccountState(tat=tat, hold_until=state.hold_until, gap_until=gap_until,
-                                 kth_recent=tuple(None for _ in state.kth_recent))  # fmt: skip
+            after = AccountState(
+                tat=tat,
+                hold_until=state.hold_until,
+                gap_until=gap_until,
+                kth_recent=tuple(None for _ in state.kth_recent),
+            )
             upcoming = decide(pacing, after, now)
             return Claimed(
                 recipient_id=recipient_id,
@@ -846,10 +889,20 @@ class Store:
             db.execute("DELETE FROM attempts WHERE id = ?", (claim.attempt_id,))
 
     def _record(
-        self, claim: Claimed, outcome: Outcome, now: float, latency: float, max_attempts: int,
-        retry_at: float, hold_until: float | None, hold_reason: str | None = None, charged: bool = True,
-        put_back: Sequence[int] = (), put_back_note: str | None = None, server_reset: float | None = None,
-    ) -> str:  # fmt: skip
+        self,
+        claim: Claimed,
+        outcome: Outcome,
+        now: float,
+        latency: float,
+        max_attempts: int,
+        retry_at: float,
+        hold_until: float | None,
+        hold_reason: str | None = None,
+        charged: bool = True,
+        put_back: Sequence[int] = (),
+        put_back_note: str | None = None,
+        server_reset: float | None = None,
+    ) -> str:
         """Write an outcome; return the recipient's status after it.
 
         `charged`: a retryable failure counts against the recipient's attempts (not when its
@@ -883,9 +936,20 @@ class Store:
                 " sent_at = coalesce(?, sent_at), run_id = NULL, updated_at = ? WHERE id = ?"
                 " AND ((status = 'in_flight' AND run_id = ?) OR (status = 'unknown' AND error = ?"
                 "  AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.recipient_id = recipients.id AND a.id > ?)))",
-                (status, outcome.http_status, REMOVED_FROM_FILE if status == "skipped" else outcome.error, retries,
-                 not_before, sent_at, now, claim.recipient_id, claim.run_id, DIED_IN_FLIGHT, claim.attempt_id),
-            )  # fmt: skip
+                (
+                    status,
+                    outcome.http_status,
+                    REMOVED_FROM_FILE if status == "skipped" else outcome.error,
+                    retries,
+                    not_before,
+                    sent_at,
+                    now,
+                    claim.recipient_id,
+                    claim.run_id,
+                    DIED_IN_FLIGHT,
+                    claim.attempt_id,
+                ),
+            )
             if cursor.rowcount == 0:
                 status = (self._one("SELECT status FROM recipients WHERE id = ?", (claim.recipient_id,)))[0]
             db.execute(
@@ -893,13 +957,25 @@ class Store:
                 " response_body = ?, latency = ?, rl_action = ?, rl_limit = ?, rl_used = ?, rl_remaining = ?,"
                 " rl_reset = ? WHERE id = ?",
                 (
-                    now, now, outcome.kind.value, outcome.http_status, outcome.error, outcome.body, latency,
-                    headers.action, headers.limit, headers.used, headers.remaining, headers.reset, claim.attempt_id,
+                    now,
+                    now,
+                    outcome.kind.value,
+                    outcome.http_status,
+                    outcome.error,
+                    outcome.body,
+                    latency,
+                    headers.action,
+                    headers.limit,
+                    headers.used,
+                    headers.remaining,
+                    headers.reset,
+                    claim.attempt_id,
                 ),
-            )  # fmt: skip
+            )
             if outcome.kind is Kind.SENT:  # it works again: whatever stopped it is over
-                db.execute("UPDATE accounts SET stopped_reason = NULL, stopped_at = NULL WHERE id = ?",
-                           (claim.account_id,))  # fmt: skip
+                db.execute(
+                    "UPDATE accounts SET stopped_reason = NULL, stopped_at = NULL WHERE id = ?", (claim.account_id,)
+                )
             if hold_until is not None and hold_until > now:
                 hold_until = min(hold_until, now + MAX_HOLD)  # the policy bounds it; a database must not trust that
                 db.execute(
@@ -984,16 +1060,28 @@ class Store:
                     for row in rows:
                         account = row[2]
                         yield ReportRow(
-                            profile_urn=row[0], status=row[1], account_id=None if account in (None, "") else account,
-                            http_status=row[3], error=row[4], attempts=row[5], sent_at=row[6], message=row[7],
+                            profile_urn=row[0],
+                            status=row[1],
+                            account_id=None if account in (None, "") else account,
+                            http_status=row[3],
+                            error=row[4],
+                            attempts=row[5],
+                            sent_at=row[6],
+                            message=row[7],
                             variables=json.loads(row[8]) if row[8] else {},
-                        )  # fmt: skip
+                        )
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._run(cursor.close)
 
-    def _retry(self, name: str, statuses: Sequence[str], urns: Sequence[str], now: float,
-               render: Callable[[dict[str, Any]], str] | None = None) -> int:  # fmt: skip
+    def _retry(
+        self,
+        name: str,
+        statuses: Sequence[str],
+        urns: Sequence[str],
+        now: float,
+        render: Callable[[dict[str, Any]], str] | None = None,
+    ) -> int:
         """Put recipients back to pending with a fresh retry budget: those `unknown` or `failed`
         with one of `statuses`, and (or) those of `urns` (failed or unknown). `render` gives each
         the campaign's current message from its own values; one loaded before values were kept
@@ -1118,9 +1206,14 @@ class Store:
         return await self._run(self._pacing_of, accounts, running, now)
 
     async def claim(
-        self, run_id: int, account_id: str, campaigns: Sequence[str], now: float,
-        *, draw: Callable[[float, float], float] = random.uniform,
-    ) -> Claimed | Waiting | Drained:  # fmt: skip
+        self,
+        run_id: int,
+        account_id: str,
+        campaigns: Sequence[str],
+        now: float,
+        *,
+        draw: Callable[[float, float], float] = random.uniform,
+    ) -> Claimed | Waiting | Drained:
         """Claim one recipient for `account_id` if every limit in force allows a request now (see `_claim`)."""
         return await self._run(self._claim, run_id, account_id, campaigns, now, draw)
 
@@ -1129,13 +1222,36 @@ class Store:
         await self._run(self._release, claim, now)
 
     async def record(
-        self, claim: Claimed, outcome: Outcome, now: float, *, latency: float, max_attempts: int,
-        retry_at: float, hold_until: float | None, hold_reason: str | None = None, charged: bool = True,
-        put_back: Sequence[int] = (), put_back_note: str | None = None, server_reset: float | None = None,
-    ) -> str:  # fmt: skip
+        self,
+        claim: Claimed,
+        outcome: Outcome,
+        now: float,
+        *,
+        latency: float,
+        max_attempts: int,
+        retry_at: float,
+        hold_until: float | None,
+        hold_reason: str | None = None,
+        charged: bool = True,
+        put_back: Sequence[int] = (),
+        put_back_note: str | None = None,
+        server_reset: float | None = None,
+    ) -> str:
         """Write an outcome; return the recipient's status after it (see `_record`)."""
-        args = (claim, outcome, now, latency, max_attempts, retry_at, hold_until, hold_reason, charged, put_back,
-                put_back_note, server_reset)  # fmt: skip
+        args = (
+            claim,
+            outcome,
+            now,
+            latency,
+            max_attempts,
+            retry_at,
+            hold_until,
+            hold_reason,
+            charged,
+            put_back,
+            put_back_note,
+            server_reset,
+        )
         # The answer is known only here, in memory: while another process holds the database (a
         # big file loading), keep trying rather than lose it.
         deadline = time.monotonic() + RECORD_PATIENCE
@@ -1174,8 +1290,14 @@ class Store:
     async def account_status(self, account_id: str, pacing: Pacing, now: float) -> AccountStatus:
         return await self._run(self._account_status, account_id, pacing, now)
 
-    async def retry(self, name: str, statuses: Sequence[str], urns: Sequence[str], now: float,
-                    render: Callable[[dict[str, Any]], str] | None = None) -> int:  # fmt: skip
+    async def retry(
+        self,
+        name: str,
+        statuses: Sequence[str],
+        urns: Sequence[str],
+        now: float,
+        render: Callable[[dict[str, Any]], str] | None = None,
+    ) -> int:
         """Put recipients back to pending, with a fresh retry budget (see `_retry`)."""
         return await self._run(self._retry, name, statuses, urns, now, render)
 
@@ -1215,9 +1337,14 @@ def _is_dead(pid: int) -> bool:
 
 
 def _claim_may_be_live(
-    pid: int | None, pid_start: str | None, host: str | None, ended_at: float | None,
-    stale_after: float | None, started: float | None, now: float,
-) -> bool:  # fmt: skip
+    pid: int | None,
+    pid_start: str | None,
+    host: str | None,
+    ended_at: float | None,
+    stale_after: float | None,
+    started: float | None,
+    now: float,
+) -> bool:
     if pid is None or ended_at is not None:
         return False
     if host != socket.gethostname():

@@ -16,8 +16,8 @@ import yaml
 from hypothesis import strategies as st
 
 from campaign_runner.cli import run_cli
-from campaign_runner.config import Limit
 from campaign_runner.sandbox import Sandbox, SandboxConfig, serve_in_thread
+from campaign_runner.settings import Limit
 
 API_KEY = "test-key-0123456789"
 

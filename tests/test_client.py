@@ -9,9 +9,10 @@ import threading
 import httpx
 import pytest
 
-from campaign_runner.client import AccountClients, ApiClient, Kind, SendRequest, check_base_url, make_http_client
+from campaign_runner.client import AccountClients, ApiClient, SendRequest, check_base_url, make_http_client
 from campaign_runner.clock import parse_iso
 from campaign_runner.errors import ConfigError
+from campaign_runner.outcome import Kind
 
 from conftest import API_KEY, urn
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from hypothesis import assume, given, settings
 
-from campaign_runner.config import DEFAULT_ACCOUNT, Limit, column_name, load_campaign, parse_duration
+from campaign_runner.config import column_name, load_campaign, parse_duration
 from campaign_runner.errors import CampaignFileError
+from campaign_runner.settings import DEFAULT_ACCOUNT, Limit
 
 from conftest import LIMIT_TEXTS, parsed_or_none, urn, write_campaign, write_text
 

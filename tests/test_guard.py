@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from campaign_runner.client import Kind, Outcome
-from campaign_runner.config import Breaker
 from campaign_runner.guard import AccountGuard, Judgement, Refused
+from campaign_runner.outcome import Kind, Outcome
+from campaign_runner.settings import Breaker
 
 SENT = Outcome(Kind.SENT, http_status=200)
 ERROR_500 = Outcome(Kind.SERVER_ERROR, http_status=500, error="Internal server error")

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from campaign_runner.config import Limit
 from campaign_runner.limiter import IN_FLIGHT, AccountState, Pacing, advance, decide
+from campaign_runner.settings import Limit
 
 
 def kth_recent(slots: list[float], cap: int) -> float | None:

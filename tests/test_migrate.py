@@ -7,9 +7,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from campaign_runner.config import Breaker
 from campaign_runner.errors import SchemaTooNewError, StoreError
 from campaign_runner.migrate import Migration, discover, migrate, statements
+from campaign_runner.settings import Breaker
 from campaign_runner.store import Store
 
 pytestmark = pytest.mark.anyio

@@ -7,8 +7,8 @@ import io
 from rich.console import Console
 
 from campaign_runner import events
-from campaign_runner.client import Kind
 from campaign_runner.clock import VirtualClock
+from campaign_runner.outcome import Kind
 from campaign_runner.render import LiveView
 
 from conftest import urn

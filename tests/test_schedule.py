@@ -17,12 +17,13 @@ from hypothesis import strategies as st
 from campaign_runner import events
 from campaign_runner.client import ApiClient
 from campaign_runner.clock import VirtualClock
-from campaign_runner.config import Limit, load_campaign
+from campaign_runner.config import load_campaign
 from campaign_runner.errors import CampaignFileError
 from campaign_runner.limiter import Pacing
 from campaign_runner.sandbox import Sandbox, SandboxConfig
 from campaign_runner.schedule import Schedule, parse_hours
 from campaign_runner.scheduler import Scheduler
+from campaign_runner.settings import Limit
 from campaign_runner.store import Store
 
 from conftest import API_KEY, max_in_window, urn, write_campaign

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from campaign_runner.client import Kind, Outcome
-from campaign_runner.config import CampaignSettings, load_campaign
+from campaign_runner.config import load_campaign
+from campaign_runner.outcome import Kind, Outcome
+from campaign_runner.settings import CampaignSettings
 from campaign_runner.store import DIED_IN_FLIGHT, Claimed, Drained, Store, Waiting
 
 from conftest import LIMIT_TEXTS, parsed_or_none, urn, write_campaign

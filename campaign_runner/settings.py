@@ -1,0 +1,144 @@
+"""The settings the runtime works with: limits, accounts, the breaker, warm-ups, a campaign.
+
+Plain frozen dataclasses, whether they come from a campaign file (`config`) or the database
+(`store`). Nothing here reads a file: the pure modules (limiter, guard, policy) import this, not
+the file schema, so they load neither pydantic, PyYAML nor Jinja2.
+"""
+
+from __future__ import annotations
+
+import decimal
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .schedule import Schedule
+
+__all__ = ["DEFAULT_ACCOUNT", "Account", "Breaker", "CampaignSettings", "Limit", "Warmup", "account_label"]
+
+DEFAULT_ACCOUNT = ""  # stored id of "the API key's default account": no accountId is sent
+MAX_CAP = 1_000_000_000
+MAX_WINDOW = 366 * 86400.0
+MIN_WINDOW = 0.001  # seconds: a shorter one is no limit the API could mean
+UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_NAMED_WINDOWS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0, "week": 604800.0}
+# A window's number may carry an exponent: databases written before limits were stored in plain
+# decimals hold texts such as `10000/2.592e+06s`, and they must still read.
+_LIMIT = re.compile(
+    r"^\s*(\d+)\s*/\s*(?:(second|minute|hour|day|week)|(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*([smhd]))\s*$"
+)
+
+
+@dataclass(frozen=True, order=True)
+class Limit:
+    """At most `cap` requests in any window of `window` seconds."""
+
+    cap: int
+    window: float
+
+    @classmethod
+    def parse(cls, text: str) -> Limit:
+        match = _LIMIT.match(str(text))
+        if not match:
+            raise ValueError(f"{text!r} is not a limit: use N/day, N/hour, N/week, N/minute or N/<number><s|m|h|d>")
+        cap = int(match.group(1))
+        if match.group(2):
+            window = _NAMED_WINDOWS[match.group(2)]
+        else:
+            window = float(match.group(3)) * UNITS[match.group(4)]
+        if cap < 1 or window <= 0:
+            raise ValueError(f"{text!r}: the count and the window must both be above zero")
+        if window < MIN_WINDOW:
+            raise ValueError(f"{text!r}: a window of at least {MIN_WINDOW * 1000:g} ms")
+        if cap > MAX_CAP or window > MAX_WINDOW:
+            raise ValueError(f"{text!r}: at most {MAX_CAP} requests and a window of at most 366 days")
+        return cls(cap, window)
+
+    def __str__(self) -> str:
+        """The limit as `parse` reads it back, exactly: named windows by name, others in the largest
+        unit that divides them, else in seconds as a plain decimal (never an exponent)."""
+        for name, seconds in _NAMED_WINDOWS.items():
+            if self.window == seconds:
+                return f"{self.cap}/{name}"
+        for unit in "dhm":
+            count = self.window / UNITS[unit]
+            if count.is_integer() and count * UNITS[unit] == self.window:
+                return f"{self.cap}/{int(count)}{unit}"
+        return f"{self.cap}/{_decimal(self.window)}s"
+
+
+def _decimal(value: float) -> str:
+    """The shortest decimal that reads back as `value`, written out without an exponent."""
+    text = format(decimal.Decimal(repr(value)), "f")
+    return text[:-2] if text.endswith(".0") else text
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """A new account's daily cap: `start` on its first day of sending, `increase` more each day."""
+
+    start: int
+    increase: int
+
+    def cap(self, day: int) -> int:
+        """The cap on the account's `day`-th day of sending (1 is the first)."""
+        return self.start + self.increase * max(day - 1, 0)
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str  # DEFAULT_ACCOUNT for the key's default account
+    limit: Limit
+    schedule: Schedule = field(default_factory=Schedule)
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """When an account's own answers say the trouble is the account, not its recipients."""
+
+    failures: int = 3  # failed requests in a row (500, no connection, no answer) that pause the account
+    cooldown: float = 30.0  # seconds of the first pause; each further one doubles
+    pauses: int = 3  # pauses with no success in between; the next opening stops the account for the run
+    forbidden: int = 5  # 403s in a row, each for a different recipient: the account is blocked
+
+    @classmethod
+    def strictest(cls, breakers: Iterable[Breaker]) -> Breaker:
+        """For an account several campaigns share: every campaign's caution holds at once."""
+        found = list(breakers) or [cls()]
+        return cls(
+            failures=min(b.failures for b in found),
+            cooldown=max(b.cooldown for b in found),
+            pauses=min(b.pauses for b in found),
+            forbidden=min(b.forbidden for b in found),
+        )
+
+
+@dataclass(frozen=True)
+class CampaignSettings:
+    """What a campaign is, whether read from its file or from the database."""
+
+    name: str
+    group_id: str
+    endpoint: str
+    message_template: str
+    limit: Limit  # the default for accounts listed without a limit of their own
+    burst: int
+    max_attempts: int
+    backoff: float
+    breaker: Breaker
+    accounts: tuple[Account, ...]
+    warmup: Warmup | None
+    api_limits: tuple[Limit, ...]  # the API key's own allowance, shared by every account it drives
+
+    @property
+    def account_ids(self) -> tuple[str, ...]:
+        return tuple(account.id for account in self.accounts)
+
+    @property
+    def timezone(self) -> str:
+        """The time zone its times are shown in: its schedule's (its first account's, in the database)."""
+        return self.accounts[0].schedule.timezone if self.accounts else "UTC"
+
+
+def account_label(account_id: str) -> str:
+    return account_id or "(default account)"
