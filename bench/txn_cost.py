@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sqlite3
 import sys
 import tempfile
@@ -31,7 +32,9 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
+from campaign_runner.guard import Judgement  # noqa: E402
 from campaign_runner.outcome import Kind, Outcome, RateLimitHeaders  # noqa: E402
+from campaign_runner.policy import settle  # noqa: E402
 from campaign_runner.store import Claimed, Store  # noqa: E402
 
 MODES = ("FULL", "NORMAL", "OFF")
@@ -90,7 +93,10 @@ async def claim_record(campaign_file: Path, folder: Path, count: int, mode: str)
             now = time.time()
             claim = await store.claim(run_id, account, [name], now)
             assert isinstance(claim, Claimed), claim
-            await store.record(claim, outcome, time.time(), latency=0.0, max_attempts=3, retry_at=now, hold_until=None)
+            answered = time.time()
+            await store.record(
+                claim, settle(claim, outcome, Judgement(), started=now, now=answered, draw=random.uniform)
+            )
         return (time.perf_counter() - started) / count * 1000
     finally:
         await store.close()

@@ -28,16 +28,18 @@ from rich.console import Console
 from . import __version__, client, events, sandbox
 from .clock import SystemClock, iso
 from .config import Campaign, load_campaign, renderer
+from .display import LiveView, LogLines, describe_account, describe_finish, describe_wait, local_time
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
+from .outcome import Availability, Ending, Status
 from .plan import Forecaster, make_plan
-from .render import LiveView, LogLines, describe_account, describe_finish, describe_wait, local_time
 from .report import FORMATS, write_report
 from .schedule import Schedule
 from .scheduler import RunResult, Scheduler
 from .settings import CampaignSettings, Limit, account_label
-from .store import DEFAULT_DB, SANDBOX_API, SANDBOX_DB, STATUSES, Forecast, Store, data_folder
+from .store import DEFAULT_DB, SANDBOX_API, SANDBOX_DB, Forecast, Store, data_folder
 
 EXIT_OK, EXIT_FATAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+STATUS_NAMES = [status.value for status in Status]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -407,7 +409,7 @@ async def _send(
                         result = await scheduler.run()
                     finally:
                         _catch_sigterm()  # asyncio put back the default action when the scheduler let go
-                    if result.reason == "deferred":  # leave a forecast behind for `status`
+                    if result.reason is Ending.DEFERRED:  # leave a forecast behind for `status`
                         await forecaster.made()
                 finally:
                     forecaster.give_up()
@@ -420,18 +422,18 @@ async def _send(
             await store.end_run(run_id, clock.now())
     for campaign in campaigns:
         counts = await store.counts(campaign.name)
-        click.echo(f"{campaign.name}: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]))
+        click.echo(f"{campaign.name}: " + ", ".join(f"{counts[s]} {s}" for s in Status if counts[s]))
     return _exit_code(result)
 
 
 def _exit_code(result: RunResult) -> int:
-    if result.reason in ("fatal", "accounts_stopped"):
+    if result.reason in (Ending.FATAL, Ending.ACCOUNTS_STOPPED):
         click.echo(f"error: {result.message}", err=True)
         return EXIT_FATAL
-    if result.reason == "interrupted":
+    if result.reason is Ending.INTERRUPTED:
         click.echo("interrupted: run `campaign-runner resume` to continue", err=True)
         return EXIT_INTERRUPTED
-    if result.reason == "deferred":
+    if result.reason is Ending.DEFERRED:
         click.echo("stopped for now (--no-wait): the limits allow nothing more yet; run again later")
     return EXIT_OK
 
@@ -515,9 +517,9 @@ def plan(file: str, db: str | None, start: str | None, weekly: bool, as_json: bo
             f"projected finish: {result.local(result.finish)}, after {len(result.per_day)} sending"
             f" day{'s' if len(result.per_day) != 1 else ''} ({result.sent} sent)"
         )
-    if result.result == "accounts_stopped":
+    if result.result is Ending.ACCOUNTS_STOPPED:
         click.echo("warning: the plan ended with accounts stopped; see `campaign-runner status`", err=True)
-    elif result.result == "horizon":
+    elif result.result is Ending.HORIZON:
         click.echo(
             f"warning: {result.to_send - result.sent} recipients are still unsent two years ahead: do the"
             " accounts' schedules (in every campaign that shares them) ever meet?",
@@ -619,9 +621,10 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
         for c in settings:
             counts = await store.counts(c.name)
             # Accounts stopped or blocked send nothing until someone acts.
-            able = [a for a in c.account_ids if a in pacing and state_of.get(a) not in ("stopped", "blocked")]
+            out = (Availability.STOPPED, Availability.BLOCKED)
+            able = [a for a in c.account_ids if a in pacing and state_of.get(a) not in out]
             found = await store.latest_forecast(c.name) if counts["pending"] else None
-            finish = found.finish if found and found.result == "done" else None
+            finish = found.finish if found and found.result == Ending.DONE else None
             campaigns.append(
                 {
                     "name": c.name,
@@ -646,7 +649,7 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
     for c in campaigns:
         counts = c["counts"]
         total = sum(counts.values())
-        tally = ", ".join(f"{counts[s]} {s}" for s in STATUSES)
+        tally = ", ".join(f"{counts[s]} {s}" for s in Status)
         click.echo(f"{c['name']}: {total} recipients: {tally}{endings[c['name']]}")
     for a in accounts:
         click.echo(
@@ -665,7 +668,7 @@ def _finish_line(pending: int, able: list[str], found: Forecast | None, timezone
     if found is None:
         return "; no forecast yet (a run makes one when its accounts first wait; `plan FILE` makes one now)"
     made = local_time(found.made_at, timezone)
-    if found.finish is not None and found.result == "done" and found.finish < now:
+    if found.finish is not None and found.result == Ending.DONE and found.finish < now:
         return f"; the forecast of {made} saw the last send at {local_time(found.finish, timezone)}, now past"
     return f"; {describe_finish(found.finish, found.result, timezone)} (forecast of {made})"
 
@@ -680,7 +683,7 @@ def _local(schedule: Schedule, epoch: float) -> str:
 @db_option
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), help="Write to this file instead of standard output.")
-@click.option("--status", "only", type=click.Choice(STATUSES), help="Only recipients with this status.")
+@click.option("--status", "only", type=click.Choice(STATUS_NAMES), help="Only recipients with this status.")
 @click.option("--excel", is_flag=True, help="CSV for Excel: a UTF-8 byte-order mark, and local times.")
 @sandbox_db_option
 def report(

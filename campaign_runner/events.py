@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .outcome import Kind
+from .outcome import AccountEnd, Ending, Kind, Status, Wait
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Attempted:
     outcome: Kind
     http_status: int | None
     error: str | None
-    status: str  # the recipient's status after this attempt
+    status: Status  # the recipient's status after this attempt
     latency: float
     window_used: int
     window_cap: int
@@ -33,7 +33,7 @@ class Attempted:
 class AccountWaiting:
     account_id: str
     until: float
-    reason: str  # hold, pace, window, in_flight, delay, server, key, schedule, backoff, elsewhere
+    reason: Wait
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class AccountStopped:
 @dataclass(frozen=True)
 class AccountFinished:
     account_id: str
-    reason: str  # drained: nothing left; deferred: --no-wait and the next send must wait; stopped
+    reason: AccountEnd
 
 
 @dataclass(frozen=True)
@@ -84,13 +84,13 @@ class Forecast:
     made_at: float
     finish: float | None  # the last send; None when none is in sight (see `result`) or it failed
     timezone: str  # the campaign's, to show the finish in
-    result: str = "done"  # done, horizon (beyond two years), accounts_stopped (none of them can send)
+    result: Ending = Ending.DONE  # or HORIZON (beyond two years), ACCOUNTS_STOPPED (none of them can send)
     problem: str | None = None  # why no forecast could be made
 
 
 @dataclass(frozen=True)
 class Stopping:
-    reason: str  # interrupted, fatal
+    reason: Ending  # interrupted, fatal
     message: str
 
 

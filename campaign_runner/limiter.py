@@ -10,7 +10,8 @@ These rules hold together for every account:
   request of the account lies more than `window` in the past, for every limit in force, and
   likewise for the API key's own limits over the requests of all its accounts;
 * the random gap drawn after each send, on top of the bucket's interval (which is shortened by the
-  gap's mean, so the cap still spreads over the hours), the server's holds and remaining budget;
+  gap's mean, so the cap still spreads over the hours), the server's holds and remaining budget
+  (`hold_for`, `server_budget`: bounded, and read on our clock whatever the server's says);
 * the schedule: whatever the rest allows happens only inside a sending window.
 
 Invariant: for every limit (cap, window) in force and every closed interval of length `window`,
@@ -24,8 +25,12 @@ sees it, whatever the latency.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from .clock import iso
+from .outcome import Kind, Outcome, Wait
 from .schedule import Schedule, next_open
 from .settings import Limit
 
@@ -37,6 +42,11 @@ IN_FLIGHT_POLL = 1.0  # how soon to look again when another process's request ho
 # stopped for the run, and held this long; `campaign-runner hold clear` lets it go sooner. Nothing
 # longer is ever stored, so no time the server sends can reach the schedule's date arithmetic.
 MAX_HOLD = 7 * 86400.0
+DEFAULT_HOLD = 3600.0  # a rate-limit answer that says nothing of when to come back: wait an hour
+MIN_HOLD = 1.0  # never come straight back after a 429, whatever the server's clock says
+MAX_SKEW = 86400.0  # a Date header further off than a day is no clock to correct by: ignored
+SKEW_TOLERANCE = 2.0  # seconds: the Date header has whole seconds, and the answer took a while
+NO_RESET = "no usable reset time in the answer: holding for an hour"
 
 
 @dataclass(frozen=True)
@@ -118,7 +128,7 @@ class AccountState:
 @dataclass(frozen=True)
 class Verdict:
     at: float  # earliest moment a request may start; <= now means "go"
-    reason: str  # "ready", "hold", "pace", "window", "in_flight", "delay", "server", "key" or "schedule"
+    reason: Wait
 
     def go(self, now: float) -> bool:
         return self.at <= now
@@ -126,21 +136,21 @@ class Verdict:
 
 def decide(pacing: Pacing, state: AccountState, now: float) -> Verdict:
     candidates = [
-        (now, "ready"),
-        (state.hold_until, "hold"),
-        (state.tat - (pacing.burst - 1) * pacing.interval, "pace"),
-        (state.gap_until, "delay"),
-        (state.server_until, "server"),
+        (now, Wait.READY),
+        (state.hold_until, Wait.HOLD),
+        (state.tat - (pacing.burst - 1) * pacing.interval, Wait.PACE),
+        (state.gap_until, Wait.DELAY),
+        (state.server_until, Wait.SERVER),
     ]
-    windows = [(limit, kth, "window") for limit, kth in zip(pacing.limits, state.kth_recent, strict=True)]
-    windows += [(limit, kth, "key") for limit, kth in state.key_recent]
+    windows = [(limit, kth, Wait.WINDOW) for limit, kth in zip(pacing.limits, state.kth_recent, strict=True)]
+    windows += [(limit, kth, Wait.KEY) for limit, kth in state.key_recent]
     for limit, kth, why in windows:
         if kth is None:
             continue
         if kth >= IN_FLIGHT:
             # `cap` requests are on the wire (another process's, or for the key's limit, other
             # accounts'): their times are not known yet, so look again shortly.
-            candidates.append((now + IN_FLIGHT_POLL, "in_flight" if why == "window" else why))
+            candidates.append((now + IN_FLIGHT_POLL, Wait.IN_FLIGHT if why is Wait.WINDOW else why))
         else:
             candidates.append((kth + limit.window + EPSILON, why))
     at, reason = max(candidates, key=lambda item: item[0])
@@ -148,10 +158,108 @@ def decide(pacing: Pacing, state: AccountState, now: float) -> Verdict:
     if schedules:
         opens = next_open(schedules, at)
         if opens > at:
-            at, reason = opens, "schedule"
-    return Verdict(at, reason if at > now else "ready")
+            at, reason = opens, Wait.SCHEDULE
+    return Verdict(at, reason if at > now else Wait.READY)
 
 
 def advance(pacing: Pacing, tat: float, now: float) -> float:
     """The bucket's state after a request starts at `now`."""
     return max(tat, now) + pacing.interval
+
+
+def after_send(pacing: Pacing, tat: float, now: float, draw: Callable[[float, float], float]) -> tuple[float, float]:
+    """The bucket's state after a request starts at `now`, and when the random gap drawn after it
+    ends (0 without a gap): `draw(low, high)` picks within the schedule's delay."""
+    low, high = pacing.delay
+    return advance(pacing, tat, now), (now + pacing.interval + draw(low, high) if high else 0.0)
+
+
+def server_until(remaining: int | None, reset: float | None, now: float, sent_since: Callable[[], int]) -> float:
+    """Until when the server's own budget (X-RateLimit-Remaining, last seen with its reset) rules
+    the account out: the server knows better when another tool, or a person, used it too. Local
+    limits still hold on top. `sent_since` counts the requests made since it was seen."""
+    if remaining is None or reset is None or reset <= now:
+        return 0.0
+    return reset if sent_since() >= remaining else 0.0
+
+
+class KeyLine:
+    """The accounts waiting for the API key's own limit, in the order they first had to. Only the
+    head asks for a slot; the others wait behind it, so a busy account cannot starve the rest."""
+
+    def __init__(self) -> None:
+        self._line: deque[str] = deque()
+
+    def join(self, account: str) -> None:
+        if account not in self._line:
+            self._line.append(account)
+
+    def join_if_busy(self, account: str) -> None:
+        """Join at the back when others already wait: nobody jumps the line."""
+        if self._line:
+            self.join(account)
+
+    def behind(self, account: str) -> bool:
+        """In line, and not at its head."""
+        return account in self._line and self._line[0] != account
+
+    def leave(self, account: str) -> str | None:
+        """Leave the line; the account now at its head, if this one was the head (to wake it)."""
+        if account not in self._line:
+            return None
+        was_head = self._line[0] == account
+        self._line.remove(account)
+        return self._line[0] if was_head and self._line else None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """The server's word that an account must send nothing until `until` (always within MAX_HOLD)."""
+
+    until: float
+    reason: str
+    blocked: bool = False  # it asked for longer than MAX_HOLD: the account is stopped for the run
+
+
+def server_skew(outcome: Outcome, now: float) -> float:
+    """How far the server's clock runs ahead of ours (its Date header), when that is clear."""
+    server_now = outcome.rate_limit.server_now
+    if server_now is None or abs(server_now - now) <= SKEW_TOLERANCE or abs(server_now - now) > MAX_SKEW:
+        return 0.0
+    return server_now - now
+
+
+def reset_at(outcome: Outcome, now: float) -> float | None:
+    """X-RateLimit-Reset on our clock: a server whose clock runs behind would otherwise have us
+    come back early, one running ahead have us wait too long. None when absent, unreadable, or
+    further away than MAX_HOLD (no budget resets that late)."""
+    reset = outcome.rate_limit.reset_at
+    if reset is None:
+        return None
+    reset -= server_skew(outcome, now)
+    return reset if reset <= now + MAX_HOLD else None
+
+
+def hold_for(outcome: Outcome, now: float) -> Hold | None:
+    """Until when the account must send nothing, from a 429 or a `Remaining: 0` header; None when
+    the answer asks for no hold. Whatever times the answer carries, the hold ends between
+    `now + MIN_HOLD` and `now + MAX_HOLD`."""
+    headers = outcome.rate_limit
+    if outcome.kind is Kind.RATE_LIMITED:
+        asked = outcome.hold_until if outcome.hold_until is not None else headers.reset_at
+        reason = outcome.error or "rate limited"
+    elif headers.remaining_count == 0:
+        asked, reason = headers.reset_at, "X-RateLimit-Remaining: 0"
+    else:
+        return None
+    if asked is None:
+        return Hold(now + DEFAULT_HOLD, f"{reason} ({NO_RESET})")
+    until = asked - server_skew(outcome, now)
+    if until > now + MAX_HOLD:
+        return Hold(
+            now + MAX_HOLD,
+            f"blocked by the API: it asked for a hold until {iso(asked)} ({reason});"
+            f" held for {MAX_HOLD / 86400:g} days",
+            blocked=True,
+        )
+    return Hold(max(until, now + MIN_HOLD), reason)

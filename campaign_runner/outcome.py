@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .clock import parse_server_time
 
-__all__ = ["Ending", "Kind", "Outcome", "RateLimitHeaders", "Status", "Wait"]
+__all__ = ["AccountEnd", "Availability", "Ending", "Kind", "Outcome", "RateLimitHeaders", "Status", "Wait"]
 
 CREDENTIALS_ERROR = "failed to get linkedin authentication credentials"  # a 500 that names the account
 MAX_REMAINING = 1_000_000_000  # a larger X-RateLimit-Remaining is taken as this (SQLite's integers end at 2**63)
@@ -71,6 +71,26 @@ class Ending(enum.StrEnum):
     HORIZON = "horizon"  # a plan: two years were not enough
     SETTLED = "settled"  # a plan: sending settled into a weekly pattern, the rest is that week repeated
     GIVEN_UP = "given_up"  # a forecast no longer wanted
+
+
+class AccountEnd(enum.StrEnum):
+    """Why an account's worker ended in a run."""
+
+    DRAINED = "drained"  # nothing left to send
+    DEFERRED = "deferred"  # --no-wait, and its next send must wait
+    STOPPED = "stopped"  # the run stops, or the account was stopped for it
+
+
+class Availability(enum.StrEnum):
+    """An account's state at a glance, as `status` shows it."""
+
+    READY = "ready"
+    SENDING = "sending"  # requests on the wire
+    WAITING = "waiting"  # for its limits, the schedule, the gap
+    HELD = "held"  # by the API (429, Remaining: 0)
+    PAUSED = "paused"  # by the circuit breaker
+    STOPPED = "stopped"  # by a run: credentials, a 403 streak, failures
+    BLOCKED = "blocked"  # the API asked for a hold longer than a week
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from .client import ApiClient
 from .clock import Clock, VirtualClock
 from .config import Campaign
 from .errors import CampaignRunnerError, StoreError
+from .outcome import Ending, Status
 from .sandbox import Sandbox, SandboxConfig
 from .schedule import zone
 from .scheduler import Scheduler
@@ -53,7 +54,7 @@ class Plan:
     sent: int
     per_day: dict[date, dict[str, int]] = field(default_factory=dict)  # local day -> account -> messages
     accounts: tuple[str, ...] = ()
-    result: str = "done"  # done, accounts_stopped, horizon (two years were not enough), given_up
+    result: Ending = Ending.DONE  # or ACCOUNTS_STOPPED, HORIZON (two years were not enough), GIVEN_UP
     settled_from: date | None = None  # from this day on, the last settled week repeated (see `_Days`)
 
     def per_week(self) -> dict[date, dict[str, int]]:
@@ -82,7 +83,7 @@ async def forecast(
 ) -> Plan:
     """The plan of a campaign already in `db`, as it stands at `start`, without the accounts in
     `leave_out` (those a run has stopped): what `run` forecasts, and `status` shows. Setting
-    `give_up` (from another thread) ends the simulation early, its plan cut short ("given_up")."""
+    `give_up` (from another thread) ends the simulation early, its plan cut short (GIVEN_UP)."""
     async with _scratch(db, start) as store:
         timezone = (await store.campaign(name)).timezone
         return await _simulate(store, VirtualClock(start), name, timezone, give_up=give_up, leave_out=leave_out)
@@ -123,7 +124,7 @@ async def _simulate(
     to_send = (await store.counts(name))["pending"]
     plan = Plan(name, timezone, clock.now(), None, to_send, 0, accounts=settings.account_ids)
     if not settings.accounts:
-        plan.result = "accounts_stopped"
+        plan.result = Ending.ACCOUNTS_STOPPED
         return plan
     days = _Days(zone(timezone), clock.now())
 
@@ -131,17 +132,17 @@ async def _simulate(
         if plan.settled_from is not None:
             return  # the run is stopping: what is left comes from the weekly pattern
         if give_up is not None and give_up.is_set():
-            scheduler.stop("given_up", "the forecast is no longer wanted")
+            scheduler.stop(Ending.GIVEN_UP, "the forecast is no longer wanted")
             return
         if clock.now() > plan.start + PLAN_HORIZON:  # schedules that never meet would wait forever
-            scheduler.stop("horizon", "the plan looked two years ahead")
+            scheduler.stop(Ending.HORIZON, "the plan looked two years ahead")
         if isinstance(event, events.AccountHeld | events.AccountPaused | events.AccountStopped):
             days.disturbed.add(days.day_of(clock.now()))
-        if isinstance(event, events.Attempted) and event.status == "sent":
+        if isinstance(event, events.Attempted) and event.status is Status.SENT:
             day = days.day_of(clock.now())
             if settle and day > days.last and days.settled(days.last):
                 plan.settled_from = day  # the sends of `day` on are taken from the pattern
-                scheduler.stop("settled", "sending has settled into a weekly pattern")
+                scheduler.stop(Ending.SETTLED, "sending has settled into a weekly pattern")
                 return
             days.add(day, clock.now(), event.account_id)
             plan.sent += 1
@@ -228,7 +229,7 @@ class Forecaster:
                 plan = await anyio.to_thread.run_sync(
                     _forecast_in_thread, self._store.path, name, made_at, self._give_up, frozenset(self._stopped)
                 )
-                if plan.result == "given_up":
+                if plan.result is Ending.GIVEN_UP:
                     return
                 await self._store.save_forecast(as_forecast(plan, made_at))
             except CampaignRunnerError as exc:  # a forecast is worth less than the run: say so, go on
@@ -292,7 +293,7 @@ def _repeat_weeks(plan: Plan, days: _Days, first: date) -> None:
             remaining -= len(sends)
             plan.finish = days.midnight(day) + sends[-1][0]
         day += timedelta(days=1)
-    plan.result = "done" if remaining == 0 else "horizon"
+    plan.result = Ending.DONE if remaining == 0 else Ending.HORIZON
 
 
 def _copy(db: Path, target: Path) -> None:

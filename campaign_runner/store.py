@@ -34,9 +34,10 @@ import platformdirs
 
 from .errors import ChangeRefusedError, StoreError, UnknownCampaignError
 from .events import Recovered
-from .limiter import EPSILON, IN_FLIGHT, MAX_HOLD, AccountState, Pacing, Verdict, advance, decide
+from .limiter import EPSILON, IN_FLIGHT, MAX_HOLD, AccountState, Pacing, Verdict, after_send, decide, server_until
 from .migrate import migrate
-from .outcome import Kind, Outcome
+from .outcome import Kind, Status, Wait
+from .policy import Settlement
 from .schedule import Schedule
 from .settings import Account, Breaker, CampaignSettings, Limit, Warmup
 
@@ -49,7 +50,6 @@ SANDBOX_DB = "sandbox.db"  # the sandbox rehearsals' own database, beside the de
 REPORT_BATCH = 1000  # report rows fetched per trip to the worker thread
 RECORD_PATIENCE = 600.0  # seconds an outcome keeps waiting for a database another process holds
 BUSY_TIMEOUT_MS = 15_000
-STATUSES = ("pending", "in_flight", "sent", "failed", "unknown", "skipped")
 REMOVED_FROM_FILE = "removed from the campaign file"
 # A recipient handed back to the queue goes back only while its file still lists it.
 _PENDING_UNLESS_REMOVED = "CASE WHEN removed THEN 'skipped' ELSE 'pending' END"
@@ -93,14 +93,14 @@ class Claimed:
     window_used: int  # requests of the account in the window of its slowest limit, this one included
     window_cap: int
     next_at: float = 0.0  # the account's own pacing allows no other request before then
-    next_reason: str = "ready"  # what holds it back until then (pace, delay, schedule...)
+    next_reason: Wait = Wait.READY  # what holds it back until then (pace, delay, schedule...)
     more: bool = True  # other recipients of its campaigns were still pending when it was claimed
 
 
 @dataclass(frozen=True)
 class Waiting:
     until: float
-    reason: str  # hold, pace, window, in_flight, delay, server, key, schedule, backoff, elsewhere
+    reason: Wait
 
 
 @dataclass(frozen=True)
@@ -716,22 +716,19 @@ class Store:
         if row is None:
             return AccountState(kth_recent=tuple(kth), key_recent=tuple(key))
         tat, hold, gap, remaining, reset, seen = row
-        server_until = 0.0
-        if remaining is not None and reset is not None and reset > now:
-            # The server knows better when another tool (or a person) used the account too: no
-            # more than its Remaining until its Reset. Local limits still hold on top.
-            (since,) = self._one(
+
+        def sent_since() -> int:
+            return self._one(
                 "SELECT count(*) FROM attempts WHERE account_id = ? AND slot_at > ? AND started_at > ?",
                 (account_id, seen, seen),
-            )
-            if since >= remaining:
-                server_until = reset
+            )[0]
+
         return AccountState(
             tat=tat,
             hold_until=hold,
             kth_recent=tuple(kth),
             gap_until=gap,
-            server_until=server_until,
+            server_until=server_until(remaining, reset, now, sent_since),
             key_recent=tuple(key),
         )
 
@@ -797,9 +794,7 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (recipient_id, run_id, account_id, endpoint, now, IN_FLIGHT),
             )
-            low, high = pacing.delay
-            tat = advance(pacing, state.tat, now)
-            gap_until = now + pacing.interval + draw(low, high) if high else 0.0
+            tat, gap_until = after_send(pacing, state.tat, now, draw)
             db.execute(
                 "INSERT INTO accounts (id, tat, gap_until, first_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
                 " SET tat = excluded.tat, gap_until = excluded.gap_until, first_at = coalesce(first_at,"
@@ -866,13 +861,13 @@ class Store:
             tuple(campaigns),
         )
         if next_work is not None:
-            return Waiting(max(next_work, verdict.at), "backoff" if next_work > verdict.at else verdict.reason)
+            return Waiting(max(next_work, verdict.at), Wait.BACKOFF if next_work > verdict.at else verdict.reason)
         in_flight = self._one(
             f"SELECT 1 FROM recipients WHERE campaign IN ({marks}) AND status = 'in_flight' LIMIT 1", tuple(campaigns)
         )
         if in_flight:
             # Other workers (or processes) may hand work back (429, 500): look again then.
-            return Waiting(now + ELSEWHERE_POLL, "elsewhere")
+            return Waiting(now + ELSEWHERE_POLL, Wait.ELSEWHERE)
         return Drained()
 
     def _release(self, claim: Claimed, now: float) -> None:
@@ -888,70 +883,47 @@ class Store:
             )
             db.execute("DELETE FROM attempts WHERE id = ?", (claim.attempt_id,))
 
-    def _record(
-        self,
-        claim: Claimed,
-        outcome: Outcome,
-        now: float,
-        latency: float,
-        max_attempts: int,
-        retry_at: float,
-        hold_until: float | None,
-        hold_reason: str | None = None,
-        charged: bool = True,
-        put_back: Sequence[int] = (),
-        put_back_note: str | None = None,
-        server_reset: float | None = None,
-    ) -> str:
-        """Write an outcome; return the recipient's status after it.
+    def _record(self, claim: Claimed, settled: Settlement) -> Status:
+        """Write what an answer settled (see `policy`); return the recipient's status after it.
 
-        `charged`: a retryable failure counts against the recipient's attempts (not when its
-        account is to blame). `put_back`: recipients failed by 403s that turned out to be their
-        account's fault, back to pending with `put_back_note`, in the same transaction."""
-        retries = claim.retries
-        sent_at = None
-        if outcome.kind is Kind.SENT:
-            status, sent_at, not_before = "sent", now, 0.0
-        elif outcome.kind is Kind.REJECTED:
-            status, not_before = "failed", 0.0
-        elif outcome.kind is Kind.UNKNOWN:
-            status, not_before = "unknown", 0.0
-        elif outcome.kind in (Kind.SERVER_ERROR, Kind.NOT_SENT):
-            retries += 1 if charged else 0
-            status = "failed" if retries >= max_attempts else "pending"
-            not_before = retry_at if status == "pending" else 0.0
-        else:  # rate limited, unauthorized, misrouted: nothing is wrong with the recipient
-            status, not_before = "pending", 0.0
+        The attempt row always gets the truth. The recipient takes it while our claim holds, or
+        over the `unknown` a recovery gave it if this process was taken for dead; never over a
+        state someone else gave it since (a retry, another run's claim). A recipient handed back
+        (a 429, a 500) after it left the file is `skipped`, not sent again."""
+        outcome, now = settled.outcome, settled.answered_at
         headers = outcome.rate_limit
+        pending = settled.status is Status.PENDING
         with self._transaction() as db:
-            # The attempt row always gets the truth. The recipient takes it while our claim holds,
-            # or over the `unknown` a recovery gave it if this process was taken for dead; never
-            # over a state someone else gave it since (a retry, another run's claim).
-            (removed,) = self._one("SELECT removed FROM recipients WHERE id = ?", (claim.recipient_id,))
-            if status == "pending" and removed:
-                # Handed back (a 429, a 500) after it left the file: it is not sent again.
-                status, not_before = "skipped", 0.0
-            cursor = db.execute(
-                "UPDATE recipients SET status = ?, http_status = ?, error = ?, retries = ?, not_before = ?,"
-                " sent_at = coalesce(?, sent_at), run_id = NULL, updated_at = ? WHERE id = ?"
-                " AND ((status = 'in_flight' AND run_id = ?) OR (status = 'unknown' AND error = ?"
-                "  AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.recipient_id = recipients.id AND a.id > ?)))",
-                (
-                    status,
-                    outcome.http_status,
-                    REMOVED_FROM_FILE if status == "skipped" else outcome.error,
-                    retries,
-                    not_before,
-                    sent_at,
-                    now,
-                    claim.recipient_id,
-                    claim.run_id,
-                    DIED_IN_FLIGHT,
-                    claim.attempt_id,
-                ),
-            )
-            if cursor.rowcount == 0:
-                status = (self._one("SELECT status FROM recipients WHERE id = ?", (claim.recipient_id,)))[0]
+            row = db.execute(
+                "UPDATE recipients SET"
+                " status = CASE WHEN :pending AND removed THEN 'skipped' ELSE :status END,"
+                " error = CASE WHEN :pending AND removed THEN :removed ELSE :error END,"
+                " not_before = CASE WHEN :pending AND removed THEN 0 ELSE :not_before END,"
+                " http_status = :http_status, retries = :retries, sent_at = coalesce(:sent_at, sent_at),"
+                " run_id = NULL, updated_at = :now"
+                " WHERE id = :id AND ((status = 'in_flight' AND run_id = :run_id) OR (status = 'unknown'"
+                "  AND error = :died AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.recipient_id = recipients.id"
+                "  AND a.id > :attempt_id)))"
+                " RETURNING status",
+                {
+                    "pending": pending,
+                    "status": settled.status.value,
+                    "removed": REMOVED_FROM_FILE,
+                    "error": outcome.error,
+                    "not_before": settled.not_before,
+                    "http_status": outcome.http_status,
+                    "retries": settled.retries,
+                    "sent_at": settled.sent_at,
+                    "now": now,
+                    "id": claim.recipient_id,
+                    "run_id": claim.run_id,
+                    "died": DIED_IN_FLIGHT,
+                    "attempt_id": claim.attempt_id,
+                },
+            ).fetchone()
+            if row is None:
+                row = self._one("SELECT status FROM recipients WHERE id = ?", (claim.recipient_id,))
+            status = Status(row[0])
             db.execute(
                 "UPDATE attempts SET finished_at = ?, slot_at = ?, outcome = ?, http_status = ?, error = ?,"
                 " response_body = ?, latency = ?, rl_action = ?, rl_limit = ?, rl_used = ?, rl_remaining = ?,"
@@ -963,7 +935,7 @@ class Store:
                     outcome.http_status,
                     outcome.error,
                     outcome.body,
-                    latency,
+                    settled.latency,
                     headers.action,
                     headers.limit,
                     headers.used,
@@ -976,31 +948,33 @@ class Store:
                 db.execute(
                     "UPDATE accounts SET stopped_reason = NULL, stopped_at = NULL WHERE id = ?", (claim.account_id,)
                 )
-            if hold_until is not None and hold_until > now:
-                hold_until = min(hold_until, now + MAX_HOLD)  # the policy bounds it; a database must not trust that
+            hold = settled.account_hold
+            if hold is not None:
                 db.execute(
                     "INSERT INTO accounts (id, hold_until, hold_reason) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE"
                     " SET hold_until = max(hold_until, excluded.hold_until), hold_reason = excluded.hold_reason",
-                    (claim.account_id, hold_until, hold_reason or outcome.error or outcome.kind.value),
+                    (claim.account_id, hold.until, hold.reason),
                 )
-            remaining = headers.remaining_count
-            if remaining is not None and server_reset is not None and now < server_reset <= now + MAX_HOLD:
+            remaining, reset = headers.remaining_count, settled.server_reset
+            if remaining is not None and reset is not None and now < reset <= now + MAX_HOLD:
                 db.execute(
                     "INSERT INTO accounts (id, server_remaining, server_reset, server_seen_at) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (id) DO UPDATE SET server_remaining = excluded.server_remaining,"
                     " server_reset = excluded.server_reset, server_seen_at = excluded.server_seen_at",
-                    (claim.account_id, remaining, server_reset, now),
+                    (claim.account_id, remaining, reset, now),
                 )
+            put_back = [refused.recipient_id for refused in settled.put_back]
             if put_back:
                 marks = ",".join("?" * len(put_back))
                 db.execute(
                     f"UPDATE recipients SET status = {_PENDING_UNLESS_REMOVED},"
                     f" error = {_ERROR_IF_REMOVED.format('?')}, requeued = requeued + 1, updated_at = ?"
                     f" WHERE id IN ({marks}) AND status = 'failed' AND http_status = 403",
-                    (put_back_note, now, *put_back),
+                    (settled.put_back_note, now, *put_back),
                 )
-                if claim.recipient_id in put_back and status == "failed":
-                    (status,) = self._one("SELECT status FROM recipients WHERE id = ?", (claim.recipient_id,))
+                if claim.recipient_id in put_back and status is Status.FAILED:
+                    (found,) = self._one("SELECT status FROM recipients WHERE id = ?", (claim.recipient_id,))
+                    status = Status(found)
         return status
 
     def _settle_in_flight(self, now: float) -> int:
@@ -1017,7 +991,7 @@ class Store:
         with self._snapshot():
             rows = self._all("SELECT status, count(*) FROM recipients WHERE campaign = ? GROUP BY status", (name,))
         found = dict(rows)
-        return {status: int(found.get(status, 0)) for status in STATUSES}
+        return {status: int(found.get(status, 0)) for status in Status}
 
     def _account_status(self, account_id: str, pacing: Pacing, now: float) -> AccountStatus:
         with self._snapshot():
@@ -1221,43 +1195,14 @@ class Store:
         """Undo a claim whose request never started (the run was stopped in between)."""
         await self._run(self._release, claim, now)
 
-    async def record(
-        self,
-        claim: Claimed,
-        outcome: Outcome,
-        now: float,
-        *,
-        latency: float,
-        max_attempts: int,
-        retry_at: float,
-        hold_until: float | None,
-        hold_reason: str | None = None,
-        charged: bool = True,
-        put_back: Sequence[int] = (),
-        put_back_note: str | None = None,
-        server_reset: float | None = None,
-    ) -> str:
-        """Write an outcome; return the recipient's status after it (see `_record`)."""
-        args = (
-            claim,
-            outcome,
-            now,
-            latency,
-            max_attempts,
-            retry_at,
-            hold_until,
-            hold_reason,
-            charged,
-            put_back,
-            put_back_note,
-            server_reset,
-        )
+    async def record(self, claim: Claimed, settled: Settlement) -> Status:
+        """Write what an answer settled; return the recipient's status after it (see `_record`)."""
         # The answer is known only here, in memory: while another process holds the database (a
         # big file loading), keep trying rather than lose it.
         deadline = time.monotonic() + RECORD_PATIENCE
         while True:
             try:
-                return await self._run(self._record, *args)
+                return await self._run(self._record, claim, settled)
             except StoreError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise

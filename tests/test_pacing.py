@@ -14,9 +14,9 @@ from test_schedule import send
 
 from campaign_runner.clock import VirtualClock, iso
 from campaign_runner.config import load_campaign
+from campaign_runner.limiter import hold_for, reset_at
 from campaign_runner.outcome import Kind, Outcome, RateLimitHeaders
 from campaign_runner.sandbox import Sandbox, SandboxConfig
-from campaign_runner.scheduler import hold_for, reset_at
 from campaign_runner.store import Store
 
 from conftest import API_KEY, max_in_window, urn, write_campaign

@@ -24,9 +24,10 @@ from hypothesis import strategies as st
 
 from campaign_runner.client import classify
 from campaign_runner.config import load_campaign
-from campaign_runner.limiter import MAX_HOLD, decide
+from campaign_runner.guard import Judgement
+from campaign_runner.limiter import MAX_HOLD, MIN_HOLD, decide, hold_for, reset_at
+from campaign_runner.policy import settle
 from campaign_runner.sandbox import Scripted
-from campaign_runner.scheduler import MIN_HOLD, hold_for, reset_at
 from campaign_runner.store import Claimed, Store
 
 from conftest import by_urn, report, urn, write_campaign
@@ -221,8 +222,9 @@ def test_any_times_and_counts_are_bounded_before_they_are_stored(
         db.execute("UPDATE accounts SET hold_until = 0, server_remaining = NULL")
     claim = store._claim(1, "acc_1", ["test-campaign"], now)
     assert isinstance(claim, Claimed)
-    store._record(claim, outcome, now, 0.1, 3, now + 1, hold.until if hold else None, hold and hold.reason, True,
-                  (), None, server_reset)  # fmt: skip
+    settled = settle(claim, outcome, Judgement(), started=now - 0.1, now=now, draw=lambda low, high: low)
+    assert settled.held == hold and settled.server_reset == server_reset
+    store._record(claim, settled)
     with store._snapshot():
         stored = store._all("SELECT hold_until, server_reset, server_remaining FROM accounts")
     for held, reset, remaining in stored:

@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from campaign_runner.config import load_campaign
+from campaign_runner.guard import Judgement, Refused
 from campaign_runner.outcome import Kind, Outcome
+from campaign_runner.policy import settle
 from campaign_runner.settings import CampaignSettings
 from campaign_runner.store import DIED_IN_FLIGHT, Claimed, Drained, Store, Waiting
 
@@ -51,6 +53,12 @@ async def claim(store: Store, run_id: int, now: float = T0) -> Claimed:
     decision = await store.claim(run_id, "acc_1", ["test-campaign"], now)
     assert isinstance(decision, Claimed)
     return decision
+
+
+async def record(store: Store, claimed: Claimed, outcome: Outcome, at: float, judged: Judgement | None = None) -> str:
+    """Settle `outcome` as the scheduler would (the backoff without jitter) and record it."""
+    settled = settle(claimed, outcome, judged or Judgement(), started=at, now=at, draw=lambda low, high: low)
+    return await store.record(claimed, settled)
 
 
 async def status(store: Store, profile: str) -> str:
@@ -97,8 +105,7 @@ async def test_a_late_answer_replaces_the_unknown_of_a_recovery(store: Store) ->
     ours = await store.begin_run("test", T0 + 1, 60)
     await store.recover(ours, T0 + 200)
     assert await status(store, slow.profile_urn) == "unknown"
-    result = await store.record(slow, Outcome(Kind.SENT, http_status=200), T0 + 201, latency=201, max_attempts=3,
-                                retry_at=0, hold_until=None)  # fmt: skip
+    result = await record(store, slow, Outcome(Kind.SENT, http_status=200), T0 + 201)
     assert result == "sent"
 
 
@@ -109,8 +116,7 @@ async def test_a_late_answer_never_overwrites_a_retry(store: Store) -> None:
     assert await store.retry("test-campaign", ["unknown"], [], T0 + 201) == 1
     again = await claim(store, ours, T0 + 202)
     assert again.recipient_id == slow.recipient_id
-    result = await store.record(slow, Outcome(Kind.REJECTED, http_status=403), T0 + 203, latency=203,
-                                max_attempts=3, retry_at=0, hold_until=None)  # fmt: skip
+    result = await record(store, slow, Outcome(Kind.REJECTED, http_status=403), T0 + 203)
     assert result == "in_flight"  # the new claim still holds it
 
 
@@ -124,8 +130,7 @@ async def test_a_late_answer_never_overwrites_a_later_claims_unknown(store: Stor
     assert again.recipient_id == slow.recipient_id
     await store.recover(ours, T0 + 400)
     # The first run's late 500 must not hand the recipient back: the second request may have landed.
-    result = await store.record(slow, Outcome(Kind.SERVER_ERROR, http_status=500), T0 + 401, latency=201,
-                                max_attempts=3, retry_at=0, hold_until=None)  # fmt: skip
+    result = await record(store, slow, Outcome(Kind.SERVER_ERROR, http_status=500), T0 + 401)
     assert result == "unknown"
 
 
@@ -140,8 +145,7 @@ async def test_release_undoes_a_claim(store: Store) -> None:
 async def test_a_stricter_campaign_loaded_later_binds_claims_at_once(store: Store, tmp_path: Path) -> None:
     run = await store.begin_run("test", T0, 60)
     first = await claim(store, run)
-    await store.record(first, Outcome(Kind.SENT, http_status=200), T0 + 0.01, latency=0.01, max_attempts=3,
-                       retry_at=0, hold_until=None)  # fmt: skip
+    await record(store, first, Outcome(Kind.SENT, http_status=200), T0 + 0.01)
     # Another process loads a campaign with a stricter limit on the same account.
     strict = write_campaign(tmp_path, "strict.yaml", name="strict", limit="1/1h", recipients=[{"profile_urn": urn(9)}])
     await store.load([load_campaign(strict)], T0 + 0.02)
@@ -236,8 +240,7 @@ async def test_a_recipient_removed_while_in_flight_is_skipped_when_handed_back(
     if outcome is None:
         await store.release(claimed, T0 + 0.02)
     else:
-        status = await store.record(claimed, outcome, T0 + 0.02, latency=0.02, max_attempts=3, retry_at=T0,
-                                    hold_until=None)  # fmt: skip
+        status = await record(store, claimed, outcome, T0 + 0.02)
         assert status == "skipped"
     assert await status_of(store, claimed.profile_urn) == ("skipped", "removed from the campaign file")
     later = T0 + 7200
@@ -253,16 +256,16 @@ async def test_retry_and_a_403_streak_never_put_back_a_removed_recipient(store: 
     run = await store.begin_run("test", T0, 60)
     first, second = await claim(store, run), await claim(store, run, T0 + 1)
     refused = Outcome(Kind.REJECTED, http_status=403, error="Forbidden")
-    await store.record(first, refused, T0 + 2, latency=0.1, max_attempts=3, retry_at=T0, hold_until=None)
+    await record(store, first, refused, T0 + 2)
     rest = write_campaign(tmp_path, "rest.yaml", limit="10/1s", recipients=[{"profile_urn": urn(2)}])
     await store.load([load_campaign(rest)], T0 + 3)
     # The 403 streak blames the account and puts its recipients back: not the one that left.
-    await store.record(second, refused, T0 + 4, latency=0.1, max_attempts=3, retry_at=T0, hold_until=None,
-                       put_back=[first.recipient_id, second.recipient_id], put_back_note="put back")  # fmt: skip
+    streak = tuple(Refused(c.recipient_id, "test-campaign", 0) for c in (first, second))
+    await record(store, second, refused, T0 + 4, Judgement(reason="a 403 streak", stop=True, put_back=streak))
     assert await status_of(store, first.profile_urn) == ("skipped", "removed from the campaign file")
     assert await status_of(store, second.profile_urn) == ("skipped", "removed from the campaign file")
     third = await claim(store, run, T0 + 5)
-    await store.record(third, refused, T0 + 6, latency=0.1, max_attempts=3, retry_at=T0, hold_until=None)
+    await record(store, third, refused, T0 + 6)
     await store.load([load_campaign(tmp_path / "campaign.yaml")], T0 + 7)
     rest = write_campaign(tmp_path, "rest.yaml", limit="10/1s", recipients=[{"profile_urn": urn(0)}])
     await store.load([load_campaign(rest)], T0 + 8)

@@ -8,8 +8,8 @@ from rich.console import Console
 
 from campaign_runner import events
 from campaign_runner.clock import VirtualClock
+from campaign_runner.display import LiveView
 from campaign_runner.outcome import Kind
-from campaign_runner.render import LiveView
 
 from conftest import urn
 

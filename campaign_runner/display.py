@@ -1,11 +1,12 @@
-"""Turning scheduler events into what a person reads: a live table on a terminal, log lines elsewhere."""
+"""What a person reads: scheduler events as a live table on a terminal or log lines elsewhere,
+an account's state, a forecast's finish."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -13,46 +14,55 @@ from rich.table import Table
 
 from . import events
 from .clock import Clock, iso
+from .outcome import AccountEnd, Availability, Ending, Status, Wait
 from .schedule import zone
 from .settings import account_label
-from .store import STATUSES, AccountStatus
+
+if TYPE_CHECKING:
+    from .store import AccountStatus
+
+_WAITS = {
+    Wait.READY: "ready",
+    Wait.HOLD: "on hold",
+    Wait.PACE: "pacing",
+    Wait.WINDOW: "limit reached for this window",
+    Wait.IN_FLIGHT: "another process is sending",
+    Wait.BACKOFF: "retry backoff",
+    Wait.ELSEWHERE: "waiting for other accounts",
+    Wait.DELAY: "random gap between sends",
+    Wait.SERVER: "the server's remaining budget is used up until its reset",
+    Wait.KEY: "the API key's own limit",
+    Wait.SCHEDULE: "outside sending hours",
+}
 
 
-def describe_wait(reason: str) -> str:
-    return {
-        "hold": "on hold",
-        "pace": "pacing",
-        "window": "limit reached for this window",
-        "in_flight": "another process is sending",
-        "backoff": "retry backoff",
-        "elsewhere": "waiting for other accounts",
-        "delay": "random gap between sends",
-        "server": "the server's remaining budget is used up until its reset",
-        "key": "the API key's own limit",
-        "schedule": "outside sending hours",
-    }.get(reason, reason)
+def describe_wait(reason: Wait) -> str:
+    return _WAITS[reason]
 
 
-def describe_account(found: AccountStatus, now: float, local: Callable[[float], str]) -> tuple[str, str]:
+def describe_account(found: AccountStatus, now: float, local: Callable[[float], str]) -> tuple[Availability, str]:
     """An account's state at a glance, as (state, a line for people): stopped (and why), blocked or
     held by the API, paused by the breaker, sending, waiting (for what, until when), or ready."""
     hold = found.hold_reason or ""
     held = found.hold_until > now
     if held and hold.startswith("blocked by the API"):
-        return "blocked", f"blocked by the API, held until {local(found.hold_until)} (`hold clear` lifts it)"
+        return Availability.BLOCKED, f"blocked by the API, held until {local(found.hold_until)} (`hold clear` lifts it)"
     if found.stopped_reason:
         when = local(found.stopped_at) if found.stopped_at else "its last run"
-        return "stopped", f"stopped at {when}: {found.stopped_reason}; `resume` tries it again"
+        return Availability.STOPPED, f"stopped at {when}: {found.stopped_reason}; `resume` tries it again"
     if held:
         until = local(found.hold_until)
         if hold.startswith("circuit breaker"):
-            return "paused", f"paused by the breaker until {until}: {hold}"
-        return "held", f"held by the API until {until}: {hold}"
+            return Availability.PAUSED, f"paused by the breaker until {until}: {hold}"
+        return Availability.HELD, f"held by the API until {until}: {hold}"
     if found.in_flight:
-        return "sending", f"sending ({found.in_flight} request{'s' if found.in_flight > 1 else ''} in flight)"
+        return (
+            Availability.SENDING,
+            f"sending ({found.in_flight} request{'s' if found.in_flight > 1 else ''} in flight)",
+        )
     if found.next_at > now:
-        return "waiting", f"waiting until {local(found.next_at)} ({describe_wait(found.reason)})"
-    return "ready", "ready to send"
+        return Availability.WAITING, f"waiting until {local(found.next_at)} ({describe_wait(found.reason)})"
+    return Availability.READY, "ready to send"
 
 
 def local_time(epoch: float, timezone: str) -> str:
@@ -60,18 +70,18 @@ def local_time(epoch: float, timezone: str) -> str:
     return datetime.fromtimestamp(epoch, zone(timezone)).strftime("%Y-%m-%d %H:%M %Z")
 
 
-def describe_finish(finish: float | None, result: str, timezone: str) -> str:
+def describe_finish(finish: float | None, result: Ending, timezone: str) -> str:
     """What a forecast says of a campaign's end, the same words in the live view and `status`."""
-    if finish is not None and result == "done":
+    if finish is not None and result == Ending.DONE:
         return f"projected finish {local_time(finish, timezone)}"
-    if result == "horizon":
+    if result == Ending.HORIZON:
         return "projected finish more than two years away"
-    if result == "accounts_stopped":
+    if result == Ending.ACCOUNTS_STOPPED:
         return "no projected finish: none of its accounts can send"
     return "no projected finish"
 
 
-_FINISHED = {"drained": "done", "deferred": "more later (--no-wait)", "stopped": "stopped"}
+_FINISHED = {AccountEnd.DRAINED: "done", AccountEnd.DEFERRED: "more later (--no-wait)", AccountEnd.STOPPED: "stopped"}
 
 
 class LogLines:
@@ -95,7 +105,7 @@ class LogLines:
                 return f"run started; {'; '.join(parts)}; accounts: {', '.join(limits)}"
             case events.Attempted() as e:
                 detail = f"HTTP {e.http_status}" if e.http_status else e.outcome.value
-                if e.error and e.status != "sent":
+                if e.error and e.status is not Status.SENT:
                     detail += f": {e.error}"
                 return (
                     f"{e.campaign} {e.status} {e.profile_urn} via {account_label(e.account_id)}"
@@ -110,7 +120,7 @@ class LogLines:
             case events.AccountStopped(account_id=account, reason=reason):
                 return f"{account_label(account)} stopped for this run: {reason}"
             case events.AccountFinished(account_id=account, reason=reason):
-                return f"{account_label(account)}: {_FINISHED.get(reason, reason)}"
+                return f"{account_label(account)}: {_FINISHED[reason]}"
             case events.Recovered(campaign=campaign, profile_urn=urn):
                 return (
                     f"{campaign}: {urn} was in flight when an earlier run stopped; marked unknown"
@@ -162,13 +172,13 @@ class LiveView:
                 self.accounts = {a: _AccountRow() for a in limits}
             case events.Attempted() as e:
                 row = self.accounts.setdefault(e.account_id, _AccountRow())
-                counts = self.counts.setdefault(e.campaign, dict.fromkeys(STATUSES, 0))
-                if e.status != "pending":
-                    counts["pending"] -= 1
+                counts = self.counts.setdefault(e.campaign, dict.fromkeys(Status, 0))
+                if e.status is not Status.PENDING:
+                    counts[Status.PENDING] -= 1
                     counts[e.status] = counts.get(e.status, 0) + 1
-                if e.status == "sent":
+                if e.status is Status.SENT:
                     row.sent += 1
-                elif e.status == "failed":
+                elif e.status is Status.FAILED:
                     row.failed += 1
                 else:
                     row.other += 1
@@ -185,12 +195,12 @@ class LiveView:
             case events.AccountStopped(account_id=account, put_back=put_back):
                 self.accounts.setdefault(account, _AccountRow()).state = "stopped"
                 for name, count in put_back.items():
-                    counts = self.counts.setdefault(name, dict.fromkeys(STATUSES, 0))
-                    counts["failed"] -= count
-                    counts["pending"] += count
+                    counts = self.counts.setdefault(name, dict.fromkeys(Status, 0))
+                    counts[Status.FAILED] -= count
+                    counts[Status.PENDING] += count
                 self.notes.append(LogLines.line(event))  # type: ignore[arg-type]
             case events.AccountFinished(account_id=account, reason=reason):
-                self.accounts.setdefault(account, _AccountRow()).state = _FINISHED.get(reason, reason)
+                self.accounts.setdefault(account, _AccountRow()).state = _FINISHED[reason]
             case events.Forecast(campaign=campaign, problem=None) as e:
                 self.forecasts[campaign] = describe_finish(e.finish, e.result, e.timezone)
             case events.Recovered() | events.Stopping() | events.Forecast():
@@ -206,15 +216,16 @@ class LiveView:
     def __rich__(self) -> Group:
         campaigns = Table(title="campaigns", title_justify="left")
         campaigns.add_column("campaign", max_width=24, no_wrap=True, overflow="ellipsis")
-        for status in ("sent", "failed", "unknown", "skipped", "pending"):
+        shown = (Status.SENT, Status.FAILED, Status.UNKNOWN, Status.SKIPPED, Status.PENDING)
+        for status in shown:
             campaigns.add_column(status, justify="right")
         campaigns.add_column("done", justify="right")
         for name, counts in self.counts.items():
             total = sum(counts.values()) or 1
-            done = total - counts.get("pending", 0) - counts.get("in_flight", 0)
+            done = total - counts.get(Status.PENDING, 0) - counts.get(Status.IN_FLIGHT, 0)
             campaigns.add_row(
                 name,
-                *(str(counts.get(s, 0)) for s in ("sent", "failed", "unknown", "skipped", "pending")),
+                *(str(counts.get(s, 0)) for s in shown),
                 f"{100 * done / total:.0f}%",
             )
         # Fits an 80-column terminal: long names and states are cut short (`status` has them whole).
