@@ -28,15 +28,15 @@ from rich.console import Console
 from . import __version__, client, events, sandbox
 from .clock import SystemClock, iso
 from .config import Campaign, load_campaign, renderer
-from .display import LiveView, LogLines, describe_account, describe_finish, describe_wait, local_time
+from .display import LiveView, LogLines, describe_finish, describe_wait, local_time
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
-from .outcome import Availability, Ending, Status
+from .outcome import Ending, Status, Wait
+from .overview import CampaignView, Overview, overview
 from .plan import Forecaster, make_plan
 from .report import FORMATS, write_report
-from .schedule import Schedule
 from .scheduler import RunResult, Scheduler
 from .settings import CampaignSettings, Limit, account_label
-from .store import DEFAULT_DB, SANDBOX_API, SANDBOX_DB, Forecast, Store, data_folder
+from .store import DEFAULT_DB, SANDBOX_API, SANDBOX_DB, Store, data_folder
 
 EXIT_OK, EXIT_FATAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 STATUS_NAMES = [status.value for status in Status]
@@ -257,8 +257,8 @@ def run(
                 " give each campaign its own name"
             )
         first_file[campaign.name] = campaign.source
-    connection = _connection(base_url, use_sandbox, allow_insecure, api_limit, switch_api)
-    return anyio.run(_run, db, campaigns, connection, timeout, no_wait, accept_changes)
+    sending = _sending(base_url, use_sandbox, allow_insecure, api_limit, switch_api)
+    return anyio.run(_run, db, campaigns, sending, timeout, no_wait, accept_changes)
 
 
 @cli.command()
@@ -282,12 +282,12 @@ def resume(
     Example:
         campaign-runner resume spring-meetup-invite
     """
-    connection = _connection(base_url, use_sandbox, allow_insecure, api_limit, switch_api)
-    return anyio.run(_resume, db, name, connection, timeout, no_wait)
+    sending = _sending(base_url, use_sandbox, allow_insecure, api_limit, switch_api)
+    return anyio.run(_resume, db, name, sending, timeout, no_wait)
 
 
 @dataclass(frozen=True)
-class _Connection:
+class _Sending:
     """Where and how this run sends: the API, the key (never shown), and the run's own settings."""
 
     base_url: str
@@ -303,9 +303,9 @@ class _Connection:
         return SANDBOX_API if self.use_sandbox else self.base_url
 
 
-def _connection(
+def _sending(
     base_url: str, use_sandbox: bool, allow_insecure: bool, api_limit: str | None, switch_api: bool = False
-) -> _Connection:
+) -> _Sending:
     api_limits = None
     if api_limit is not None:
         try:
@@ -315,23 +315,23 @@ def _connection(
         if not api_limits:
             raise ConfigError("--api-limit: give at least one limit, e.g. 60/minute")
     if use_sandbox:
-        return _Connection("", secrets.token_urlsafe(16), True, api_limits, switch_api=switch_api)
+        return _Sending("", secrets.token_urlsafe(16), True, api_limits, switch_api=switch_api)
     base_url = client.check_base_url(base_url, allow_insecure)
     key = os.environ.get("CONNECTSAFELY_API_KEY", "").strip()
     if not key:
         raise ConfigError("CONNECTSAFELY_API_KEY is not set: export your API key, or try --sandbox")
     if any(ch.isspace() for ch in key) or not key.isprintable() or not key.isascii():
         raise ConfigError("CONNECTSAFELY_API_KEY contains spaces, control or non-ASCII characters")
-    return _Connection(base_url, key, False, api_limits, allow_insecure, switch_api)
+    return _Sending(base_url, key, False, api_limits, allow_insecure, switch_api)
 
 
 async def _run(
-    db: str, campaigns: list[Campaign], connection: _Connection, timeout: float, no_wait: bool, accept_changes: bool
+    db: str, campaigns: list[Campaign], sending: _Sending, timeout: float, no_wait: bool, accept_changes: bool
 ) -> int:
     clock = SystemClock()
-    async with _open_store(db, clock, create=True, sandbox=connection.use_sandbox) as store:
+    async with _open_store(db, clock, create=True, sandbox=sending.use_sandbox) as store:
         # A campaign that went to another API is refused before its file is loaded.
-        await store.bind_api([c.name for c in campaigns], connection.api, connection.switch_api, clock.now())
+        await store.bind_api([c.name for c in campaigns], sending.api, sending.switch_api, clock.now())
         for summary in await store.load(campaigns, clock.now(), accept_changes):
             click.echo(
                 f"loaded {summary.campaign}: {summary.added} new, {summary.known} already known,"
@@ -351,58 +351,51 @@ async def _run(
                 )
         settings = [await store.campaign(c.name) for c in campaigns]
         campaigns.clear()  # every recipient is in the database now: free the file's copy for the days of sending
-        return await _send(store, clock, settings, connection, timeout, no_wait, "run")
+        return await _send(store, clock, settings, sending, timeout, no_wait, "run")
 
 
-async def _resume(db: str, name: str | None, connection: _Connection, timeout: float, no_wait: bool) -> int:
+async def _resume(db: str, name: str | None, sending: _Sending, timeout: float, no_wait: bool) -> int:
     clock = SystemClock()
-    async with _open_store(db, clock, create=False, sandbox=connection.use_sandbox) as store:
+    async with _open_store(db, clock, create=False, sandbox=sending.use_sandbox) as store:
         names = [name] if name else await store.campaign_names(unfinished_only=True)
         settings = [await store.campaign(n) for n in names]
         if not settings:
             click.echo("nothing to resume: every campaign is finished")
             return EXIT_OK
-        return await _send(store, clock, settings, connection, timeout, no_wait, "resume")
+        return await _send(store, clock, settings, sending, timeout, no_wait, "resume")
 
 
 async def _send(
     store: Store,
     clock: SystemClock,
     campaigns: list[CampaignSettings],
-    connection: _Connection,
+    sending: _Sending,
     timeout: float,
     no_wait: bool,
     command: str,
 ) -> int:
     deadline = client.deadline_for(timeout)
-    await store.bind_api([c.name for c in campaigns], connection.api, connection.switch_api, clock.now())
-    if connection.api_limits is not None:
-        await store.set_api_limits([c.name for c in campaigns], connection.api_limits, clock.now())
-    run_id = await store.begin_run(command, clock.now(), deadline)
-    try:
-        async with anyio.create_task_group() as tg:
-            base_url = connection.base_url
-            if connection.use_sandbox:
-                config = sandbox.SandboxConfig(api_key=connection.api_key, typing_delay=0.2)
-                base_url = await tg.start(sandbox.serve, sandbox.Sandbox(config, clock))
-            http = client.AccountClients(base_url, connection.api_key, timeout, connection.allow_insecure)
-            async with http, _renderer(clock) as show, anyio.create_task_group() as forecasting:
-                forecaster = Forecaster(store, [c.name for c in campaigns], clock, show)
+    await store.bind_api([c.name for c in campaigns], sending.api, sending.switch_api, clock.now())
+    if sending.api_limits is not None:
+        await store.set_api_limits([c.name for c in campaigns], sending.api_limits, clock.now())
+    async with anyio.create_task_group() as tg:
+        base_url = sending.base_url
+        if sending.use_sandbox:
+            config = sandbox.SandboxConfig(api_key=sending.api_key, typing_delay=0.2)
+            base_url = await tg.start(sandbox.serve, sandbox.Sandbox(config, clock))
+        http = client.AccountClients(base_url, sending.api_key, timeout, sending.allow_insecure)
+        async with http, _renderer(clock) as show, anyio.create_task_group() as forecasting:
+            forecaster = Forecaster(store, [c.name for c in campaigns], clock, show)
 
-                def emit(event: events.Event) -> None:
-                    forecaster.notice(event)
-                    show(event)
+            def emit(event: events.Event) -> None:
+                forecaster.notice(event)
+                show(event)
 
-                scheduler = Scheduler(
-                    store,
-                    client.ApiClient(http, deadline),
-                    clock,
-                    run_id=run_id,
-                    campaigns=campaigns,
-                    emit=emit,
-                    no_wait=no_wait,
-                    handle_signals=True,
-                )
+            api = client.ApiClient(http, deadline)
+            options = {"emit": emit, "no_wait": no_wait, "handle_signals": True}
+            async with Scheduler.begun(
+                store, api, clock, command=command, deadline=deadline, campaigns=campaigns, **options
+            ) as scheduler:
                 forecasting.start_soon(forecaster.run)
                 try:
                     try:
@@ -410,20 +403,33 @@ async def _send(
                     finally:
                         _catch_sigterm()  # asyncio put back the default action when the scheduler let go
                     if result.reason is Ending.DEFERRED:  # leave a forecast behind for `status`
-                        await forecaster.made()
+                        await _forecast_before_exit(forecaster)
                 finally:
                     forecaster.give_up()
                     forecasting.cancel_scope.cancel()
-            tg.cancel_scope.cancel()
-        if scheduler.output_error is not None:
-            click.echo(f"warning: progress output stopped: {scheduler.output_error!r}", err=True)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await store.end_run(run_id, clock.now())
+        tg.cancel_scope.cancel()
+    if scheduler.output_error is not None:
+        click.echo(f"warning: progress output stopped: {scheduler.output_error!r}", err=True)
     for campaign in campaigns:
         counts = await store.counts(campaign.name)
         click.echo(f"{campaign.name}: " + ", ".join(f"{counts[s]} {s}" for s in Status if counts[s]))
     return _exit_code(result)
+
+
+async def _forecast_before_exit(forecaster: Forecaster) -> None:
+    """Wait for a forecast of this run, unless Ctrl-C or SIGTERM says not to: everything is
+    recorded already, so a signal only skips the forecast."""
+    async with anyio.create_task_group() as tg:
+
+        async def skip_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    forecaster.give_up()
+                    tg.cancel_scope.cancel()
+
+        tg.start_soon(skip_on_signal)
+        await forecaster.made()
+        tg.cancel_scope.cancel()
 
 
 def _exit_code(result: RunResult) -> int:
@@ -586,96 +592,81 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
     clock = SystemClock()
     async with _open_store(db, clock, create=False, sandbox=use_sandbox) as store:
         names = [name] if name else await store.campaign_names()
-        settings = [await store.campaign(n) for n in names]
-        account_ids = sorted({a for c in settings for a in c.account_ids})
-        now = clock.now()
-        pacing = await store.pacing(account_ids, names, now)
-        state_of: dict[str, str] = {}
-        accounts = []
-        for account_id in account_ids:
-            found = await store.account_status(account_id, pacing[account_id], now)
-            schedules = found.pacing.schedules
-            zone = schedules[0] if schedules else Schedule()
-            state, detail = describe_account(found, now, lambda t, z=zone: _local(z, t))
-            state_of[account_id] = state
-            next_at = max(found.next_at, now)
-            accounts.append(
-                {
-                    "account_id": account_id or None,
-                    "state": state,
-                    "detail": detail,
-                    "limits": str(found.pacing),
-                    "warmup_day": found.pacing.warmup_day,
-                    "warmup_cap_today": found.pacing.warmup_cap,
-                    "window_used": found.window_used,
-                    "window_cap": found.window_cap,
-                    "next_send_at": iso(next_at),
-                    "next_send_local": _local(zone, next_at),
-                    "waiting_for": None if found.reason == "ready" else describe_wait(found.reason),
-                    "hold_until": iso(found.hold_until) if found.hold_until > now else None,
-                    "stopped_reason": found.stopped_reason,
-                }
-            )
-        campaigns = []
-        endings: dict[str, str] = {}  # campaign -> the end of its line: the projected finish
-        for c in settings:
-            counts = await store.counts(c.name)
-            # Accounts stopped or blocked send nothing until someone acts.
-            out = (Availability.STOPPED, Availability.BLOCKED)
-            able = [a for a in c.account_ids if a in pacing and state_of.get(a) not in out]
-            found = await store.latest_forecast(c.name) if counts["pending"] else None
-            finish = found.finish if found and found.result == Ending.DONE else None
-            campaigns.append(
-                {
-                    "name": c.name,
-                    "counts": counts,
-                    "projected_finish": iso(finish),
-                    "projected_finish_local": local_time(finish, c.timezone) if finish else None,
-                    "forecast": {
-                        "made_at": iso(found.made_at),
-                        "made_at_local": local_time(found.made_at, c.timezone),
-                        "result": found.result,
-                        "pending": found.pending,
-                    }
-                    if found
-                    else None,
-                    "accounts_able": len(able),
-                }
-            )
-            endings[c.name] = _finish_line(counts["pending"], able, found, c.timezone, now)
+        found = await overview(store, names, clock.now())
     if as_json:
-        click.echo(json.dumps({"campaigns": campaigns, "accounts": accounts}, indent=2))
+        click.echo(json.dumps(_status_json(found), indent=2))
         return EXIT_OK
-    for c in campaigns:
-        counts = c["counts"]
-        total = sum(counts.values())
-        tally = ", ".join(f"{counts[s]} {s}" for s in Status)
-        click.echo(f"{c['name']}: {total} recipients: {tally}{endings[c['name']]}")
-    for a in accounts:
+    for c in found.campaigns:
+        total = sum(c.counts.values())
+        tally = ", ".join(f"{c.counts[s]} {s}" for s in Status)
+        click.echo(f"{c.settings.name}: {total} recipients: {tally}{_finish_line(c, found.now)}")
+    for a in found.accounts:
         click.echo(
-            f"account {account_label(a['account_id'] or '')}: {a['detail']}; limits {a['limits']};"
-            f" {a['window_used']}/{a['window_cap']} used in the current window"
+            f"account {account_label(a.account_id)}: {a.detail}; limits {a.found.pacing};"
+            f" {a.found.window_used}/{a.found.window_cap} used in the current window"
         )
     return EXIT_OK
 
 
-def _finish_line(pending: int, able: list[str], found: Forecast | None, timezone: str, now: float) -> str:
+def _status_json(found: Overview) -> dict[str, Any]:
+    now = found.now
+    campaigns = []
+    for c in found.campaigns:
+        tz, forecast = c.settings.timezone, c.forecast
+        campaigns.append(
+            {
+                "name": c.settings.name,
+                "counts": c.counts,
+                "projected_finish": iso(c.finish),
+                "projected_finish_local": local_time(c.finish, tz) if c.finish else None,
+                "forecast": {
+                    "made_at": iso(forecast.made_at),
+                    "made_at_local": local_time(forecast.made_at, tz),
+                    "result": forecast.result,
+                    "pending": forecast.pending,
+                    "overdue": c.overdue(now),
+                }
+                if forecast
+                else None,
+                "accounts_able": len(c.able),
+            }
+        )
+    accounts = []
+    for a in found.accounts:
+        status = a.found
+        accounts.append(
+            {
+                "account_id": a.account_id or None,
+                "state": a.state,
+                "detail": a.detail,
+                "limits": str(status.pacing),
+                "warmup_day": status.pacing.warmup_day,
+                "warmup_cap_today": status.pacing.warmup_cap,
+                "window_used": status.window_used,
+                "window_cap": status.window_cap,
+                "next_send_at": iso(a.next_at),
+                "next_send_local": local_time(a.next_at, a.timezone),
+                "waiting_for": None if status.reason is Wait.READY else describe_wait(status.reason),
+                "hold_until": iso(status.hold_until) if status.hold_until > now else None,
+                "stopped_reason": status.stopped_reason,
+            }
+        )
+    return {"campaigns": campaigns, "accounts": accounts}
+
+
+def _finish_line(c: CampaignView, now: float) -> str:
     """The end of a campaign's line in `status`: the projected finish, from the latest forecast."""
-    if not pending:
+    if not c.counts[Status.PENDING]:
         return ""
-    if not able:
+    if not c.able:
         return "; no account of it can send now (see below)"
+    found, tz = c.forecast, c.settings.timezone
     if found is None:
-        return "; no forecast yet (a run makes one when its accounts first wait; `plan FILE` makes one now)"
-    made = local_time(found.made_at, timezone)
-    if found.finish is not None and found.result == Ending.DONE and found.finish < now:
-        return f"; the forecast of {made} saw the last send at {local_time(found.finish, timezone)}, now past"
-    return f"; {describe_finish(found.finish, found.result, timezone)} (forecast of {made})"
-
-
-def _local(schedule: Schedule, epoch: float) -> str:
-    """A moment as people read it: minutes, in the time zone of the account or campaign."""
-    return schedule.local(epoch).strftime("%Y-%m-%d %H:%M %Z")
+        return "; no forecast yet (a run makes one when its accounts first wait; `plan FILE` shows one now)"
+    made = local_time(found.made_at, tz)
+    if c.finish is not None and c.overdue(now):
+        return f"; the forecast of {made} saw the last send at {local_time(c.finish, tz)}, now past"
+    return f"; {describe_finish(found.finish, found.result, tz)} (forecast of {made})"
 
 
 @cli.command()

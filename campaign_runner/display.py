@@ -3,7 +3,6 @@ an account's state, a forecast's finish."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
@@ -40,9 +39,14 @@ def describe_wait(reason: Wait) -> str:
     return _WAITS[reason]
 
 
-def describe_account(found: AccountStatus, now: float, local: Callable[[float], str]) -> tuple[Availability, str]:
-    """An account's state at a glance, as (state, a line for people): stopped (and why), blocked or
-    held by the API, paused by the breaker, sending, waiting (for what, until when), or ready."""
+def describe_account(found: AccountStatus, now: float, timezone: str) -> tuple[Availability, str]:
+    """An account's state at a glance, as (state, a line for people, times in `timezone`): stopped
+    (and why), blocked or held by the API, paused by the breaker, sending, waiting (for what,
+    until when), or ready."""
+
+    def local(epoch: float) -> str:
+        return local_time(epoch, timezone)
+
     hold = found.hold_reason or ""
     held = found.hold_until > now
     if held and hold.startswith("blocked by the API"):

@@ -6,11 +6,12 @@
     ├── StoreError                    the database cannot be used (unwritable, corrupt)
     │   └── SchemaTooNewError         the database was written by a newer campaign-runner
     ├── UnknownCampaignError          no campaign of that name in the database
-    ├── ChangeRefusedError            message/group/endpoint changed after sending began
-    └── FatalApiError                 exit 1: the API refuses every request (401, wrong URL)
+    └── ChangeRefusedError            message/group/endpoint changed after sending began
 
 Expected outcomes of a request (sent, refused, rate limited, unknown...) are not errors: they are
-values (`campaign_runner.outcome.Outcome`). An interrupted run exits 130; that is not an error either.
+values (`campaign_runner.outcome.Outcome`). A run the API stops (the key refused, a wrong address)
+or whose accounts all stop ends with exit 1 (`Ending.FATAL`, `Ending.ACCOUNTS_STOPPED`); an
+interrupted run exits 130. Neither is an exception.
 """
 
 from __future__ import annotations
@@ -60,7 +61,3 @@ class UnknownCampaignError(CampaignRunnerError):
 
 class ChangeRefusedError(CampaignRunnerError):
     pass
-
-
-class FatalApiError(CampaignRunnerError):
-    exit_code = 1

@@ -148,24 +148,24 @@ async def _simulate(
             plan.sent += 1
             plan.finish = clock.now()
 
-    scheduler: Scheduler
     key = secrets.token_urlsafe(16)
     box = Sandbox(SandboxConfig(api_key=key, quota=10**9, quota_window=1.0), clock)
-    run_id = await store.begin_run("plan", clock.now(), PLAN_DEADLINE)
-    transport = _InProcess(box)
+    headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(
-        transport=transport, base_url="http://sandbox/linkedin/", headers={"Authorization": f"Bearer {key}"}
+        transport=_InProcess(box), base_url="http://sandbox/linkedin/", headers=headers
     ) as http:
-        scheduler = Scheduler(
+        api = ApiClient(http, PLAN_DEADLINE)
+        async with Scheduler.begun(
             store,
-            ApiClient(http, PLAN_DEADLINE),
+            api,
             clock,
-            run_id=run_id,
+            command="plan",
+            deadline=PLAN_DEADLINE,
             campaigns=[settings],
             emit=record,
             rng=random.Random(0),
-        )
-        result = await scheduler.run()
+        ) as scheduler:
+            result = await scheduler.run()
     plan.result = result.reason
     plan.per_day = {day: dict(by_account) for day, by_account in sorted(days.counts.items())}
     if plan.settled_from is not None:

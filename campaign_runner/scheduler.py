@@ -16,8 +16,10 @@ from __future__ import annotations
 import random
 import signal
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -80,6 +82,29 @@ class Scheduler:
         self._key_line = KeyLine()  # accounts waiting for the API key's limit
         self._key_wakes: dict[str, anyio.Event] = {}  # how to wake each, when it comes to the head
         self._workers_scope: anyio.CancelScope | None = None
+
+    @classmethod
+    @asynccontextmanager
+    async def begun(
+        cls,
+        store: Store,
+        api: ApiClient,
+        clock: Clock,
+        *,
+        command: str,
+        deadline: float,
+        campaigns: Sequence[CampaignSettings],
+        **options: Any,
+    ) -> AsyncIterator[Scheduler]:
+        """A scheduler for one run of `command`: the run is recorded as begun before anything is
+        sent (so that a later run can recover its claims if this process dies), and as ended
+        afterwards, whatever happens in between. `options` are the constructor's."""
+        run_id = await store.begin_run(command, clock.now(), deadline)
+        try:
+            yield cls(store, api, clock, run_id=run_id, campaigns=campaigns, **options)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.end_run(run_id, clock.now())
 
     def accounts(self) -> dict[str, list[str]]:
         """Account id -> the campaigns it sends for, in the order given."""

@@ -645,12 +645,12 @@ class Store:
             rows = self._all(sql + " ORDER BY created_at, name")
         return [row[0] for row in rows]
 
-    def _pacing_of(self, accounts: Sequence[str], running: Sequence[str], now: float) -> dict[str, Pacing]:
-        """Limits in force per account (see `_pacing`)."""
+    def _pacing(self, accounts: Sequence[str], running: Sequence[str], now: float) -> dict[str, Pacing]:
+        """Limits in force per account (see `_account_pacing`)."""
         with self._snapshot():
-            return {account: pacing for account in accounts if (pacing := self._pacing(account, running, now))}
+            return {account: pacing for account in accounts if (pacing := self._account_pacing(account, running, now))}
 
-    def _pacing(self, account_id: str, running: Sequence[str], now: float) -> Pacing | None:
+    def _account_pacing(self, account_id: str, running: Sequence[str], now: float) -> Pacing | None:
         """The limits and schedules of the campaigns running now and of every other campaign with
         work left that uses the account. Every one of them holds at once, so the smallest wins.
         A warm-up adds a daily limit that grows with the account's days of sending."""
@@ -763,7 +763,7 @@ class Store:
                 )
             }
             campaigns = [name for name in campaigns if name in settings]
-            pacing = self._pacing(account_id, campaigns, now)
+            pacing = self._account_pacing(account_id, campaigns, now)
             if pacing is None or not campaigns:
                 return Drained()
             state = self._account_state(account_id, pacing, now, self._key_limits(campaigns))
@@ -1176,8 +1176,8 @@ class Store:
         return await self._run(self._campaign_names, unfinished_only)
 
     async def pacing(self, accounts: Sequence[str], running: Sequence[str], now: float) -> dict[str, Pacing]:
-        """Limits in force per account (see `_pacing`)."""
-        return await self._run(self._pacing_of, accounts, running, now)
+        """Limits in force per account (see `_account_pacing`)."""
+        return await self._run(self._pacing, accounts, running, now)
 
     async def claim(
         self,

@@ -2,22 +2,29 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from hypothesis import strategies as st
 
+from campaign_runner import events
 from campaign_runner.cli import run_cli
+from campaign_runner.client import ApiClient
+from campaign_runner.clock import Clock
 from campaign_runner.sandbox import Sandbox, SandboxConfig, serve_in_thread
+from campaign_runner.scheduler import RunResult, Scheduler
 from campaign_runner.settings import Limit
+from campaign_runner.store import Store
 
 API_KEY = "test-key-0123456789"
 
@@ -133,8 +140,50 @@ def parsed_or_none(text: str) -> Limit | None:
 
 
 def max_in_window(times: list[float], window: float) -> int:
+    """The most of `times` in any closed interval of length `window` (a sweep over the sorted times)."""
     times = sorted(times)
-    return max((sum(1 for t in times[i:] if t <= start + window) for i, start in enumerate(times)), default=0)
+    j, best = 0, 0
+    for i, start in enumerate(times):
+        while j < len(times) and times[j] <= start + window:
+            j += 1
+        best = max(best, j - i)
+    return best
+
+
+# --- the real scheduler, in process ---------------------------------------------------------
+
+
+async def run_campaigns(
+    store: Store,
+    clock: Clock,
+    app: Any,
+    names: Sequence[str] = ("test-campaign",),
+    *,
+    seed: int = 1,
+    stop_after: int | None = None,
+    emit: Callable[[events.Event], None] | None = None,
+) -> tuple[RunResult, list[events.Event]]:
+    """Run campaigns of `store` with the real scheduler and client against `app` (the sandbox, or a
+    wrapper of it) reached in process, as `run` would; stop after `stop_after` answers if given.
+    Returns how the run ended and every event it reported."""
+    campaigns = [await store.campaign(name) for name in names]
+    seen: list[events.Event] = []
+
+    def sink(event: events.Event) -> None:
+        seen.append(event)
+        if emit is not None:
+            emit(event)
+        if stop_after is not None and sum(isinstance(e, events.Attempted) for e in seen) >= stop_after:
+            scheduler.stop()
+
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sandbox/linkedin/", headers=headers) as http:
+        async with Scheduler.begun(
+            store, ApiClient(http, 60.0), clock, command="test", deadline=60.0, campaigns=campaigns, emit=sink,
+            rng=random.Random(seed),
+        ) as scheduler:  # fmt: skip
+            return await scheduler.run(), seen
 
 
 # --- real runner processes ------------------------------------------------------------------

@@ -4,29 +4,24 @@ virtual clock through the real scheduler, store and sandbox, checked against ind
 from __future__ import annotations
 
 import os
-import random
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from campaign_runner import events
-from campaign_runner.client import ApiClient
 from campaign_runner.clock import VirtualClock
 from campaign_runner.config import load_campaign
 from campaign_runner.errors import CampaignFileError
 from campaign_runner.limiter import Pacing
 from campaign_runner.sandbox import Sandbox, SandboxConfig
 from campaign_runner.schedule import Schedule, parse_hours
-from campaign_runner.scheduler import Scheduler
 from campaign_runner.settings import Limit
 from campaign_runner.store import Store
 
-from conftest import API_KEY, max_in_window, urn, write_campaign
+from conftest import API_KEY, max_in_window, run_campaigns, urn, write_campaign
 
 BERLIN, NEW_YORK = "Europe/Berlin", "America/New_York"
 EXAMPLES = int(os.environ.get("SCHEDULE_EXAMPLES", "25"))  # more for a deeper search, e.g. 500
@@ -126,29 +121,6 @@ def test_bad_schedules_are_refused(tmp_path: Path, fields: dict, message: str) -
 # --- days of sending on a virtual clock ----------------------------------------------------
 
 
-async def send(store: Store, clock: VirtualClock, box: Sandbox, seed: int, stop_after: int | None = None) -> str:
-    campaigns = [await store.campaign("test-campaign")]
-    run_id = await store.begin_run("test", clock.now(), 60.0)
-    seen = 0
-    transport = httpx.ASGITransport(app=box)
-    async with httpx.AsyncClient(transport=transport, base_url="http://sandbox/linkedin/",
-                                 headers={"Authorization": f"Bearer {API_KEY}"}) as http:  # fmt: skip
-        scheduler: Scheduler
-
-        def emit(event: events.Event) -> None:
-            nonlocal seen
-            if isinstance(event, events.Attempted):
-                seen += 1
-                if stop_after is not None and seen >= stop_after:
-                    scheduler.stop()
-
-        scheduler = Scheduler(store, ApiClient(http, 60.0), clock, run_id=run_id, campaigns=campaigns, emit=emit,
-                              rng=random.Random(seed))  # fmt: skip
-        result = await scheduler.run()
-    await store.end_run(run_id, clock.now())
-    return result.reason
-
-
 def open_at(t: float, tz: str, start: int, end: int, days: frozenset[int]) -> bool:
     """The schedule's rule, written out plainly: local minutes and weekdays, nothing shared."""
     moment = datetime.fromtimestamp(t, ZoneInfo(tz))
@@ -204,12 +176,12 @@ async def test_days_of_sending_keep_every_rule_and_use_what_they_allow(tmp_path_
     store = await Store.open(folder / "days.db", begin)
     try:
         await store.load([load_campaign(path)], begin)
-        first = await send(store, clock, box, s["seed"], stop_after=s["restart_after"])
+        first = (await run_campaigns(store, clock, box, seed=s["seed"], stop_after=s["restart_after"]))[0].reason
         restart = clock.now() + s["downtime"]
         if first != "done":
             clock = VirtualClock(restart)  # a new process, later: only the database remembers
             box.clock = clock
-            assert await send(store, clock, box, s["seed"] + 1) == "done"
+            assert (await run_campaigns(store, clock, box, seed=s["seed"] + 1))[0].reason == "done"
         assert (await store.counts("test-campaign"))["sent"] == recipients
     finally:
         await store.close()
@@ -285,7 +257,7 @@ async def test_gaps_are_jittered_but_the_day_still_carries_its_cap(tmp_path: Pat
     store = await Store.open(tmp_path / "jitter.db", begin)
     try:
         await store.load([load_campaign(path)], begin)
-        assert await send(store, clock, box, seed=3) == "done"
+        assert (await run_campaigns(store, clock, box, seed=3))[0].reason == "done"
     finally:
         await store.close()
     times = sorted(r.at for r in box.requests)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import httpx
@@ -16,43 +15,12 @@ from campaign_runner.sandbox import Sandbox, SandboxConfig
 from campaign_runner.scheduler import Scheduler
 from campaign_runner.store import Store
 
-from conftest import API_KEY, urn, write_campaign
+from conftest import API_KEY, max_in_window, run_campaigns, urn, write_campaign
 
 pytestmark = pytest.mark.anyio
 
 START = 1_800_000_000.0  # a Friday in January 2027, UTC
 DAY = 86400.0
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    times = sorted(times)
-    j, best = 0, 0
-    for i, start in enumerate(times):
-        while j < len(times) and times[j] <= start + window:
-            j += 1
-        best = max(best, j - i)
-    return best
-
-
-async def send_all(store: Store, clock: VirtualClock, box: Sandbox, names: list[str], stop_after: int | None = None):
-    campaigns = [await store.campaign(n) for n in names]
-    run_id = await store.begin_run("test", clock.now(), 60.0)
-    seen: list[events.Event] = []
-    transport = httpx.ASGITransport(app=box)
-    async with httpx.AsyncClient(transport=transport, base_url="http://sandbox/linkedin/",
-                                 headers={"Authorization": f"Bearer {API_KEY}"}) as http:  # fmt: skip
-        scheduler: Scheduler
-
-        def emit(event: events.Event) -> None:
-            seen.append(event)
-            if stop_after is not None and sum(isinstance(e, events.Attempted) for e in seen) >= stop_after:
-                scheduler.stop()
-
-        scheduler = Scheduler(store, ApiClient(http, 60.0), clock, run_id=run_id, campaigns=campaigns,
-                              emit=emit, rng=random.Random(1))  # fmt: skip
-        result = await scheduler.run()
-    await store.end_run(run_id, clock.now())
-    return result, seen
 
 
 async def test_150_a_day_for_days_across_a_restart(tmp_path: Path) -> None:
@@ -63,7 +31,7 @@ async def test_150_a_day_for_days_across_a_restart(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "days.db", clock.now())
     try:
         await store.load([load_campaign(path)], clock.now())
-        result, _ = await send_all(store, clock, box, ["test-campaign"], stop_after=250)
+        result, _ = await run_campaigns(store, clock, box, stop_after=250)
         assert result.reason == "interrupted"
     finally:
         await store.close()
@@ -72,7 +40,7 @@ async def test_150_a_day_for_days_across_a_restart(tmp_path: Path) -> None:
     box.clock = clock
     store = await Store.open(tmp_path / "days.db", clock.now())
     try:
-        result, seen = await send_all(store, clock, box, ["test-campaign"])
+        result, seen = await run_campaigns(store, clock, box)
         assert result.reason == "done"
         assert (await store.counts("test-campaign"))["sent"] == 700
     finally:
@@ -100,7 +68,6 @@ async def test_output_that_fails_never_stops_sending(tmp_path: Path) -> None:
     try:
         await store.load([load_campaign(path)], clock.now())
         campaigns = [await store.campaign("test-campaign")]
-        run_id = await store.begin_run("test", clock.now(), 60.0)
         calls = 0
 
         def broken(event: events.Event) -> None:
@@ -111,8 +78,11 @@ async def test_output_that_fails_never_stops_sending(tmp_path: Path) -> None:
         transport = httpx.ASGITransport(app=box)
         headers = {"Authorization": f"Bearer {API_KEY}"}
         async with httpx.AsyncClient(transport=transport, base_url="http://sandbox/linkedin/", headers=headers) as http:
-            scheduler = Scheduler(store, ApiClient(http, 60.0), clock, run_id=run_id, campaigns=campaigns, emit=broken)
-            result = await scheduler.run()
+            api = ApiClient(http, 60.0)
+            async with Scheduler.begun(
+                store, api, clock, command="test", deadline=60.0, campaigns=campaigns, emit=broken
+            ) as scheduler:
+                result = await scheduler.run()
         assert result.reason == "done"
         assert isinstance(scheduler.output_error, BrokenPipeError)
         assert calls == 1  # switched off after the first failure
@@ -142,13 +112,8 @@ async def test_what_a_request_carries_is_read_with_its_claim_not_cached_at_start
 
     try:
         await store.load([load_campaign(path)], START)
-        campaigns = [await store.campaign("test-campaign")]
-        run_id = await store.begin_run("test", clock.now(), 60.0)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=box), base_url="http://sandbox/linkedin/",
-                                     headers={"Authorization": f"Bearer {API_KEY}"}) as http:  # fmt: skip
-            scheduler = Scheduler(store, ApiClient(http, 60.0), clock, run_id=run_id, campaigns=campaigns,
-                                  emit=reload_after_first_send, rng=random.Random(1))  # fmt: skip
-            assert (await scheduler.run()).reason == "done"
+        result, _ = await run_campaigns(store, clock, box, emit=reload_after_first_send)
+        assert result.reason == "done"
         counts = await store.counts("test-campaign")
     finally:
         other._conn.close()

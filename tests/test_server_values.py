@@ -230,7 +230,7 @@ def test_any_times_and_counts_are_bounded_before_they_are_stored(
     for held, reset, remaining in stored:
         assert held <= now + MAX_HOLD and (reset is None or reset <= now + MAX_HOLD)
         assert remaining is None or 0 <= remaining <= 10**9
-    pacing = store._pacing_of(["acc_1"], ["test-campaign"], now)["acc_1"]
+    pacing = store._pacing(["acc_1"], ["test-campaign"], now)["acc_1"]
     status_now = store._account_status("acc_1", pacing, now)
     assert decide(pacing, store._account_state("acc_1", pacing, now), now).at >= now
     assert status_now.next_at < 253402300799

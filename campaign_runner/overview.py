@@ -1,0 +1,75 @@
+"""Where every campaign and account of a database stands now: what `status` prints (and what a
+dashboard would show). Assembled here from the store, so that the CLI only chooses the words."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .display import describe_account
+from .outcome import Availability, Ending, Status
+from .settings import CampaignSettings
+from .store import AccountStatus, Forecast, Store
+
+__all__ = ["AccountView", "CampaignView", "Overview", "overview"]
+
+CANNOT_SEND = (Availability.STOPPED, Availability.BLOCKED)  # until someone acts
+
+
+@dataclass(frozen=True)
+class AccountView:
+    account_id: str
+    found: AccountStatus  # the store's account status: limits, window use, holds
+    state: Availability
+    detail: str  # the state in words, times in the account's time zone
+    timezone: str
+    next_at: float  # its next send may go then (now, when it may go now)
+
+
+@dataclass(frozen=True)
+class CampaignView:
+    settings: CampaignSettings
+    counts: dict[Status, int]
+    able: tuple[str, ...]  # its accounts that can send (not stopped, not blocked)
+    forecast: Forecast | None  # the latest a run made, while recipients are pending
+
+    @property
+    def finish(self) -> float | None:
+        """The projected finish: the latest forecast's, while one of its accounts can send."""
+        found = self.forecast
+        if found is None or found.result != Ending.DONE or not self.able:
+            return None
+        return found.finish
+
+    def overdue(self, now: float) -> bool:
+        """The forecast's finish has passed with recipients still pending."""
+        return self.finish is not None and self.finish < now
+
+
+@dataclass(frozen=True)
+class Overview:
+    now: float
+    campaigns: list[CampaignView]
+    accounts: list[AccountView]
+
+
+async def overview(store: Store, names: Sequence[str], now: float) -> Overview:
+    """Campaigns `names` and every account they use, as they stand at `now`."""
+    settings = [await store.campaign(name) for name in names]
+    account_ids = sorted({a for c in settings for a in c.account_ids})
+    pacing = await store.pacing(account_ids, names, now)
+    accounts = []
+    for account_id in account_ids:
+        found = await store.account_status(account_id, pacing[account_id], now)
+        schedules = found.pacing.schedules
+        timezone = schedules[0].timezone if schedules else "UTC"
+        state, detail = describe_account(found, now, timezone)
+        accounts.append(AccountView(account_id, found, state, detail, timezone, max(found.next_at, now)))
+    state_of = {a.account_id: a.state for a in accounts}
+    campaigns = []
+    for c in settings:
+        counts = await store.counts(c.name)
+        able = tuple(a for a in c.account_ids if a in pacing and state_of.get(a) not in CANNOT_SEND)
+        forecast = await store.latest_forecast(c.name) if counts[Status.PENDING] else None
+        campaigns.append(CampaignView(c, counts, able, forecast))
+    return Overview(now, campaigns, accounts)
