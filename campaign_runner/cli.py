@@ -402,8 +402,8 @@ async def _send(
                         result = await scheduler.run()
                     finally:
                         _catch_sigterm()  # asyncio put back the default action when the scheduler let go
-                    if result.reason is Ending.DEFERRED:  # leave a forecast behind for `status`
-                        await _forecast_before_exit(forecaster)
+                    if result.reason in (Ending.DEFERRED, Ending.ACCOUNTS_STOPPED):  # work is left:
+                        await _forecast_before_exit(forecaster)  # leave a forecast behind for `status`
                 finally:
                     forecaster.give_up()
                     forecasting.cancel_scope.cancel()

@@ -337,7 +337,6 @@ class Campaign(CampaignSettings):
     warnings: tuple[Problem, ...] = ()
     advice: tuple[Problem, ...] = ()  # what `validate` also points out: columns the message never uses
     columns: tuple[str, ...] = ()  # the recipients' variables, in file order
-    timezone: str = "UTC"  # the campaign's schedule's (accounts may have their own)
 
 
 class BlankCell(StrictUndefined):
@@ -437,7 +436,7 @@ def load_campaign(path: str | Path) -> Campaign:
         warnings=tuple(warnings),
         advice=tuple(advice),
         columns=tuple(keys),
-        timezone=spec.schedule.timezone or "UTC",
+        timezone=spec.schedule.timezone or (accounts[0].schedule.timezone if accounts else "UTC"),
     )
 
 

@@ -75,18 +75,23 @@ async def make_plan(campaign: Campaign, start: float, db: Path | None = None, se
     Once sending has settled into a weekly pattern (`settle`), the rest is that week repeated."""
     async with _scratch(db, start) as store:
         await store.load([campaign], start, accept_changes=True)
-        return await _simulate(store, VirtualClock(start), campaign.name, campaign.timezone, settle)
+        plans = await _simulate(store, VirtualClock(start), [campaign.name], settle)
+    return plans[campaign.name]
 
 
 async def forecast(
-    db: Path, name: str, start: float, give_up: threading.Event | None = None, leave_out: Collection[str] = ()
-) -> Plan:
-    """The plan of a campaign already in `db`, as it stands at `start`, without the accounts in
+    db: Path,
+    names: Sequence[str],
+    start: float,
+    give_up: threading.Event | None = None,
+    leave_out: Collection[str] = (),
+) -> dict[str, Plan]:
+    """The plans of campaigns already in `db`, sent together (as one run sends them: accounts they
+    share are shared) from the database as it stands at `start`, without the accounts in
     `leave_out` (those a run has stopped): what `run` forecasts, and `status` shows. Setting
-    `give_up` (from another thread) ends the simulation early, its plan cut short (GIVEN_UP)."""
+    `give_up` (from another thread) ends the simulation early, its plans cut short (GIVEN_UP)."""
     async with _scratch(db, start) as store:
-        timezone = (await store.campaign(name)).timezone
-        return await _simulate(store, VirtualClock(start), name, timezone, give_up=give_up, leave_out=leave_out)
+        return await _simulate(store, VirtualClock(start), names, give_up=give_up, leave_out=leave_out)
 
 
 def as_forecast(plan: Plan, made_at: float) -> Forecast:
@@ -113,40 +118,62 @@ async def _scratch(db: Path | None, start: float) -> AsyncIterator[Store]:
 async def _simulate(
     store: Store,
     clock: VirtualClock,
-    name: str,
-    timezone: str,
+    names: Sequence[str],
     settle: bool = True,
     give_up: threading.Event | None = None,
     leave_out: Collection[str] = (),
-) -> Plan:
-    settings = await store.campaign(name)
-    settings = replace(settings, accounts=tuple(a for a in settings.accounts if a.id not in leave_out))
-    to_send = (await store.counts(name))["pending"]
-    plan = Plan(name, timezone, clock.now(), None, to_send, 0, accounts=settings.account_ids)
-    if not settings.accounts:
-        plan.result = Ending.ACCOUNTS_STOPPED
-        return plan
-    days = _Days(zone(timezone), clock.now())
+) -> dict[str, Plan]:
+    """Send `names` together on the virtual clock; one plan per campaign. Once every campaign with
+    recipients left has settled into a weekly pattern, the simulation stops and the rest of each
+    is its own last week repeated. (A campaign that then finishes leaves its share of the accounts
+    to the others in reality, not in the repeated weeks: with several, a finish comes no earlier
+    than forecast.)"""
+    start = clock.now()
+    settings = []
+    plans: dict[str, Plan] = {}
+    for name in names:
+        found = await store.campaign(name)
+        found = replace(found, accounts=tuple(a for a in found.accounts if a.id not in leave_out))
+        pending = (await store.counts(name))[Status.PENDING]
+        plans[name] = Plan(name, found.timezone, start, None, pending, 0, accounts=found.account_ids)
+        if found.accounts:
+            settings.append(found)
+        else:
+            plans[name].result = Ending.ACCOUNTS_STOPPED
+    if not settings:
+        return plans
+    days = {c.name: _Days(zone(c.timezone), start) for c in settings}
+    settled_at: float | None = None  # when the simulation stopped to repeat the weekly patterns
+
+    def unfinished() -> list[str]:
+        return [name for name in days if plans[name].sent < plans[name].to_send]
+
+    def everyone_settled(now: float) -> bool:
+        return all(days[n].settled(days[n].day_of(now) - timedelta(days=1)) for n in unfinished())
 
     def record(event: events.Event) -> None:
-        if plan.settled_from is not None:
-            return  # the run is stopping: what is left comes from the weekly pattern
+        nonlocal settled_at
+        if settled_at is not None:
+            return  # the run is stopping: what is left comes from the weekly patterns
+        now = clock.now()
         if give_up is not None and give_up.is_set():
             scheduler.stop(Ending.GIVEN_UP, "the forecast is no longer wanted")
             return
-        if clock.now() > plan.start + PLAN_HORIZON:  # schedules that never meet would wait forever
+        if now > start + PLAN_HORIZON:  # schedules that never meet would wait forever
             scheduler.stop(Ending.HORIZON, "the plan looked two years ahead")
         if isinstance(event, events.AccountHeld | events.AccountPaused | events.AccountStopped):
-            days.disturbed.add(days.day_of(clock.now()))
+            for found in days.values():
+                found.disturbed.add(found.day_of(now))
         if isinstance(event, events.Attempted) and event.status is Status.SENT:
-            day = days.day_of(clock.now())
-            if settle and day > days.last and days.settled(days.last):
-                plan.settled_from = day  # the sends of `day` on are taken from the pattern
+            plan, found = plans[event.campaign], days[event.campaign]
+            day = found.day_of(now)
+            if settle and day > found.last and everyone_settled(now):
+                settled_at = now  # the sends from today on are taken from the patterns
                 scheduler.stop(Ending.SETTLED, "sending has settled into a weekly pattern")
                 return
-            days.add(day, clock.now(), event.account_id)
+            found.add(day, now, event.account_id)
             plan.sent += 1
-            plan.finish = clock.now()
+            plan.finish = now
 
     key = secrets.token_urlsafe(16)
     box = Sandbox(SandboxConfig(api_key=key, quota=10**9, quota_window=1.0), clock)
@@ -155,31 +182,34 @@ async def _simulate(
         transport=_InProcess(box), base_url="http://sandbox/linkedin/", headers=headers
     ) as http:
         api = ApiClient(http, PLAN_DEADLINE)
+        options = {"emit": record, "rng": random.Random(0)}
         async with Scheduler.begun(
-            store,
-            api,
-            clock,
-            command="plan",
-            deadline=PLAN_DEADLINE,
-            campaigns=[settings],
-            emit=record,
-            rng=random.Random(0),
+            store, api, clock, command="plan", deadline=PLAN_DEADLINE, campaigns=settings, **options
         ) as scheduler:
             result = await scheduler.run()
-    plan.result = result.reason
-    plan.per_day = {day: dict(by_account) for day, by_account in sorted(days.counts.items())}
-    if plan.settled_from is not None:
-        _repeat_weeks(plan, days, plan.settled_from)
-    return plan
+    left = unfinished()
+    for name, found in days.items():
+        plan = plans[name]
+        plan.result = result.reason if name in left else Ending.DONE
+        if settled_at is not None and name in left:
+            first = found.day_of(settled_at)
+            plan.sent -= sum(found.counts.pop(first, {}).values())  # today is repeated whole, not half
+            found.offsets.pop(first, None)
+            plan.settled_from = first
+        plan.per_day = {day: dict(by_account) for day, by_account in sorted(found.counts.items())}
+        if plan.settled_from is not None:
+            _repeat_weeks(plan, found, plan.settled_from)
+    return plans
 
 
 class Forecaster:
     """Forecasts a run's campaigns while its accounts wait, so that forecasting never delays a send.
 
     The first forecast is made when an account first has to wait (a run that never waits is over
-    before a forecast could matter), another after a hold, a pause or a stop, at most every
-    REFORECAST seconds. Each is `forecast` in a worker thread, on a copy of the database; it is
-    stored for `status`, and told to `emit` for the live view.
+    before a forecast could matter); another at once after an account stops, and after a hold or
+    a pause, at most every REFORECAST seconds. Each is `forecast` of all the run's campaigns in a
+    worker thread, on a copy of the database; it is stored for `status`, and told to `emit` for
+    the live view.
     """
 
     def __init__(self, store: Store, names: Sequence[str], clock: Clock, emit: events.EventSink):
@@ -187,34 +217,67 @@ class Forecaster:
         self._names = list(names)
         self._clock = clock
         self._emit = emit
-        self._wanted = anyio.Event()
-        self._made = anyio.Event()  # set once a forecast of this run is stored
-        self._last: float | None = None
+        self._wanted = anyio.Event()  # a forecast is asked for
+        self._hurry = anyio.Event()  # ...now, not after REFORECAST
+        self._served = anyio.Event()  # the last forecast asked for is made
+        self._last: float | None = None  # when the last forecast of this run was made
+        self._asked = False  # a forecast was asked for in this run
+        self._changed = False  # an account was held, paused or stopped since the last forecast
         self._give_up = threading.Event()
         self._stopped: set[str] = set()  # accounts the run has stopped: the forecast leaves them out
 
     def notice(self, event: events.Event) -> None:
-        """Hear one of the run's events: a wait, a hold, a pause or a stop asks for a forecast."""
+        """Hear one of the run's events: a first wait, a hold, a pause or a stop asks for a forecast."""
         if isinstance(event, events.AccountStopped):
             self._stopped.add(event.account_id)
-        first_wait = self._last is None and isinstance(event, events.AccountWaiting)
-        if first_wait or isinstance(event, events.AccountHeld | events.AccountPaused | events.AccountStopped):
-            self._wanted.set()
+            self._ask(at_once=True, changed=True)
+        elif isinstance(event, events.AccountHeld | events.AccountPaused):
+            self._ask(changed=True)
+        elif isinstance(event, events.AccountWaiting) and not self._asked:
+            self._ask()
+
+    def _ask(self, at_once: bool = False, changed: bool = False) -> None:
+        self._asked = True
+        self._changed |= changed
+        self._wanted.set()
+        if at_once:
+            self._hurry.set()
+        if self._served.is_set():
+            self._served = anyio.Event()
 
     async def run(self) -> None:
-        """Forecast whenever asked to, until cancelled."""
+        """Forecast whenever asked to, until cancelled. A first forecast is skipped when every
+        campaign has one younger than REFORECAST and nothing has changed (a run every few
+        minutes from cron does not forecast every time)."""
         while True:
             await self._wanted.wait()
             if self._last is not None:
-                await self._clock.sleep_until(self._last + REFORECAST)
-            self._wanted = anyio.Event()
-            await self._forecast()
+                await self._clock.sleep_until(self._last + REFORECAST, self._hurry)
+            self._wanted, self._hurry = anyio.Event(), anyio.Event()
+            changed, self._changed = self._changed, False
+            if changed or self._last is not None or not await self._fresh():
+                await self._forecast()
+            if not self._wanted.is_set():
+                self._served.set()
 
     async def made(self) -> None:
-        """Wait for a forecast of this run (asking for one now if none was): `--no-wait` runs
-        leave one behind for `status`."""
-        self._wanted.set()
-        await self._made.wait()
+        """Wait until the run's circumstances are forecast (or, see `run`, were lately): a
+        `--no-wait` run leaves a forecast behind for `status`."""
+        if not self._asked:
+            self._ask(at_once=True)
+        elif self._wanted.is_set():  # a newer one waits for REFORECAST: make it now
+            self._hurry.set()
+        await self._served.wait()
+
+    async def _fresh(self) -> bool:
+        """Every campaign with recipients left has a forecast younger than REFORECAST, made when
+        no fewer were left (none were added since)."""
+        for name in self._names:
+            pending = (await self._store.counts(name))[Status.PENDING]
+            found = await self._store.latest_forecast(name) if pending else None
+            if pending and (found is None or found.made_at < self._clock.now() - REFORECAST or found.pending < pending):
+                return False
+        return True
 
     def give_up(self) -> None:
         """End a forecast in progress: the run is over."""
@@ -222,26 +285,29 @@ class Forecaster:
 
     async def _forecast(self) -> None:
         made_at = self._clock.now()
-        for name in self._names:
-            try:
-                if not (await self._store.counts(name))["pending"]:
-                    continue
-                plan = await anyio.to_thread.run_sync(
-                    _forecast_in_thread, self._store.path, name, made_at, self._give_up, frozenset(self._stopped)
-                )
-                if plan.result is Ending.GIVEN_UP:
-                    return
+        try:
+            names = [name for name in self._names if (await self._store.counts(name))[Status.PENDING]]
+            plans: dict[str, Plan] = {}
+            if names:
+                args = (self._store.path, names, made_at, self._give_up, frozenset(self._stopped))
+                plans = await anyio.to_thread.run_sync(_forecast_in_thread, *args)
+            if any(plan.result is Ending.GIVEN_UP for plan in plans.values()):
+                return
+            for plan in plans.values():
                 await self._store.save_forecast(as_forecast(plan, made_at))
-            except CampaignRunnerError as exc:  # a forecast is worth less than the run: say so, go on
+        except CampaignRunnerError as exc:  # a forecast is worth less than the run: say so, go on
+            for name in self._names:
                 self._emit(events.Forecast(name, made_at, None, "UTC", problem=str(exc)))
-                continue
-            self._emit(events.Forecast(name, made_at, plan.finish, plan.timezone, plan.result))
+        else:
+            for plan in plans.values():
+                self._emit(events.Forecast(plan.campaign, made_at, plan.finish, plan.timezone, plan.result))
         self._last = made_at
-        self._made.set()
 
 
-def _forecast_in_thread(db: Path, name: str, start: float, give_up: threading.Event, leave_out: frozenset[str]) -> Plan:
-    return anyio.run(forecast, db, name, start, give_up, leave_out)
+def _forecast_in_thread(
+    db: Path, names: list[str], start: float, give_up: threading.Event, leave_out: frozenset[str]
+) -> dict[str, Plan]:
+    return anyio.run(forecast, db, names, start, give_up, leave_out)
 
 
 class _Days:

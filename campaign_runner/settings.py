@@ -129,15 +129,11 @@ class CampaignSettings:
     accounts: tuple[Account, ...]
     warmup: Warmup | None
     api_limits: tuple[Limit, ...]  # the API key's own allowance, shared by every account it drives
+    timezone: str  # its times are shown in this zone: its schedule's, else its first account's
 
     @property
     def account_ids(self) -> tuple[str, ...]:
         return tuple(account.id for account in self.accounts)
-
-    @property
-    def timezone(self) -> str:
-        """The time zone its times are shown in: its schedule's (its first account's, in the database)."""
-        return self.accounts[0].schedule.timezone if self.accounts else "UTC"
 
 
 def account_label(account_id: str) -> str:

@@ -426,8 +426,8 @@ class Store:
         db.execute(
             "INSERT INTO campaigns (name, group_id, endpoint, message_template, limit_cap, limit_window,"
             " burst, max_attempts, backoff, breaker_failures, breaker_cooldown, breaker_pauses,"
-            " breaker_forbidden, warmup_start, warmup_increase, api_limits, source, columns, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " breaker_forbidden, warmup_start, warmup_increase, api_limits, source, columns, timezone, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET group_id = excluded.group_id, endpoint = excluded.endpoint,"
             " message_template = excluded.message_template, limit_cap = excluded.limit_cap,"
             " limit_window = excluded.limit_window, burst = excluded.burst,"
@@ -436,6 +436,7 @@ class Store:
             " breaker_pauses = excluded.breaker_pauses, breaker_forbidden = excluded.breaker_forbidden,"
             " warmup_start = excluded.warmup_start, warmup_increase = excluded.warmup_increase,"
             " api_limits = excluded.api_limits, source = excluded.source, columns = excluded.columns,"
+            " timezone = excluded.timezone,"
             " updated_at = excluded.updated_at",
             (
                 campaign.name,
@@ -456,6 +457,7 @@ class Store:
                 ",".join(str(limit) for limit in campaign.api_limits),
                 campaign.source,
                 json.dumps(campaign.columns),
+                campaign.timezone,
                 now,
                 now,
             ),
@@ -564,7 +566,7 @@ class Store:
             row = self._one(
                 "SELECT name, group_id, endpoint, message_template, limit_cap, limit_window, burst,"
                 " max_attempts, backoff, breaker_failures, breaker_cooldown, breaker_pauses, breaker_forbidden,"
-                " warmup_start, warmup_increase, api_limits FROM campaigns WHERE name = ?",
+                " warmup_start, warmup_increase, api_limits, timezone FROM campaigns WHERE name = ?",
                 (name,),
             )
             if row is None:
@@ -576,6 +578,7 @@ class Store:
                 " ORDER BY rowid",
                 (name,),
             )
+        schedules = tuple(Schedule.from_json(a[3]) for a in accounts)
         return CampaignSettings(
             name=row[0],
             group_id=row[1],
@@ -586,9 +589,11 @@ class Store:
             max_attempts=row[7],
             backoff=row[8],
             breaker=Breaker(failures=row[9], cooldown=row[10], pauses=row[11], forbidden=row[12]),
-            accounts=tuple(Account(a[0], Limit(a[1], a[2]), Schedule.from_json(a[3])) for a in accounts),
+            accounts=tuple(Account(a[0], Limit(a[1], a[2]), s) for a, s in zip(accounts, schedules, strict=True)),
             warmup=Warmup(row[13], row[14]) if row[13] is not None else None,
             api_limits=_limits(row[15]),
+            # Loaded before the zone was kept: its first account's (the campaign's, unless overridden).
+            timezone=row[16] or (schedules[0].timezone if schedules else "UTC"),
         )
 
     def _states(self, name: str, urns: Sequence[str]) -> dict[str, tuple[str, bool]]:

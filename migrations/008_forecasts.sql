@@ -10,3 +10,7 @@ CREATE TABLE forecasts (
     per_day   TEXT NOT NULL,     -- JSON: local day (YYYY-MM-DD) -> messages
     PRIMARY KEY (campaign, made_at)
 );
+
+-- The campaign's own time zone (its schedule's, else its first account's): forecasts and `status`
+-- show its times there, as `plan` does.
+ALTER TABLE campaigns ADD COLUMN timezone TEXT;

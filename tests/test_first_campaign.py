@@ -8,6 +8,7 @@ import io
 import json
 import re
 import sqlite3
+from datetime import datetime, timedelta, timezone
 
 from campaign_runner.cli import run_cli
 
@@ -293,3 +294,59 @@ def test_a_run_that_never_waits_makes_no_forecast_and_status_says_how_to_get_one
     assert out.splitlines()[0].endswith(
         "; no forecast yet (a run makes one when its accounts first wait; `plan FILE` shows one now)"
     )
+
+
+def finishes(cli) -> dict[str, datetime]:
+    code, out, _ = cli("status", "--json")
+    assert code == 0
+    return {
+        c["name"]: datetime.fromisoformat(c["projected_finish"].replace("Z", "+00:00"))
+        for c in json.loads(out)["campaigns"]
+        if c["projected_finish"]
+    }
+
+
+def test_campaigns_run_together_are_forecast_together(cli, serve_sandbox, tmp_path) -> None:
+    """Two campaigns sharing one account at 2 a day: the 11 left take five days and a half together,
+    not the three or less each would take alone."""
+    box, url = serve_sandbox()
+    files = [
+        write_campaign(tmp_path, f"{name}.yaml", name=name, limit="2/day",
+                       recipients=[{"profile_urn": urn(first + i)} for i in range(6)])
+        for name, first in (("spring", 0), ("autumn", 100))
+    ]  # fmt: skip
+    assert cli("run", *map(str, files), "--no-wait", base_url=url)[0] == 0
+    assert len(box.log) == 1  # the bucket spreads the two of a day: the next one is due in 12 hours
+    found = finishes(cli)
+    now = datetime.now(timezone.utc)
+    assert set(found) == {"spring", "autumn"}
+    assert all(finish - now > timedelta(days=3.5) for finish in found.values()), found  # alone: 2.5 days
+    assert max(found.values()) - now > timedelta(days=4.5)
+
+
+def test_an_account_stopped_during_the_run_is_left_out_of_its_forecast(cli, serve_sandbox, tmp_path) -> None:
+    """A fast account is stopped by a 403 streak: the forecast the run leaves behind counts only
+    the slow account that goes on, not the one that would have finished everything at once."""
+    box, url = serve_sandbox(forbidden_after={"acc_fast": 0})
+    accounts = ["acc_slow", {"id": "acc_fast", "limit": "100/1s"}]
+    people = [{"profile_urn": urn(i)} for i in range(20)]
+    path = write_campaign(tmp_path, accounts=accounts, limit="3/day", breaker={"forbidden": 2}, recipients=people)
+    code, out, _ = cli("run", str(path), "--no-wait", base_url=url)
+    assert "acc_fast stopped for this run" in out
+    [finish] = finishes(cli).values()
+    assert finish - datetime.now(timezone.utc) > timedelta(days=5)  # about 19 left at 3 a day
+
+
+def test_the_finish_is_shown_in_the_same_zone_by_run_status_and_plan(cli, serve_sandbox, tmp_path) -> None:
+    """Only the accounts name a time zone: the campaign takes its first account's, everywhere."""
+    box, url = serve_sandbox()
+    accounts = [{"id": "acc_1", "timezone": "Asia/Tokyo"}, {"id": "acc_2", "timezone": "America/Los_Angeles"}]
+    path = write_campaign(tmp_path, accounts=accounts, limit="3/day",
+                          recipients=[{"profile_urn": urn(i)} for i in range(12)])  # fmt: skip
+    code, out, _ = cli("run", str(path), "--no-wait", base_url=url)
+    announced = re.search(r"projected finish (\d{4}-\d\d-\d\d \d\d:\d\d JST) \(forecast\)", out)
+    assert announced is not None, out
+    code, out, _ = cli("status", "--json")
+    assert json.loads(out)["campaigns"][0]["projected_finish_local"] == announced[1]
+    code, out, _ = cli("plan", str(path), "--json")
+    assert json.loads(out)["finish_local"] == announced[1]
