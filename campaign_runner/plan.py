@@ -9,8 +9,10 @@ the accounts' windows, holds and warm-up days) counts and nothing of the user's 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import secrets
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -34,13 +36,14 @@ from .outcome import Ending, Status
 from .sandbox import Sandbox, SandboxConfig
 from .schedule import zone
 from .scheduler import Scheduler
-from .store import Forecast, Store
+from .store import Forecast, Store, process_alive
 
 __all__ = ["Plan", "as_forecast", "forecast", "make_plan"]
 
 SETTLED_WEEKS = 2  # weeks alike, day by day, before the rest of a plan is the last one repeated
 PLAN_DEADLINE = 60.0  # seconds a request may take; the sandbox answers at once on the virtual clock
 PLAN_HORIZON = 2 * 366 * 86400.0  # a plan looks this far ahead at most (schedules that never meet...)
+SCRATCH_PREFIX = "campaign-runner-plan-"  # + the pid of the process the copy belongs to
 REFORECAST = 3600.0  # a run forecasts again after a hold, a pause or a stop, at most this often
 
 
@@ -103,7 +106,8 @@ def as_forecast(plan: Plan, made_at: float) -> Forecast:
 @contextlib.asynccontextmanager
 async def _scratch(db: Path | None, start: float) -> AsyncIterator[Store]:
     """A throwaway copy of `db` (an empty database without one) that the simulation may change."""
-    with tempfile.TemporaryDirectory(prefix="campaign-runner-plan-") as folder:
+    await anyio.to_thread.run_sync(_sweep_scratch)
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as folder:
         scratch = Path(folder) / "plan.db"
         if db is not None and db.exists():
             await anyio.to_thread.run_sync(_copy, db, scratch)
@@ -360,6 +364,15 @@ def _repeat_weeks(plan: Plan, days: _Days, first: date) -> None:
             plan.finish = days.midnight(day) + sends[-1][0]
         day += timedelta(days=1)
     plan.result = Ending.DONE if remaining == 0 else Ending.HORIZON
+
+
+def _sweep_scratch() -> None:
+    """Remove the scratch copies left by plans and forecasts of processes that are gone (killed,
+    a power cut): each is a copy of a database, recipients and messages included."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _copy(db: Path, target: Path) -> None:

@@ -1301,12 +1301,17 @@ def _claim_may_be_live(
         return started is None or stale_after is None or now < started + stale_after
     if pid == os.getpid():
         return False  # this process has one run; an older run with our pid is a dead one's
+    if not process_alive(pid):
+        return False
+    return pid_start is None or _process_start(pid) in (None, pid_start)
+
+
+def process_alive(pid: int) -> bool:
+    """A process of this host with that pid runs (another user's counts; a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
-    if _is_dead(pid):
-        return False
-    return pid_start is None or _process_start(pid) in (None, pid_start)
+    return not _is_dead(pid)

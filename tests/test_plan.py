@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import anyio
@@ -120,3 +124,22 @@ def test_plan_weekly_sums_the_days_by_week(cli, tmp_path) -> None:
         "2027-03-08   W10     30     30",
         "projected finish: 2027-03-10 16:12 UTC, after 6 sending days (60 sent)",
     ]
+
+
+def test_a_plan_sweeps_away_the_scratch_copies_of_processes_that_are_gone(cli, tmp_path: Path, monkeypatch) -> None:
+    """A runner killed while it forecast leaves its copy of the database (recipients and messages)
+    in the temporary folder: the next plan or forecast removes it, and never a live process's."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left = tmp_path / f"campaign-runner-plan-{gone.pid}-x1y2"
+    left.mkdir()
+    (left / "plan.db").write_bytes(b"a copy of someone's database")
+    live = tmp_path / f"campaign-runner-plan-{os.getpid()}-z3w4"
+    live.mkdir()
+    unrelated = tmp_path / "campaign-runner-planner"
+    unrelated.mkdir()
+    code, _, _ = cli("plan", str(write_campaign(tmp_path, limit="10/day")))
+    assert code == 0
+    assert not left.exists() and live.exists() and unrelated.exists()
+    assert {p.name for p in tmp_path.glob("campaign-runner-plan-*")} == {live.name}  # its own copy is gone too
