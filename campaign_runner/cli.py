@@ -40,6 +40,8 @@ from .store import DEFAULT_DB, SANDBOX_API, SANDBOX_DB, Store, data_folder
 
 EXIT_OK, EXIT_FATAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 STATUS_NAMES = [status.value for status in Status]
+RETRYABLE = (Status.UNKNOWN, Status.FAILED)  # what `retry` puts back
+RETRYABLE_NAMES = [status.value for status in RETRYABLE]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -716,7 +718,7 @@ async def _report(
 
 @cli.command()
 @click.argument("name")
-@click.option("--status", "which", type=click.Choice(["unknown", "failed"]), help="Every recipient with this status.")
+@click.option("--status", "which", type=click.Choice(RETRYABLE_NAMES), help="Every recipient with this status.")
 @click.option("--urn", "urns", multiple=True, metavar="URN", help="This recipient (failed or unknown; repeatable).")
 @db_option
 @sandbox_db_option
@@ -752,9 +754,7 @@ async def _retry(db: str | None, use_sandbox: bool, name: str, which: str | None
         refused = [
             f"{urn} ({_why_not_retried(states.get(urn), which)})"
             for urn in wanted
-            if urn not in states
-            or states[urn][1]
-            or states[urn][0] not in ((which,) if which else ("failed", "unknown"))
+            if urn not in states or states[urn][1] or states[urn][0] not in ((which,) if which else RETRYABLE)
         ]
         if refused:
             raise ConfigError(f"not put back, so nothing was: {'; '.join(refused)}")
@@ -762,7 +762,7 @@ async def _retry(db: str | None, use_sandbox: bool, name: str, which: str | None
         count = await store.retry(name, [which] if which else [], wanted, clock.now(), render)
     what = f"{which} " if which else ""
     click.echo(f"{name}: {count} {what}recipients put back to pending, with the campaign's current message")
-    if which != "failed" and count:
+    if which != Status.FAILED and count:
         click.echo("warning: unknown recipients may already have received the message", err=True)
     return EXIT_OK
 

@@ -235,7 +235,7 @@ class LiveView:
         # Fits an 80-column terminal: long names and states are cut short (`status` has them whole).
         accounts = Table(title=f"accounts at {iso(self.clock.now())[11:19]} UTC", title_justify="left")
         accounts.add_column("account", max_width=20, no_wrap=True, overflow="ellipsis")
-        for column in ("sent", "failed", "other"):
+        for column in (Status.SENT, Status.FAILED, "other"):
             accounts.add_column(column, justify="right")
         accounts.add_column("window", no_wrap=True)
         accounts.add_column("state", max_width=30, no_wrap=True, overflow="ellipsis")

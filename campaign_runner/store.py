@@ -506,7 +506,7 @@ class Store:
                 # new template, or an edited CSV cell). Before anything was sent, or with
                 # --accept-changes, the file wins; otherwise the stored message stays and the
                 # summary says how many differ.
-                if found[0] in ("pending", "skipped") and found[1] != r.message:
+                if found[0] in (Status.PENDING, Status.SKIPPED) and found[1] != r.message:
                     differing.append((r.message, variables, now, campaign.name, r.profile_urn))
                 elif found[3] != variables:  # values the message does not show (or a first load's)
                     values_only.append((variables, now, campaign.name, r.profile_urn))
@@ -547,7 +547,7 @@ class Store:
             known=in_file_known,
             duplicates=campaign.duplicates,
             removed=len(gone),
-            restored=sum(1 for urn in back if known[urn][0] == "skipped"),
+            restored=sum(1 for urn in back if known[urn][0] == Status.SKIPPED),
             rewritten=len(differing) if rewrite else 0,
             kept=0 if rewrite else len(differing),
             changed=changed,
@@ -1065,7 +1065,7 @@ class Store:
         with one of `statuses`, and (or) those of `urns` (failed or unknown). `render` gives each
         the campaign's current message from its own values; one loaded before values were kept
         keeps its message. Whoever left the campaign's file stays as it is."""
-        if not set(statuses) <= {"unknown", "failed"}:
+        if not set(statuses) <= {Status.UNKNOWN, Status.FAILED}:
             raise ValueError(statuses)
         self._campaign(name)
         where = "campaign = ? AND removed = 0 AND status IN ('unknown', 'failed')"
