@@ -351,6 +351,8 @@ async def _run(
                     " the file now; they keep the stored one (--accept-changes applies the file's)",
                     err=True,
                 )
+        # ...and the API is recorded for the campaigns new to the database.
+        await store.bind_api([c.name for c in campaigns], sending.api, sending.switch_api, clock.now())
         settings = [await store.campaign(c.name) for c in campaigns]
         campaigns.clear()  # every recipient is in the database now: free the file's copy for the days of sending
         return await _send(store, clock, settings, sending, timeout, no_wait, "run")
@@ -364,6 +366,7 @@ async def _resume(db: str, name: str | None, sending: _Sending, timeout: float, 
         if not settings:
             click.echo("nothing to resume: every campaign is finished")
             return EXIT_OK
+        await store.bind_api(names, sending.api, sending.switch_api, clock.now())
         return await _send(store, clock, settings, sending, timeout, no_wait, "resume")
 
 
@@ -377,7 +380,6 @@ async def _send(
     command: str,
 ) -> int:
     deadline = client.deadline_for(timeout)
-    await store.bind_api([c.name for c in campaigns], sending.api, sending.switch_api, clock.now())
     if sending.api_limits is not None:
         await store.set_api_limits([c.name for c in campaigns], sending.api_limits, clock.now())
     async with anyio.create_task_group() as tg:
@@ -395,20 +397,23 @@ async def _send(
 
             api = client.ApiClient(http, deadline)
             options = {"emit": emit, "no_wait": no_wait, "handle_signals": True}
-            async with Scheduler.begun(
-                store, api, clock, command=command, deadline=deadline, campaigns=campaigns, **options
-            ) as scheduler:
-                forecasting.start_soon(forecaster.run)
-                try:
+            forecasting.start_soon(forecaster.run)
+            try:
+                async with Scheduler.begun(
+                    store, api, clock, command=command, deadline=deadline, campaigns=campaigns, **options
+                ) as scheduler:
                     try:
                         result = await scheduler.run()
                     finally:
                         _catch_sigterm()  # asyncio put back the default action when the scheduler let go
-                    if result.reason in (Ending.DEFERRED, Ending.ACCOUNTS_STOPPED):  # work is left:
-                        await _forecast_before_exit(forecaster)  # leave a forecast behind for `status`
-                finally:
-                    forecaster.give_up()
-                    forecasting.cancel_scope.cancel()
+                if result.reason in (Ending.DEFERRED, Ending.ACCOUNTS_STOPPED):  # work is left: leave
+                    try:  # a forecast behind for `status`
+                        await _forecast_before_exit(forecaster)
+                    finally:
+                        _catch_sigterm()  # and again after the forecast's own signal receiver
+            finally:
+                forecaster.give_up()
+                forecasting.cancel_scope.cancel()
         tg.cancel_scope.cancel()
     if scheduler.output_error is not None:
         click.echo(f"warning: progress output stopped: {scheduler.output_error!r}", err=True)

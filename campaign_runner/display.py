@@ -104,7 +104,7 @@ class LogLines:
     def line(event: events.Event) -> str | None:
         match event:
             case events.RunStarted(counts=counts, accounts=accounts):
-                parts = [f"{name}: {c['pending']} pending of {sum(c.values())}" for name, c in counts.items()]
+                parts = [f"{name}: {c[Status.PENDING]} pending of {sum(c.values())}" for name, c in counts.items()]
                 limits = [f"{account_label(a)} {limits}" for a, limits in accounts.items()]
                 return f"run started; {'; '.join(parts)}; accounts: {', '.join(limits)}"
             case events.Attempted() as e:

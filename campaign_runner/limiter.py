@@ -174,6 +174,16 @@ def after_send(pacing: Pacing, tat: float, now: float, draw: Callable[[float, fl
     return advance(pacing, tat, now), (now + pacing.interval + draw(low, high) if high else 0.0)
 
 
+def next_after_send(pacing: Pacing, state: AccountState, tat: float, gap_until: float, now: float) -> Verdict:
+    """A lower bound for an account's next request after one starts at `now` (the bucket at `tat`,
+    the gap until `gap_until`, holds and the schedule): its windows are looked at again by the
+    next claim, so a worker can sleep until then rather than ask."""
+    after = AccountState(
+        tat=tat, hold_until=state.hold_until, gap_until=gap_until, kth_recent=tuple(None for _ in state.kth_recent)
+    )
+    return decide(pacing, after, now)
+
+
 def server_until(remaining: int | None, reset: float | None, now: float, sent_since: Callable[[], int]) -> float:
     """Until when the server's own budget (X-RateLimit-Remaining, last seen with its reset) rules
     the account out: the server knows better when another tool, or a person, used it too. Local

@@ -13,7 +13,6 @@ import os
 import random
 import secrets
 import shutil
-import sqlite3
 import tempfile
 import threading
 from collections import defaultdict
@@ -31,12 +30,12 @@ from . import events
 from .client import ApiClient
 from .clock import Clock, VirtualClock
 from .config import Campaign
-from .errors import CampaignRunnerError, StoreError
+from .errors import CampaignRunnerError
 from .outcome import Ending, Status
 from .sandbox import Sandbox, SandboxConfig
 from .schedule import zone
 from .scheduler import Scheduler
-from .store import Forecast, Store, process_alive
+from .store import Forecast, Store, copy_database, process_alive
 
 __all__ = ["Plan", "as_forecast", "forecast", "make_plan"]
 
@@ -110,7 +109,7 @@ async def _scratch(db: Path | None, start: float) -> AsyncIterator[Store]:
     with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as folder:
         scratch = Path(folder) / "plan.db"
         if db is not None and db.exists():
-            await anyio.to_thread.run_sync(_copy, db, scratch)
+            await anyio.to_thread.run_sync(copy_database, db, scratch)
         store = await Store.open(scratch, start, scratch=True)
         try:
             await store.settle_in_flight(start)
@@ -209,9 +208,10 @@ async def _simulate(
 class Forecaster:
     """Forecasts a run's campaigns while its accounts wait, so that forecasting never delays a send.
 
-    The first forecast is made when an account first has to wait (a run that never waits is over
-    before a forecast could matter); another at once after an account stops, and after a hold or
-    a pause, at most every REFORECAST seconds. Each is `forecast` of all the run's campaigns in a
+    The first forecast is made when an account first has to wait, or is held or paused (a run
+    that never waits is over before a forecast could matter); another at once after an account
+    stops, and after a hold or a pause, at most every REFORECAST seconds. Whatever goes wrong in
+    a forecast is reported and never stops the run. Each is `forecast` of all the run's campaigns in a
     worker thread, on a copy of the database; it is stored for `status`, and told to `emit` for
     the live view.
     """
@@ -299,9 +299,10 @@ class Forecaster:
                 return
             for plan in plans.values():
                 await self._store.save_forecast(as_forecast(plan, made_at))
-        except CampaignRunnerError as exc:  # a forecast is worth less than the run: say so, go on
+        except Exception as exc:  # noqa: BLE001 - a forecast is worth less than the run: say so, go on
+            problem = str(exc) if isinstance(exc, CampaignRunnerError) else f"{type(exc).__name__}: {exc}"
             for name in self._names:
-                self._emit(events.Forecast(name, made_at, None, "UTC", problem=str(exc)))
+                self._emit(events.Forecast(name, made_at, None, "UTC", problem=problem))
         else:
             for plan in plans.values():
                 self._emit(events.Forecast(plan.campaign, made_at, plan.finish, plan.timezone, plan.result))
@@ -373,15 +374,6 @@ def _sweep_scratch() -> None:
         pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
         if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _copy(db: Path, target: Path) -> None:
-    """A consistent copy of the user's database, opened read-only: a plan writes nothing there."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            conn.execute("VACUUM INTO ?", (str(target),))
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read the database {db}: {exc}") from None
 
 
 class _InProcess(httpx.AsyncBaseTransport):

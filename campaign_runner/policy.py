@@ -3,8 +3,10 @@
 
 The settlement is everything that follows from one answer: the recipient's next status, its
 retries and retry time, the hold on its account (the server's, or the breaker's pause, whichever
-ends later), the server's remaining budget, the recipients a 403 streak puts back, and whether the
-account must stop. `Store.record` writes it and decides nothing; the scheduler reports it.
+ends later), the server's remaining budget, the recipients a 403 streak puts back, whether the
+account works, must stop, or the whole run must. `Store.record` writes it (bounding what it
+stores once more, and keeping a recipient that left the file from going back to the queue); the
+scheduler acts on it and reports it.
 
 | answer | recipient | account |
 | --- | --- | --- |
@@ -65,7 +67,21 @@ class Settlement:
         until = min(max(held, pause), self.answered_at + MAX_HOLD)
         if pause > held or self.held is None:
             return Hold(until, self.reason or "circuit breaker")
-        return Hold(until, self.held.reason or self.outcome.error or self.outcome.kind.value)
+        return Hold(until, self.held.reason)
+
+    @property
+    def account_works(self) -> bool:
+        """The answer shows the account can send: whatever stopped it before is over."""
+        return self.outcome.kind is Kind.SENT
+
+    @property
+    def stops_run(self) -> str | None:
+        """Why no account can go on (the key refused, the address wrong): the run stops."""
+        if self.outcome.kind is Kind.UNAUTHORIZED:
+            return f"the API refused the key (401: {self.outcome.error}); nothing was marked failed"
+        if self.outcome.kind is Kind.MISROUTED:
+            return f"the API address looks wrong ({self.outcome.error}); check --base-url"
+        return None
 
     @property
     def put_back_note(self) -> str | None:

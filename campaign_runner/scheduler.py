@@ -30,7 +30,7 @@ from .clock import Clock
 from .errors import StoreError
 from .guard import AccountGuard, Judgement
 from .limiter import KeyLine
-from .outcome import AccountEnd, Ending, Kind, Outcome, Wait
+from .outcome import AccountEnd, Ending, Kind, Outcome, Status, Wait
 from .policy import Settlement, settle
 from .settings import Breaker, CampaignSettings, account_label
 from .store import ELSEWHERE_POLL, Claimed, Drained, Store, Waiting
@@ -159,7 +159,7 @@ class Scheduler:
         if self._stopped:
             stopped = "; ".join(f"{account_label(a)} stopped: {why}" for a, why in self._stopped.items())
             counts = [await self._store.counts(name) for name in self._campaigns]
-            if not any(c["pending"] or c["in_flight"] for c in counts):  # the others sent everything
+            if not any(c[Status.PENDING] or c[Status.IN_FLIGHT] for c in counts):  # the others sent everything
                 return RunResult(
                     Ending.ACCOUNTS_STOPPED,
                     f"{stopped}. The other accounts sent everything; fix the account before it sends again",
@@ -322,10 +322,8 @@ class Scheduler:
         judgement = guard.judge(claim.recipient_id, claim.campaign, claim.requeued, outcome, self._clock.now())
         with anyio.CancelScope(shield=True):
             settled = await self._record(claim, outcome, started, judgement)
-        if outcome.kind is Kind.UNAUTHORIZED:
-            self.stop(Ending.FATAL, f"the API refused the key (401: {outcome.error}); nothing was marked failed")
-        elif outcome.kind is Kind.MISROUTED:
-            self.stop(Ending.FATAL, f"the API address looks wrong ({outcome.error}); check --base-url")
+        if settled.stops_run:
+            self.stop(Ending.FATAL, settled.stops_run)
         return settled
 
     async def _record(self, claim: Claimed, outcome: Outcome, started: float, judgement: Judgement) -> Settlement:

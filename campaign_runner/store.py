@@ -34,9 +34,20 @@ import platformdirs
 
 from .errors import ChangeRefusedError, StoreError, UnknownCampaignError
 from .events import Recovered
-from .limiter import EPSILON, IN_FLIGHT, MAX_HOLD, AccountState, Pacing, Verdict, after_send, decide, server_until
+from .limiter import (
+    EPSILON,
+    IN_FLIGHT,
+    MAX_HOLD,
+    AccountState,
+    Pacing,
+    Verdict,
+    after_send,
+    decide,
+    next_after_send,
+    server_until,
+)
 from .migrate import migrate
-from .outcome import Kind, Status, Wait
+from .outcome import Ending, Status, Wait
 from .policy import Settlement
 from .schedule import Schedule
 from .settings import Account, Breaker, CampaignSettings, Limit, Warmup
@@ -115,7 +126,7 @@ class AccountStatus:
     window_used: int  # in the window of the slowest limit
     window_cap: int
     next_at: float
-    reason: str
+    reason: Wait
     hold_until: float
     hold_reason: str | None = None
     in_flight: int = 0  # its requests on the wire now, from any process
@@ -137,7 +148,7 @@ class Forecast:
     campaign: str
     made_at: float
     finish: float | None  # the last send; None when it lies beyond the forecast's horizon
-    result: str  # done, horizon, accounts_stopped
+    result: Ending  # DONE, HORIZON, ACCOUNTS_STOPPED
     pending: int  # recipients left to send when it was made
     per_day: dict[str, int]  # local day (YYYY-MM-DD) -> messages
 
@@ -637,7 +648,7 @@ class Store:
         if row is None:
             return None
         made_at, finish, result, pending, per_day = row
-        return Forecast(name, made_at, finish, result, pending, json.loads(per_day))
+        return Forecast(name, made_at, finish, Ending(result), pending, json.loads(per_day))
 
     def _campaign_names(self, unfinished_only: bool = False) -> list[str]:
         sql = "SELECT name FROM campaigns c"
@@ -811,15 +822,7 @@ class Store:
                 " AND status = 'pending' AND removed = 0 LIMIT 1",
                 tuple(campaigns),
             )
-            # A lower bound for the next request of this account: the bucket, the gap and the
-            # schedule (windows and holds are checked again by the next claim).
-            after = AccountState(
-                tat=tat,
-                hold_until=state.hold_until,
-                gap_until=gap_until,
-                kth_recent=tuple(None for _ in state.kth_recent),
-            )
-            upcoming = decide(pacing, after, now)
+            upcoming = next_after_send(pacing, state, tat, gap_until, now)
             return Claimed(
                 recipient_id=recipient_id,
                 attempt_id=int(cursor.lastrowid),
@@ -949,7 +952,7 @@ class Store:
                     claim.attempt_id,
                 ),
             )
-            if outcome.kind is Kind.SENT:  # it works again: whatever stopped it is over
+            if settled.account_works:  # whatever stopped it is over
                 db.execute(
                     "UPDATE accounts SET stopped_reason = NULL, stopped_at = NULL WHERE id = ?", (claim.account_id,)
                 )
@@ -957,10 +960,12 @@ class Store:
             if hold is not None:
                 db.execute(
                     "INSERT INTO accounts (id, hold_until, hold_reason) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE"
-                    " SET hold_until = max(hold_until, excluded.hold_until), hold_reason = excluded.hold_reason",
+                    " SET hold_until = max(hold_until, excluded.hold_until), hold_reason = CASE"
+                    "  WHEN excluded.hold_until >= hold_until THEN excluded.hold_reason ELSE hold_reason END",
                     (claim.account_id, hold.until, hold.reason),
                 )
             remaining, reset = headers.remaining_count, settled.server_reset
+            # The policy bounds the reset; a database must not take even that on trust.
             if remaining is not None and reset is not None and now < reset <= now + MAX_HOLD:
                 db.execute(
                     "INSERT INTO accounts (id, server_remaining, server_reset, server_seen_at) VALUES (?, ?, ?, ?)"
@@ -1276,6 +1281,16 @@ def _process_start(pid: int) -> str | None:
     """When a process started (Linux: clock ticks since boot), to tell it from a later one with its pid."""
     fields = _process_stat(pid)
     return fields[19] if fields else None  # field 22, counted after the command name
+
+
+def copy_database(db: Path, target: Path) -> None:
+    """A consistent copy of a database to `target` (for `plan` and forecasts), read through a
+    read-only connection: the original is never written."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            conn.execute("VACUUM INTO ?", (str(target),))
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the database {db}: {exc}") from None
 
 
 def _is_dead(pid: int) -> bool:

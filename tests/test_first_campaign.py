@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import re
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
+from campaign_runner import plan
 from campaign_runner.cli import run_cli
 
 from conftest import by_urn, report, urn, write_campaign, write_text
@@ -350,3 +352,19 @@ def test_the_finish_is_shown_in_the_same_zone_by_run_status_and_plan(cli, serve_
     assert json.loads(out)["campaigns"][0]["projected_finish_local"] == announced[1]
     code, out, _ = cli("plan", str(path), "--json")
     assert json.loads(out)["finish_local"] == announced[1]
+
+
+def test_a_forecast_that_fails_is_reported_and_never_stops_the_run(cli, serve_sandbox, tmp_path, monkeypatch) -> None:
+    """A full temporary folder (or a bug in the simulation) costs the forecast, never a send."""
+
+    def full_disk(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(plan, "_forecast_in_thread", full_disk)
+    box, url = serve_sandbox()
+    path = write_campaign(tmp_path, limit="4/1s", recipients=[{"profile_urn": urn(i)} for i in range(20)])
+    code, out, _ = cli("run", str(path), base_url=url)
+    assert code == 0
+    assert "test-campaign: no forecast: OSError: [Errno 28] No space left on device" in out
+    assert out.splitlines()[-1] == "test-campaign: 20 sent"
+    assert len(box.log) == 20

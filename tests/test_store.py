@@ -279,3 +279,16 @@ async def status_of(store: Store, profile: str) -> tuple[str, str | None]:
             if row.profile_urn == profile:
                 return row.status, row.error
     raise AssertionError(profile)
+
+
+async def test_a_shorter_hold_never_replaces_the_reason_of_a_longer_one(store: Store) -> None:
+    """The account keeps the longer hold, and with it the reason that goes with it (a block)."""
+    run = await store.begin_run("test", T0, 60)
+    first, second = await claim(store, run), await claim(store, run, T0 + 1)
+    blocked = Outcome(Kind.RATE_LIMITED, http_status=429, error="Rate limit exceeded", hold_until=T0 + 10**8)
+    await record(store, first, blocked, T0 + 2)
+    short = Outcome(Kind.RATE_LIMITED, http_status=429, error="Slow down", hold_until=T0 + 60)
+    await record(store, second, short, T0 + 3)
+    [hold] = await store.holds(T0 + 4)
+    assert hold.until == T0 + 2 + 7 * 86400
+    assert hold.reason.startswith("blocked by the API")
