@@ -11,6 +11,7 @@ import json
 import math
 import os
 import secrets
+import shlex
 import signal
 import socket
 import sys
@@ -420,7 +421,19 @@ async def _send(
     for campaign in campaigns:
         counts = await store.counts(campaign.name)
         click.echo(f"{campaign.name}: " + ", ".join(f"{counts[s]} {s}" for s in Status if counts[s]))
-    return _exit_code(result)
+    return _exit_code(result, _resume_command(store, sending))
+
+
+def _resume_command(store: Store, sending: _Sending) -> str:
+    """The command that goes on with this run's database and API."""
+    words = ["campaign-runner", "resume"]
+    if sending.use_sandbox:
+        words.append("--sandbox")
+    default = data_folder() / (SANDBOX_DB if sending.use_sandbox else DEFAULT_DB)
+    chosen = None if sending.use_sandbox else os.environ.get("CAMPAIGN_RUNNER_DB")
+    if store.path != default and str(store.path) != chosen:
+        words += ["--db", shlex.quote(str(store.path))]
+    return " ".join(words)
 
 
 async def _forecast_before_exit(forecaster: Forecaster) -> None:
@@ -439,12 +452,15 @@ async def _forecast_before_exit(forecaster: Forecaster) -> None:
         tg.cancel_scope.cancel()
 
 
-def _exit_code(result: RunResult) -> int:
+def _exit_code(result: RunResult, resume: str) -> int:
+    if result.reason is Ending.ACCOUNTS_STOPPED and result.work_left:
+        click.echo(f"error: {result.message}: `{resume}`", err=True)
+        return EXIT_FATAL
     if result.reason in (Ending.FATAL, Ending.ACCOUNTS_STOPPED):
         click.echo(f"error: {result.message}", err=True)
         return EXIT_FATAL
     if result.reason is Ending.INTERRUPTED:
-        click.echo("interrupted: run `campaign-runner resume` to continue", err=True)
+        click.echo(f"interrupted: run `{resume}` to continue", err=True)
         return EXIT_INTERRUPTED
     if result.reason is Ending.DEFERRED:
         click.echo("stopped for now (--no-wait): the limits allow nothing more yet; run again later")
@@ -467,6 +483,12 @@ async def _open_store(
     path = database_path(db, sandbox)
     new = not path.exists()
     if new and not create:
+        rehearsals = data_folder() / SANDBOX_DB
+        if not sandbox and not db and rehearsals.exists():
+            raise StoreError(
+                f"no database at {path}: nothing was sent for real yet (the sandbox rehearsals’ one is"
+                f" {rehearsals}: add --sandbox)"
+            )
         raise StoreError(f"no database at {path} (give --db, or run a campaign first)")
     if new and path.parent == data_folder():  # a folder of ours; one that --db names must exist
         try:
@@ -682,7 +704,7 @@ def _finish_line(c: CampaignView, now: float) -> str:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), help="Write to this file instead of standard output.")
 @click.option("--status", "only", type=click.Choice(STATUS_NAMES), help="Only recipients with this status.")
-@click.option("--excel", is_flag=True, help="CSV for Excel: a UTF-8 byte-order mark, and local times.")
+@click.option("--excel", is_flag=True, help="CSV for Excel: a UTF-8 byte-order mark, times in the campaign's zone.")
 @sandbox_db_option
 def report(
     name: str, db: str | None, fmt: str, output: str | None, only: str | None, excel: bool, use_sandbox: bool

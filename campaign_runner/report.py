@@ -2,8 +2,8 @@
 
 The CSV keeps each recipient's own columns from the campaign file (name, company...) beside its
 outcome. CSV cells that a spreadsheet would run as a formula are neutralised with a leading quote.
-`excel=True` starts the file with a UTF-8 byte-order mark and writes local times, so Excel shows
-`Zoë` and dates as they are.
+`excel=True` starts the file with a UTF-8 byte-order mark and writes times in the campaign's time
+zone (the one `status` shows them in) as Excel reads them, so Excel shows `Zoë` and dates as they are.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from .clock import iso
+from .schedule import zone
 from .store import REPORT_FIELDS, ReportRow, Store
 
 FORMATS = ("csv", "json")
@@ -34,9 +35,9 @@ def as_dict(row: ReportRow) -> dict[str, Any]:
     return values
 
 
-def local_time(epoch: float | None) -> str | None:
-    """A time as a spreadsheet reads it: this machine's local time, to the second."""
-    return None if epoch is None else datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+def local_time(epoch: float | None, timezone: str) -> str | None:
+    """A time as a spreadsheet reads it: in `timezone`, to the second."""
+    return None if epoch is None else datetime.fromtimestamp(epoch, zone(timezone)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 async def write_report(
@@ -44,16 +45,17 @@ async def write_report(
 ) -> int:
     """Write the report of campaign `name` from one consistent view; return how many recipients it lists."""
     async with store.snapshot():
-        await store.campaign(name)  # an unknown name is an error, not an empty report
+        settings = await store.campaign(name)  # an unknown name is an error, not an empty report
         counts = await store.counts(name)
         columns = await store.columns(name)
         async with contextlib.aclosing(store.report_rows(name, status)) as rows:
             if fmt == "csv":
-                return await _csv(rows, out, columns, excel)
+                return await _csv(rows, out, columns, settings.timezone if excel else None)
             return await _json(name, counts, rows, out)
 
 
-async def _csv(rows: AsyncIterator[ReportRow], out: TextIO, columns: list[str], excel: bool) -> int:
+async def _csv(rows: AsyncIterator[ReportRow], out: TextIO, columns: list[str], excel: str | None) -> int:
+    """`excel`: None, or the time zone for Excel's times."""
     # The file's own columns after the URN; one named like a report field keeps it apart.
     own = {column: f"file_{column}" if column in REPORT_FIELDS else column for column in columns}
     writer = csv.DictWriter(out, fieldnames=["profile_urn", *own.values(), *REPORT_FIELDS[1:]], lineterminator="\n")
@@ -64,7 +66,7 @@ async def _csv(rows: AsyncIterator[ReportRow], out: TextIO, columns: list[str], 
     async for row in rows:
         values = as_dict(row)
         if excel:
-            values["sent_at"] = local_time(row.sent_at)
+            values["sent_at"] = local_time(row.sent_at, excel)
         values |= {own[key]: value for key, value in row.variables.items() if key in own}
         writer.writerow({key: neutralise(value) for key, value in values.items()})
         written += 1

@@ -45,6 +45,7 @@ STOPPING = "stopping: no new sends; waiting for requests in flight"
 class RunResult:
     reason: Ending
     message: str | None = None
+    work_left: bool = False  # accounts stopped with recipients still to send: resuming goes on
 
 
 class Scheduler:
@@ -164,8 +165,12 @@ class Scheduler:
                     Ending.ACCOUNTS_STOPPED,
                     f"{stopped}. The other accounts sent everything; fix the account before it sends again",
                 )
-            return RunResult(Ending.ACCOUNTS_STOPPED, f"{stopped}. Fix the account, then run `campaign-runner resume`")
-        return RunResult(Ending.DEFERRED) if self._deferred else RunResult(Ending.DONE)
+            return RunResult(Ending.ACCOUNTS_STOPPED, f"{stopped}. Fix the account, then resume", work_left=True)
+        if self._deferred:  # an account had to wait; but the last answers may have ended the work
+            counts = [await self._store.counts(name) for name in self._campaigns]
+            if any(c[Status.PENDING] or c[Status.IN_FLIGHT] for c in counts):
+                return RunResult(Ending.DEFERRED)
+        return RunResult(Ending.DONE)
 
     async def _watch_signals(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

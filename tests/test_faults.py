@@ -21,8 +21,8 @@ def test_credentials_errors_pause_the_account_then_stop_it_and_fail_nobody(cli, 
     assert code == 1
     assert err == (
         "error: acc_1 stopped: requests keep failing (2 pauses, then another failure; last: HTTP 500: Failed to"
-        " get LinkedIn authentication credentials); its recipients stay pending. Fix the account, then run"
-        " `campaign-runner resume`\n"
+        " get LinkedIn authentication credentials); its recipients stay pending. Fix the account, then resume:"
+        f" `campaign-runner resume --db {tmp_path / 'runs.db'}`\n"
     )
     assert out.splitlines()[-1] == "test-campaign: 3 pending"
     assert "acc_1 paused until" in out and "acc_1 stopped for this run: requests keep failing" in out
@@ -79,7 +79,7 @@ def test_a_403_streak_stops_the_account_and_puts_the_streak_back(cli, serve_sand
     assert err == (
         "error: acc_1 stopped: 3 recipients in a row refused with 403 (last: HTTP 403: Your trial has expired or"
         " you have no active subscription): the account or its subscription looks blocked; 3 of them put back to"
-        " pending. Fix the account, then run `campaign-runner resume`\n"
+        f" pending. Fix the account, then resume: `campaign-runner resume --db {tmp_path / 'runs.db'}`\n"
     )
     assert out.splitlines()[-1] == "test-campaign: 6 pending"
     rows = by_urn(report(cli))

@@ -10,6 +10,7 @@ import json
 import re
 import sqlite3
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 from campaign_runner import plan
 from campaign_runner.cli import run_cli
@@ -199,15 +200,19 @@ def test_the_report_keeps_the_files_columns_and_opens_in_excel(cli, serve_sandbo
     (tmp_path / "leads.csv").write_text(
         f"Profile URN,First Name,Company,Status\n{urn(1)},Zoë,Café Ltd,VIP\n", encoding="utf-8"
     )
-    path = write_campaign(tmp_path, recipients=None, recipients_file="leads.csv", message="Hi {{ first_name }}")
+    path = write_campaign(tmp_path, recipients=None, recipients_file="leads.csv", message="Hi {{ first_name }}",
+                          schedule={"timezone": "Asia/Tokyo"})  # fmt: skip
     assert cli("run", str(path), base_url=url)[0] == 0
+    sent_at = by_urn(report(cli))[urn(1)]["sent_at"]
     target = tmp_path / "report.csv"
     assert cli("report", "test-campaign", "--excel", "--output", str(target))[0] == 0
     data = target.read_bytes()
     assert data.startswith(b"\xef\xbb\xbfprofile_urn,first_name,company,file_status,status,")
     row = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))[0]
     assert (row["first_name"], row["company"], row["file_status"], row["status"]) == ("Zoë", "Café Ltd", "VIP", "sent")
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row["sent_at"])  # local time, as Excel reads it
+    # In the campaign's time zone, as `status` shows it, written as Excel reads a date.
+    tokyo = datetime.fromisoformat(sent_at.replace("Z", "+00:00")).astimezone(ZoneInfo("Asia/Tokyo"))
+    assert row["sent_at"] == tokyo.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def test_status_shows_each_accounts_state_at_a_glance(cli, serve_sandbox, tmp_path) -> None:
@@ -368,3 +373,28 @@ def test_a_forecast_that_fails_is_reported_and_never_stops_the_run(cli, serve_sa
     assert "test-campaign: no forecast: OSError: [Errno 28] No space left on device" in out
     assert out.splitlines()[-1] == "test-campaign: 20 sent"
     assert len(box.log) == 20
+
+
+def test_what_to_type_next_names_the_database_it_is_about(cli, capsys, serve_sandbox, tmp_path) -> None:
+    """After a rehearsal, `status` without --sandbox says where the rehearsal is; the command a
+    stopped run suggests goes on with the same database; a --no-wait run whose last answers end
+    the work says it is done, not "run again later"."""
+    assert run_cli(["run", str(write_campaign(tmp_path)), "--sandbox"]) == 0
+    capsys.readouterr()
+    assert run_cli(["status"]) == 2
+    rehearsals = tmp_path / "data" / "campaign-runner" / "sandbox.db"
+    assert capsys.readouterr().err.endswith(f"(the sandbox rehearsals’ one is {rehearsals}: add --sandbox)\n")
+
+    box, url = serve_sandbox(forbidden_after={"acc_1": 1})
+    path = write_campaign(tmp_path, "blocked.yaml", name="blocked", breaker={"forbidden": 2})
+    code, _, err = cli("run", str(path), base_url=url)
+    assert code == 1 and err.endswith(f"then resume: `campaign-runner resume --db {tmp_path / 'runs.db'}`\n")
+
+    # One account has nothing left to claim while the other's request is still on the wire.
+    box, url = serve_sandbox(non_members={urn(1)}, typing_delay=0.3)
+    two = [{"profile_urn": urn(i)} for i in range(2)]
+    quick = write_campaign(tmp_path, "quick.yaml", name="quick", accounts=["acc_3", "acc_4"], limit="100/1s",
+                           endpoint="send-group-with-typing", recipients=two)  # fmt: skip
+    code, out, _ = cli("run", str(quick), "--no-wait", base_url=url)
+    assert code == 0 and "run again later" not in out, out
+    assert out.splitlines()[-1] == "quick: 1 sent, 1 failed"
