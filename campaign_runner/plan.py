@@ -210,10 +210,10 @@ class Forecaster:
 
     The first forecast is made when an account first has to wait, or is held or paused (a run
     that never waits is over before a forecast could matter); another at once after an account
-    stops, and after a hold or a pause, at most every REFORECAST seconds. Whatever goes wrong in
-    a forecast is reported and never stops the run. Each is `forecast` of all the run's campaigns in a
-    worker thread, on a copy of the database; it is stored for `status`, and told to `emit` for
-    the live view.
+    stops, and after a hold or a pause, at most every REFORECAST seconds. Each is `forecast` of
+    all the run's campaigns in a worker thread, on a copy of the database; it is stored for
+    `status`, and told to `emit` for the live view. Whatever goes wrong in a forecast, or in
+    showing it, is reported if it can be and never stops the run.
     """
 
     def __init__(self, store: Store, names: Sequence[str], clock: Clock, emit: events.EventSink):
@@ -302,11 +302,18 @@ class Forecaster:
         except Exception as exc:  # noqa: BLE001 - a forecast is worth less than the run: say so, go on
             problem = str(exc) if isinstance(exc, CampaignRunnerError) else f"{type(exc).__name__}: {exc}"
             for name in self._names:
-                self._emit(events.Forecast(name, made_at, None, "UTC", problem=problem))
+                self._say(events.Forecast(name, made_at, None, "UTC", problem=problem))
         else:
             for plan in plans.values():
-                self._emit(events.Forecast(plan.campaign, made_at, plan.finish, plan.timezone, plan.result))
+                self._say(events.Forecast(plan.campaign, made_at, plan.finish, plan.timezone, plan.result))
         self._last = made_at
+
+    def _say(self, event: events.Event) -> None:
+        """Report a forecast; output that fails (a closed pipe) is switched off, never the run."""
+        try:
+            self._emit(event)
+        except Exception:  # noqa: BLE001 - any failure of the sink, as the scheduler's own
+            self._emit = events.ignore
 
 
 def _forecast_in_thread(

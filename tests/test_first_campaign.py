@@ -7,15 +7,18 @@ import csv
 import errno
 import io
 import json
+import os
 import re
+import shlex
 import sqlite3
+import subprocess
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from campaign_runner import plan
 from campaign_runner.cli import run_cli
 
-from conftest import by_urn, report, urn, write_campaign, write_text
+from conftest import API_KEY, EXECUTABLE, by_urn, report, urn, write_campaign, write_text
 
 
 def dump(db) -> list[str]:
@@ -398,3 +401,18 @@ def test_what_to_type_next_names_the_database_it_is_about(cli, capsys, serve_san
     code, out, _ = cli("run", str(quick), "--no-wait", base_url=url)
     assert code == 0 and "run again later" not in out, out
     assert out.splitlines()[-1] == "quick: 1 sent, 1 failed"
+
+
+def test_a_closed_pipe_stops_the_forecasts_output_never_the_run(serve_sandbox, tmp_path) -> None:
+    """`run ... | head -3`: the forecast's line meets a closed pipe, and every recipient is still sent."""
+    box, url = serve_sandbox()
+    # Three a second: the fourth waits for the window, and that first wait asks for a forecast.
+    people = [{"profile_urn": urn(i)} for i in range(12)]
+    path = write_campaign(tmp_path, accounts=["acc_1", "acc_2"], limit="3/1s", recipients=people)
+    env = {**os.environ, "CONNECTSAFELY_API_KEY": API_KEY}
+    command = f"{shlex.quote(EXECUTABLE)} run {shlex.quote(str(path))} --db {tmp_path / 'runs.db'} --base-url {url}"
+    pipeline = f"{command} | head -3; exit ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", pipeline], env=env, capture_output=True, text=True, timeout=60)
+    assert len(done.stdout.splitlines()) == 3
+    assert "Traceback" not in done.stderr and "unexpected" not in done.stderr, done.stderr
+    assert len(box.log) == 12
