@@ -57,7 +57,12 @@ async def overview(store: Store, names: Sequence[str], now: float) -> Overview:
     """Campaigns `names` and every account they use, as they stand at `now`."""
     settings = [await store.campaign(name) for name in names]
     account_ids = sorted({a for c in settings for a in c.account_ids})
-    pacing = await store.pacing(account_ids, names, now)
+    # The limits in force now: those of the campaigns with work left, as the next run would see
+    # them (a finished campaign's stricter limit binds nobody); an account of finished campaigns
+    # only is shown with theirs.
+    pacing = await store.pacing(account_ids, [], now)
+    idle = [a for a in account_ids if a not in pacing]
+    pacing |= await store.pacing(idle, names, now) if idle else {}
     accounts = []
     for account_id in account_ids:
         found = await store.account_status(account_id, pacing[account_id], now)

@@ -416,3 +416,18 @@ def test_a_closed_pipe_stops_the_forecasts_output_never_the_run(serve_sandbox, t
     assert len(done.stdout.splitlines()) == 3
     assert "Traceback" not in done.stderr and "unexpected" not in done.stderr, done.stderr
     assert len(box.log) == 12
+
+
+def test_status_shows_the_limits_the_next_run_keeps_not_a_finished_campaigns(cli, serve_sandbox, tmp_path) -> None:
+    """A strict campaign that is done binds nobody: the account shows the looser limit of the
+    campaign with work left and its use of it, not `9/3 used`."""
+    box, url = serve_sandbox()
+    strict = write_campaign(tmp_path, "strict.yaml", name="strict", limit="3/day", recipients=[{"profile_urn": urn(0)}])
+    assert cli("run", str(strict), base_url=url)[0] == 0
+    loose = write_campaign(tmp_path, "loose.yaml", name="loose", limit="20/day",
+                           recipients=[{"profile_urn": urn(i)} for i in range(1, 40)])  # fmt: skip
+    assert cli("run", str(loose), "--no-wait", base_url=url)[0] == 0
+    code, out, _ = cli("status", "--json")
+    [account] = json.loads(out)["accounts"]
+    assert account["limits"] == "20/day"
+    assert (account["window_used"], account["window_cap"]) == (len(box.log), 20)
