@@ -29,7 +29,7 @@ from rich.console import Console
 from . import __version__, client, events, sandbox
 from .clock import SystemClock, iso
 from .config import Campaign, load_campaign, renderer
-from .display import LiveView, LogLines, describe_finish, describe_wait, local_time
+from .display import LiveView, LogLines, counted, describe_finish, describe_wait, local_time
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
 from .outcome import Ending, Status, Wait
 from .overview import CampaignView, Overview, overview
@@ -173,9 +173,9 @@ def validate(file: str, show: int) -> int:
     campaign = _load([file])[0]
     accounts = ", ".join(f"{account_label(a.id)} {a.limit}" for a in campaign.accounts)
     click.echo(
-        f"{file}: ok: campaign {campaign.name}, {len(campaign.recipients)} recipients"
-        f" ({campaign.duplicates} duplicates dropped), group {campaign.group_id}, endpoint {campaign.endpoint},"
-        f" accounts: {accounts}"
+        f"{file}: ok: campaign {campaign.name}, {counted(len(campaign.recipients), 'recipient')}"
+        f" ({counted(campaign.duplicates, 'duplicate')} dropped), group {campaign.group_id},"
+        f" endpoint {campaign.endpoint}, accounts: {accounts}"
     )
     renamed = [f"{written} -> {name}" for written, name in campaign.recipients.columns if written != name]
     if renamed:
@@ -338,8 +338,8 @@ async def _run(
         for summary in await store.load(campaigns, clock.now(), accept_changes):
             click.echo(
                 f"loaded {summary.campaign}: {summary.added} new, {summary.known} already known,"
-                f" {summary.duplicates} duplicates dropped, {summary.removed} no longer in the file (never sent again),"
-                f" {summary.restored} back in the file"
+                f" {counted(summary.duplicates, 'duplicate')} dropped, {summary.removed} no longer in the file"
+                f" (never sent again), {summary.restored} back in the file"
             )
             if summary.rewritten and summary.known:
                 what = ", ".join(summary.changed) or "message"
@@ -534,7 +534,7 @@ def plan(file: str, db: str | None, start: str | None, weekly: bool, as_json: bo
         return EXIT_OK
     accounts = result.accounts
     click.echo(
-        f"plan for {result.campaign}: {result.to_send} recipients to send over {len(accounts)}"
+        f"plan for {result.campaign}: {counted(result.to_send, 'recipient')} to send over {len(accounts)}"
         f" account{'s' if len(accounts) != 1 else ''}, from {result.local(result.start)} ({result.timezone})"
     )
     labels = [account_label(a) for a in accounts]
@@ -628,7 +628,7 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
     for c in found.campaigns:
         total = sum(c.counts.values())
         tally = ", ".join(f"{c.counts[s]} {s}" for s in Status)
-        click.echo(f"{c.settings.name}: {total} recipients: {tally}{_finish_line(c, found.now)}")
+        click.echo(f"{c.settings.name}: {counted(total, 'recipient')}: {tally}{_finish_line(c, found.now)}")
     for a in found.accounts:
         click.echo(
             f"account {account_label(a.account_id)}: {a.detail}; limits {a.found.pacing};"
@@ -739,7 +739,7 @@ async def _report(
         except BaseException:
             os.unlink(temp)
             raise
-    click.echo(f"wrote {count} recipients to {target}", err=True)
+    click.echo(f"wrote {counted(count, 'recipient')} to {target}", err=True)
     return EXIT_OK
 
 
@@ -788,7 +788,7 @@ async def _retry(db: str | None, use_sandbox: bool, name: str, which: str | None
         render = renderer(settings.message_template)
         count = await store.retry(name, [which] if which else [], wanted, clock.now(), render)
     what = f"{which} " if which else ""
-    click.echo(f"{name}: {count} {what}recipients put back to pending, with the campaign's current message")
+    click.echo(f"{name}: {counted(count, what + 'recipient')} put back to pending, with the campaign's current message")
     if which != Status.FAILED and count:
         click.echo("warning: unknown recipients may already have received the message", err=True)
     return EXIT_OK

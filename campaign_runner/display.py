@@ -69,6 +69,11 @@ def describe_account(found: AccountStatus, now: float, timezone: str) -> tuple[A
     return Availability.READY, "ready to send"
 
 
+def counted(count: int, noun: str) -> str:
+    """`1 recipient`, `2 recipients`, `0 duplicates`: a count and its noun, as people write them."""
+    return f"{count} {noun if count == 1 else noun + 's'}"
+
+
 def local_time(epoch: float, timezone: str) -> str:
     """A moment as people read it: minutes, in a campaign's or an account's time zone."""
     return datetime.fromtimestamp(epoch, zone(timezone)).strftime("%Y-%m-%d %H:%M %Z")

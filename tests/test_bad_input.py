@@ -275,6 +275,6 @@ def test_a_csv_starting_with_a_bom_loads_normally(started_db: Path, tmp_path: Pa
     with_csv(f"\ufeffprofile_urn,first_name\r\n{urn(1)},Ada\r\n", name="bom")(tmp_path)
     assert run_cli(["validate", FILE]) == 0
     assert capsys.readouterr().out == (
-        f"{FILE}: ok: campaign bom, 1 recipients (0 duplicates dropped), group 12345678, endpoint send-group,"
+        f"{FILE}: ok: campaign bom, 1 recipient (0 duplicates dropped), group 12345678, endpoint send-group,"
         " accounts: acc_1 1000/second\n"
     )

@@ -119,7 +119,7 @@ def test_report_json_to_a_file_and_filtered(capsys, finished_db: Path, tmp_path:
     target = tmp_path / "failed.json"
     code, out, err = invoke(capsys, "report", "test-campaign", "--db", str(finished_db), "--format", "json",
                             "--status", "failed", "--output", str(target))  # fmt: skip
-    assert (code, out, err) == (0, "", f"wrote 1 recipients to {target}\n")
+    assert (code, out, err) == (0, "", f"wrote 1 recipient to {target}\n")
     data = json.loads(target.read_text())
     assert data["campaign"] == "test-campaign"
     assert data["counts"]["sent"] == 2 and data["counts"]["failed"] == 1
@@ -161,7 +161,7 @@ def test_retry_puts_failed_back_to_pending(capsys, finished_db: Path) -> None:
     code, out, err = invoke(capsys, "retry", "test-campaign", "--status", "failed", "--db", str(finished_db))
     assert (code, out, err) == (
         0,
-        "test-campaign: 1 failed recipients put back to pending, with the campaign's current message\n",
+        "test-campaign: 1 failed recipient put back to pending, with the campaign's current message\n",
         "",
     )
     with sqlite3.connect(finished_db) as db:

@@ -187,7 +187,7 @@ def test_a_retried_recipient_gets_the_message_that_was_accepted(cli, serve_sandb
     assert code == 0
     box.config.non_members.clear()
     code, out, _ = cli("retry", "test-campaign", "--urn", urn(1))
-    assert (code, out) == (0, "test-campaign: 1 recipients put back to pending, with the campaign's current message\n")
+    assert (code, out) == (0, "test-campaign: 1 recipient put back to pending, with the campaign's current message\n")
     assert cli("resume", base_url=url)[0] == 0
     assert cli("retry", "test-campaign", "--status", "failed")[0] == 0
     assert cli("resume", base_url=url)[0] == 0
