@@ -7,6 +7,8 @@ Exit codes: 0 done, 1 stopped by a fatal API condition (401), 2 bad input or con
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -102,7 +104,29 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     return value
 
 
-def sending_options(f: F) -> F:
+@dataclass(frozen=True)
+class _SendingFlags:
+    """The sending options as given; `_sending` checks them (after the campaign files, whose
+    errors come first)."""
+
+    base_url: str
+    timeout: float
+    use_sandbox: bool
+    no_wait: bool
+    allow_insecure: bool
+    switch_api: bool
+    api_limit: str | None
+
+
+def sending_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of the commands that send, handed to the command as one `flags` argument."""
+
+    @functools.wraps(f)
+    def command(*args: Any, **options: Any) -> Any:
+        names = [field.name for field in dataclasses.fields(_SendingFlags)]
+        flags = _SendingFlags(**{name: options.pop(name) for name in names})
+        return f(*args, flags=flags, **options)
+
     for option in reversed(
         [
             click.option(
@@ -142,8 +166,8 @@ def sending_options(f: F) -> F:
             ),
         ]
     ):
-        f = option(f)
-    return f
+        command = option(command)
+    return command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -227,18 +251,7 @@ def _print_messages(campaign: Campaign, count: int, urns: Sequence[str]) -> None
 @db_option
 @sending_options
 @click.option("--accept-changes", is_flag=True, help="Apply a changed message/group/endpoint to unsent recipients.")
-def run(
-    files: tuple[str, ...],
-    db: str | None,
-    base_url: str,
-    timeout: float,
-    use_sandbox: bool,
-    no_wait: bool,
-    allow_insecure: bool,
-    switch_api: bool,
-    api_limit: str | None,
-    accept_changes: bool,
-) -> int:
+def run(files: tuple[str, ...], db: str | None, flags: _SendingFlags, accept_changes: bool) -> int:
     """Load campaign files and send until every recipient is done.
 
     Sleeps while the accounts' limits refill. Running the same file again adds new recipients
@@ -260,33 +273,22 @@ def run(
                 " give each campaign its own name"
             )
         first_file[campaign.name] = campaign.source
-    sending = _sending(base_url, use_sandbox, allow_insecure, api_limit, switch_api)
-    return anyio.run(_run, db, campaigns, sending, timeout, no_wait, accept_changes)
+    sending = _sending(flags)
+    return anyio.run(_run, db, campaigns, sending, flags.timeout, flags.no_wait, accept_changes)
 
 
 @cli.command()
 @click.argument("name", required=False)
 @db_option
 @sending_options
-def resume(
-    name: str | None,
-    db: str | None,
-    base_url: str,
-    timeout: float,
-    use_sandbox: bool,
-    no_wait: bool,
-    allow_insecure: bool,
-    switch_api: bool,
-    api_limit: str | None,
-) -> int:
+def resume(name: str | None, db: str | None, flags: _SendingFlags) -> int:
     """Continue a campaign from the database (all unfinished ones when NAME is left out).
 
     \b
     Example:
         campaign-runner resume spring-meetup-invite
     """
-    sending = _sending(base_url, use_sandbox, allow_insecure, api_limit, switch_api)
-    return anyio.run(_resume, db, name, sending, timeout, no_wait)
+    return anyio.run(_resume, db, name, _sending(flags), flags.timeout, flags.no_wait)
 
 
 @dataclass(frozen=True)
@@ -306,9 +308,9 @@ class _Sending:
         return SANDBOX_API if self.use_sandbox else self.base_url
 
 
-def _sending(
-    base_url: str, use_sandbox: bool, allow_insecure: bool, api_limit: str | None, switch_api: bool = False
-) -> _Sending:
+def _sending(flags: _SendingFlags) -> _Sending:
+    """Check the sending options, and read the API key."""
+    api_limit, switch_api = flags.api_limit, flags.switch_api
     api_limits = None
     if api_limit is not None:
         try:
@@ -317,15 +319,15 @@ def _sending(
             raise ConfigError(f"--api-limit: {exc}") from None
         if not api_limits:
             raise ConfigError("--api-limit: give at least one limit, e.g. 60/minute")
-    if use_sandbox:
+    if flags.use_sandbox:
         return _Sending("", secrets.token_urlsafe(16), True, api_limits, switch_api=switch_api)
-    base_url = client.check_base_url(base_url, allow_insecure)
+    base_url = client.check_base_url(flags.base_url, flags.allow_insecure)
     key = os.environ.get("CONNECTSAFELY_API_KEY", "").strip()
     if not key:
         raise ConfigError("CONNECTSAFELY_API_KEY is not set: export your API key, or try --sandbox")
     if any(ch.isspace() for ch in key) or not key.isprintable() or not key.isascii():
         raise ConfigError("CONNECTSAFELY_API_KEY contains spaces, control or non-ASCII characters")
-    return _Sending(base_url, key, False, api_limits, allow_insecure, switch_api)
+    return _Sending(base_url, key, False, api_limits, flags.allow_insecure, switch_api)
 
 
 async def _run(
