@@ -31,12 +31,13 @@ from rich.console import Console
 from . import __version__, client, events, sandbox
 from .clock import SystemClock, iso
 from .config import Campaign, load_campaign, renderer
-from .display import LiveView, LogLines, counted, describe_finish, describe_wait, local_time
+from .display import LiveView, LogLines, counted, describe_finish, describe_wait
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
 from .outcome import Ending, Status, Wait
 from .overview import CampaignView, Overview, overview
 from .plan import Forecaster, make_plan
 from .report import FORMATS, write_report
+from .schedule import local_time
 from .scheduler import RunResult, Scheduler
 from .settings import CampaignSettings, Limit, account_label
 from .store import DEFAULT_DB, SANDBOX_API, SANDBOX_DB, Store, data_folder

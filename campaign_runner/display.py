@@ -4,7 +4,6 @@ an account's state, a forecast's finish."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console, Group
@@ -14,7 +13,7 @@ from rich.table import Table
 from . import events
 from .clock import Clock, iso
 from .outcome import AccountEnd, Availability, Ending, Status, Wait
-from .schedule import zone
+from .schedule import local_time
 from .settings import account_label
 
 if TYPE_CHECKING:
@@ -72,11 +71,6 @@ def describe_account(found: AccountStatus, now: float, timezone: str) -> tuple[A
 def counted(count: int, noun: str) -> str:
     """`1 recipient`, `2 recipients`, `0 duplicates`: a count and its noun, as people write them."""
     return f"{count} {noun if count == 1 else noun + 's'}"
-
-
-def local_time(epoch: float, timezone: str) -> str:
-    """A moment as people read it: minutes, in a campaign's or an account's time zone."""
-    return datetime.fromtimestamp(epoch, zone(timezone)).strftime("%Y-%m-%d %H:%M %Z")
 
 
 def describe_finish(finish: float | None, result: Ending, timezone: str) -> str:

@@ -33,7 +33,7 @@ from .config import Campaign
 from .errors import CampaignRunnerError
 from .outcome import Ending, Status
 from .sandbox import Sandbox, SandboxConfig
-from .schedule import zone
+from .schedule import local_time, zone
 from .scheduler import Scheduler
 from .store import Forecast, Store, copy_database, process_alive
 
@@ -69,7 +69,7 @@ class Plan:
         return weeks
 
     def local(self, epoch: float) -> str:
-        return datetime.fromtimestamp(epoch, zone(self.timezone)).strftime("%Y-%m-%d %H:%M %Z")
+        return local_time(epoch, self.timezone)
 
 
 async def make_plan(campaign: Campaign, start: float, db: Path | None = None, settle: bool = True) -> Plan:

@@ -35,7 +35,7 @@ def as_dict(row: ReportRow) -> dict[str, Any]:
     return values
 
 
-def local_time(epoch: float | None, timezone: str) -> str | None:
+def spreadsheet_time(epoch: float | None, timezone: str) -> str | None:
     """A time as a spreadsheet reads it: in `timezone`, to the second."""
     return None if epoch is None else datetime.fromtimestamp(epoch, zone(timezone)).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -66,7 +66,7 @@ async def _csv(rows: AsyncIterator[ReportRow], out: TextIO, columns: list[str], 
     async for row in rows:
         values = as_dict(row)
         if excel:
-            values["sent_at"] = local_time(row.sent_at, excel)
+            values["sent_at"] = spreadsheet_time(row.sent_at, excel)
         values |= {own[key]: value for key, value in row.variables.items() if key in own}
         writer.writerow({key: neutralise(value) for key, value in values.items()})
         written += 1

@@ -16,7 +16,7 @@ from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["DAY_NAMES", "Schedule", "next_open", "parse_hours"]
+__all__ = ["DAY_NAMES", "Schedule", "local_time", "next_open", "parse_hours"]
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 ALL_DAY = (0, 1440)
@@ -30,6 +30,11 @@ def zone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"unknown time zone {name!r}: use an IANA name such as Europe/Berlin") from None
+
+
+def local_time(epoch: float, timezone: str) -> str:
+    """A moment as people read it: minutes, in a campaign's or an account's time zone."""
+    return datetime.fromtimestamp(epoch, zone(timezone)).strftime("%Y-%m-%d %H:%M %Z")
 
 
 def parse_hours(text: str) -> tuple[int, int]:
