@@ -16,9 +16,10 @@ import ipaddress
 import json
 import re
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import anyio
 import httpx
@@ -61,6 +62,101 @@ class SendRequest:
         if self.account_id:
             body["accountId"] = self.account_id
         return body
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """A read: a profile lookup, a page of a group's members, a pre-check, an account's health."""
+
+    method: str  # GET or POST
+    path: str  # under the base URL, e.g. "profile", "conversations/exists/jane-doe"
+    account_id: str | None
+    json: dict[str, Any] | None = None  # the body of a POST (accountId is added)
+
+    @classmethod
+    def profile(cls, slug: str, account_id: str | None) -> ReadRequest:
+        return cls("POST", "profile", account_id, {"profileId": slug})
+
+    @classmethod
+    def conversation_exists(cls, slug: str, account_id: str | None) -> ReadRequest:
+        return cls("GET", f"conversations/exists/{quote(slug, safe='')}", account_id)
+
+    @classmethod
+    def account_status(cls, account_id: str | None) -> ReadRequest:
+        return cls("GET", "account/status", account_id)
+
+    @classmethod
+    def group_members(
+        cls, group: str, start: int, count: int, statuses: Sequence[str], query: str | None, account_id: str | None
+    ) -> ReadRequest:
+        """A page of members; `group` is the group's id or its URL (`/groups/members-by-url`)."""
+        body: dict[str, Any] = {"start": start, "count": count, "membershipStatuses": [s.upper() for s in statuses]}
+        if query:
+            body["typeaheadQuery"] = query
+        if group.isdigit():
+            return cls("POST", "groups/members", account_id, {"groupId": group, **body})
+        return cls("POST", "groups/members-by-url", account_id, {"groupUrl": group, **body})
+
+    def body(self) -> dict[str, Any] | None:
+        if self.json is None:
+            return None
+        return {**self.json, "accountId": self.account_id} if self.account_id else dict(self.json)
+
+    def params(self) -> dict[str, str]:
+        return {"accountId": self.account_id} if self.method == "GET" and self.account_id else {}
+
+
+@dataclass(frozen=True)
+class Profile:
+    urn: str
+    slug: str | None
+    first_name: str | None = None
+    last_name: str | None = None
+    headline: str | None = None
+
+
+@dataclass(frozen=True)
+class Member:
+    profile: Profile
+    membership_status: str | None  # member, manager, owner
+
+
+@dataclass(frozen=True)
+class MembersPage:
+    members: tuple[Member, ...]
+    has_more: bool
+    total: int | None
+    group_id: str | None
+
+
+@dataclass(frozen=True)
+class Health:
+    status: str  # AVAILABLE, IN_USE, ERROR, WARMUP, UNKNOWN
+    enabled: bool
+    has_tokens: bool
+    raw: dict[str, Any]
+
+    @property
+    def problem(self) -> str | None:
+        """Why the account cannot send, if the API says it cannot."""
+        if self.status == "ERROR":
+            return "the API reports its status as ERROR (its calls fail until it is fixed)"
+        if not self.enabled:
+            return "the API reports it disabled"
+        if not self.has_tokens:
+            return "the API has no LinkedIn session for it (hasTokens: false): reconnect it"
+        return None
+
+
+@dataclass(frozen=True)
+class ReadAnswer:
+    """What a read brought: `outcome.kind` SENT means the API answered it, with what it said."""
+
+    outcome: Outcome
+    profile: Profile | None = None
+    has_conversation: bool | None = None
+    health: Health | None = None
+    page: MembersPage | None = None
 
 
 def check_base_url(base_url: str, allow_insecure: bool = False) -> str:
@@ -185,6 +281,22 @@ class ApiClient:
             return Outcome(Kind.UNKNOWN, error=f"unreadable answer ({_describe(exc)}); the message may have been sent")
         return classify(response)
 
+    async def read(self, request: ReadRequest) -> ReadAnswer:
+        """A read request. Reads change nothing, so an unanswered one is simply asked again later."""
+        http = self._http if isinstance(self._http, httpx.AsyncClient) else self._http(request.account_id)
+        try:
+            with anyio.move_on_after(self.deadline) as scope:
+                response = await http.request(
+                    request.method, request.path, json=request.body(), params=request.params()
+                )
+            if scope.cancelled_caught:
+                return ReadAnswer(Outcome(Kind.UNKNOWN, error=f"no complete answer within {self.deadline:g}s"))
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            return ReadAnswer(Outcome(Kind.NOT_SENT, error=f"no connection: {_describe(exc)}"))
+        except httpx.HTTPError as exc:
+            return ReadAnswer(Outcome(Kind.UNKNOWN, error=f"no answer ({_describe(exc)})"))
+        return classify_read(response, request)
+
     def __repr__(self) -> str:
         return (
             f"ApiClient({self._http!r})"
@@ -201,6 +313,83 @@ def classify(response: httpx.Response) -> Outcome:
     if status == 200:
         return _classify_ok(payload, text, common)
     return _judge(status, payload, _error_text(payload, text, response.reason_phrase), response, common)
+
+
+def classify_read(response: httpx.Response, request: ReadRequest) -> ReadAnswer:
+    """A read's answer. A 404 whose JSON says `success: false` is the API's "not found" (an account
+    or a profile), not a wrong address. A 200 whose body is not what the endpoint answers is
+    unreadable: asked again later, never taken as an answer."""
+    status, text = response.status_code, response.text
+    payload = _json(text)
+    common = {"body": text[:MAX_BODY_KEPT], "rate_limit": rate_limit_headers(response.headers)}
+    if status != 200 or payload.get("success") is False:
+        error = _error_text(payload, text, response.reason_phrase)
+        if status == 404 and payload.get("success") is False:
+            return ReadAnswer(Outcome(Kind.REJECTED, http_status=404, error=error, **common))
+        judged = _judge(status if status != 200 else 400, payload, error, response, common)
+        return ReadAnswer(judged if status != 200 else replace(judged, http_status=200))
+    ok = Outcome(Kind.SENT, http_status=200, **common)
+    try:
+        if request.path == "profile":
+            return ReadAnswer(ok, profile=_profile(payload["profile"]))
+        if request.path.startswith("conversations/exists/"):
+            found = payload["hasConversation"]
+            if not isinstance(found, bool):
+                raise TypeError("hasConversation")
+            return ReadAnswer(ok, has_conversation=found)
+        if request.path == "account/status":
+            health = Health(str(payload["status"]), payload.get("enabled") is not False,
+                            payload.get("hasTokens") is not False, payload)  # fmt: skip
+            return ReadAnswer(ok, health=health)
+        members = tuple(_member(item) for item in payload["members"] if isinstance(item, dict))
+        total = (payload.get("pagination") or {}).get("total")
+        group_id = payload.get("groupId")
+        page = MembersPage(
+            tuple(m for m in members if m is not None),
+            payload.get("hasMore") is True,
+            total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None,
+            str(group_id) if isinstance(group_id, (str, int)) and str(group_id).isdigit() else None,
+        )
+        return ReadAnswer(ok, page=page)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        snippet = " ".join(text.split())[:200]
+        error = f"HTTP 200 that is not the API's answer ({type(exc).__name__}: {exc}; it began: {snippet})"
+        return ReadAnswer(Outcome(Kind.UNKNOWN, http_status=200, error=error, **common))
+
+
+URN_PREFIX = "urn:li:fsd_profile:"
+_URN = re.compile(r"^urn:li:fsd_profile:[A-Za-z0-9_-]{1,200}$")
+
+
+def _text(value: object, limit: int = 500) -> str | None:
+    return value.strip()[:limit] or None if isinstance(value, str) else None
+
+
+def _profile(data: dict[str, Any]) -> Profile:
+    """A profile or a member as the API gives it: `entityUrn`... or `profileId`, `fullName`..."""
+    urn = data.get("entityUrn") or data.get("urn")
+    if not urn and isinstance(data.get("profileId"), str):
+        urn = URN_PREFIX + data["profileId"]
+    if not isinstance(urn, str) or not _URN.match(urn):
+        raise ValueError(f"no profile URN in {sorted(data)[:8]}")
+    slug = _text(data.get("publicIdentifier"), 200)
+    if slug is None and isinstance(data.get("profileUrl"), str):
+        found = re.search(r"linkedin\.com/in/([^/?#\s]+)", data["profileUrl"])
+        slug = unquote(found.group(1)) if found else None
+    first, last = _text(data.get("firstName")), _text(data.get("lastName"))
+    if first is None and last is None and isinstance(data.get("fullName"), str):
+        first, _, rest = data["fullName"].strip().partition(" ")
+        first, last = first[:500] or None, rest.strip()[:500] or None
+    return Profile(urn, slug.lower() if slug else None, first, last, _text(data.get("headline")))
+
+
+def _member(data: dict[str, Any]) -> Member | None:
+    try:
+        profile = _profile(data)
+    except ValueError:
+        return None  # a member without a usable URN cannot be messaged: left out
+    status = data.get("membershipStatus")
+    return Member(profile, status.lower() if isinstance(status, str) else None)
 
 
 def _classify_ok(payload: dict[str, Any], text: str, common: dict[str, Any]) -> Outcome:

@@ -11,10 +11,11 @@ import csv
 import json
 import math
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jinja2.meta
 import yaml
@@ -24,7 +25,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import CampaignFileError, Problem
 from .schedule import DAY_NAMES, Schedule, parse_hours, zone
-from .settings import DEFAULT_ACCOUNT, MAX_CAP, UNITS, Account, Breaker, CampaignSettings, Limit, Warmup
+from .settings import (
+    DEFAULT_ACCOUNT,
+    MAX_CAP,
+    MEMBER_STATUSES,
+    MEMBERS_BUDGET,
+    PROFILES_BUDGET,
+    UNITS,
+    Account,
+    Audience,
+    Breaker,
+    CampaignSettings,
+    Limit,
+    Warmup,
+)
 
 ENDPOINTS = ("send-group", "send-group-with-typing", "send-group-with-ack")
 DEFAULT_ENDPOINT = "send-group-with-typing"
@@ -33,10 +47,18 @@ DEFAULT_API_LIMITS = ("60/minute", "100/10s")  # the vendor's allowance per API 
 MAX_MESSAGE_CHARS = 8000
 URN_PATTERN = re.compile(r"^urn:li:fsd_profile:[A-Za-z0-9_-]+$")
 URN_COLUMN = "profile_urn"
+URL_COLUMN = "profile_url"
+SLUG_COLUMN = "public_identifier"
+PERSON_COLUMNS = (URN_COLUMN, URL_COLUMN, SLUG_COLUMN)  # who a row is: any one of them
+# The variables a group member brings to the message (`audience: group_members`).
+MEMBER_VARIABLES = ("first_name", "last_name", "headline", "public_identifier", "membership_status")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|[smhd])?\s*$")
 
 GROUP_URL = re.compile(r"^(?:https?://)?(?:[a-z0-9-]+\.)?linkedin\.com/groups/(\d+)(?:[/?#].*)?$", re.IGNORECASE)
+# A profile's URL: the slug after /in/ (as the vendor's own clients take it), percent-decoded.
+PROFILE_URL = re.compile(r"^(?:https?://)?(?:[a-z0-9-]+\.)?linkedin\.com/in/([^/?#\s]+)(?:[/?#].*)?$", re.IGNORECASE)
+SLUG = re.compile(r"^[^\s/:?#%]{1,200}$")
 
 
 class WrittenInt(int):
@@ -78,6 +100,53 @@ def group_id_of(text: str) -> str:
         f"{text!r} is not a group id: give the group's numeric id (e.g. 12345678) or its URL"
         " (https://www.linkedin.com/groups/12345678/)"
     )
+
+
+def slug_of(text: str) -> str:
+    """A profile's public identifier, from itself or from its URL
+    (`https://www.linkedin.com/in/jane-doe-123/?trk=x` -> `jane-doe-123`)."""
+    text = text.strip()
+    if "/" in text or text.lower().startswith(("http:", "https:", "www.", "linkedin.")):
+        found = PROFILE_URL.match(text)
+        if not found:
+            raise ValueError(f"{text!r} is not a profile URL: expected https://www.linkedin.com/in/<name>/")
+        text = urllib.parse.unquote(found.group(1))
+    if not SLUG.match(text):
+        raise ValueError(f"{text!r} is not a public identifier (the part after linkedin.com/in/ in a profile URL)")
+    return text.lower()  # LinkedIn's are case-insensitive: one person, one identifier
+
+
+def person_of(text: str) -> tuple[str | None, str | None]:
+    """(URN, None) or (None, public identifier) for a URN, a profile URL or a bare identifier."""
+    text = text.strip()
+    if text.startswith("urn:"):
+        if not URN_PATTERN.match(text):
+            raise ValueError(f"{text!r} is not a profile URN: expected urn:li:fsd_profile:<id>")
+        return text, None
+    try:
+        return None, slug_of(text)
+    except ValueError:
+        if "/" in text or "linkedin." in text.lower():
+            raise  # meant as a URL: say what is wrong with it
+        raise ValueError(
+            f"{text!r} is none of a profile URN (urn:li:fsd_profile:...), a profile URL"
+            " (https://www.linkedin.com/in/<name>/) or a public identifier"
+        ) from None
+
+
+def parse_recontact(value: Any) -> float | None:
+    """`never` -> None, `always` -> 0, a duration (`90d`) -> its seconds."""
+    if value == "never":
+        return None
+    if value == "always":
+        return 0.0
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise ValueError(f"{value!r}: use never, always, or a duration such as 90d") from None
+    if seconds <= 0:
+        raise ValueError(f"{value!r}: a duration above zero (or always)")
+    return seconds
 
 
 def parse_delay(value: Any) -> tuple[float, float]:
@@ -197,6 +266,26 @@ class BreakerPolicy(_Strict):
         return parse_duration(value)
 
 
+class GroupMembersSpec(_Strict):
+    statuses: list[Literal["member", "manager", "owner"]] = Field(default_factory=lambda: ["member"], min_length=1)
+    max: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class AudienceSpec(_Strict):
+    group_members: GroupMembersSpec
+
+
+class BudgetsSpec(_Strict):
+    members: str = str(MEMBERS_BUDGET)  # group members fetched per account
+    profiles: str = str(PROFILES_BUDGET)  # profiles looked up per account
+
+    @field_validator("members", "profiles")
+    @classmethod
+    def _limit(cls, value: str) -> str:
+        Limit.parse(value)
+        return value
+
+
 class CampaignFile(_Strict):
     """Schema v1 of a campaign file."""
 
@@ -215,6 +304,16 @@ class CampaignFile(_Strict):
     message: str = Field(min_length=1)
     recipients: list[dict[str, Any]] = Field(default_factory=list)
     recipients_file: str | None = Field(default=None, min_length=1)
+    audience: AudienceSpec | None = None
+    recontact: str = "never"
+    precheck: Literal["conversation", "none"] = "conversation"
+    budgets: BudgetsSpec = Field(default_factory=BudgetsSpec)
+
+    @field_validator("recontact", mode="before")
+    @classmethod
+    def _recontact(cls, value: Any) -> Any:
+        parse_recontact(value if isinstance(value, str) else str(value))
+        return value
 
     @field_validator("accounts", mode="before")
     @classmethod
@@ -263,12 +362,29 @@ class CampaignFile(_Strict):
 # --- what the rest of the program uses ------------------------------------------------------
 
 
+class Person(NamedTuple):
+    """Who a row is: its URN, its public identifier (from a profile URL), or both."""
+
+    urn: str | None
+    slug: str | None
+
+    @property
+    def key(self) -> str:
+        """What tells two rows of a file apart: the URN, else the public identifier."""
+        return self.urn or self.slug or ""
+
+
 @dataclass(frozen=True)
 class Recipient:
-    profile_urn: str
+    profile_urn: str | None  # None until its public identifier is looked up
     message: str  # rendered
     place: str  # where it came from, for messages
     variables: dict[str, Any] = field(default_factory=dict)  # its own values from the file
+    public_identifier: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.profile_urn or self.public_identifier or ""
 
     def variables_json(self) -> str:
         """Its values as stored: JSON, a blank one as null, whatever else YAML gave that JSON has not
@@ -315,13 +431,13 @@ class Recipients:
     def __iter__(self) -> Iterator[Recipient]:
         problems: list[Problem] = []
         seen: set[str] = set()
-        for place, urn, values in self.rows(problems):
-            if urn in seen:
+        for place, person, values in self.rows(problems):
+            if person.key in seen:
                 continue
-            seen.add(urn)
+            seen.add(person.key)
             message = _render_checked(self._template, values, place, problems)
             if message is not None:
-                yield Recipient(urn, message, place, values)
+                yield Recipient(person.urn, message, place, values, person.slug)
         if problems:
             changed = Problem("", "the file changed while it was being loaded")
             raise CampaignFileError(self._source, [changed, *problems])
@@ -337,6 +453,7 @@ class Campaign(CampaignSettings):
     warnings: tuple[Problem, ...] = ()
     advice: tuple[Problem, ...] = ()  # what `validate` also points out: columns the message never uses
     columns: tuple[str, ...] = ()  # the recipients' variables, in file order
+    to_resolve: int = 0  # recipients given by profile URL or public identifier: looked up before sending
 
 
 class BlankCell(StrictUndefined):
@@ -397,18 +514,25 @@ def load_campaign(path: str | Path) -> Campaign:
     seen: set[str] = set()
     keys: dict[str, None] = {}  # every variable some recipient has (a column, an inline key), in file order
     repeated: list[tuple[str, str]] = []  # (place, urn) of each repeat
-    count = rows = 0
-    for place, urn, values in recipients.rows(problems):
+    count = rows = to_resolve = 0
+    for place, person, values in recipients.rows(problems):
         rows += 1
         keys.update(dict.fromkeys(values))
-        if urn in seen:
-            repeated.append((place, urn))
+        if person.key in seen:
+            repeated.append((place, person.key))
             continue
-        seen.add(urn)
+        seen.add(person.key)
+        if person.urn is None:
+            to_resolve += 1
         if _render_checked(template, values, place, problems) is not None:
             count += 1
-    if not rows and not problems:
-        problems.append(Problem("recipients", "no recipients: give `recipients`, `recipients_file`, or both"))
+    if spec.audience is not None:
+        keys.update(dict.fromkeys(MEMBER_VARIABLES))
+        _check_member_template(template, problems)
+    elif not rows and not problems:
+        problems.append(
+            Problem("recipients", "no recipients: give `recipients`, `recipients_file`, `audience`, or several")
+        )
     del seen
     warnings = _repeat_warnings(recipients, repeated)
     missing, advice = _variable_warnings(env, spec.message, keys, recipients) if not problems else ([], [])
@@ -437,7 +561,41 @@ def load_campaign(path: str | Path) -> Campaign:
         advice=tuple(advice),
         columns=tuple(keys),
         timezone=spec.schedule.timezone or (accounts[0].schedule.timezone if accounts else "UTC"),
+        to_resolve=to_resolve,
+        recontact_after=parse_recontact(spec.recontact),
+        precheck=spec.precheck,
+        audience=(
+            Audience(
+                tuple(sorted(set(spec.audience.group_members.statuses), key=MEMBER_STATUSES.index)),
+                spec.audience.group_members.max,
+            )
+            if spec.audience
+            else None
+        ),  # fmt: skip
+        members_budget=Limit.parse(spec.budgets.members),
+        profiles_budget=Limit.parse(spec.budgets.profiles),
     )
+
+
+SAMPLE_MEMBER = {
+    "first_name": "Ada",
+    "last_name": "Lovelace",
+    "headline": "Engineer",
+    "public_identifier": "ada-lovelace",
+    "membership_status": "member",
+}
+
+
+def _check_member_template(template: Any, problems: list[Problem]) -> None:
+    """The message must render for a group member (who brings MEMBER_VARIABLES, and nothing else)."""
+    _render_checked(template, SAMPLE_MEMBER, "message (for a group member)", problems)
+
+
+def member_message(template: Any, variables: dict[str, Any]) -> tuple[str | None, str | None]:
+    """A group member's message, or why it does not render (a blank name printed bare)."""
+    problems: list[Problem] = []
+    message = _render_checked(template, _present(variables), "", problems)
+    return message, (problems[0].message if problems else None)
 
 
 def _variable_warnings(
@@ -482,9 +640,9 @@ def _repeat_warnings(recipients: Recipients, repeated: list[tuple[str, str]]) ->
         return []
     wanted = {urn for _, urn in repeated}
     first: dict[str, str] = {}
-    for place, urn, _ in recipients.rows([]):
-        if urn in wanted and urn not in first:
-            first[urn] = place
+    for place, person, _ in recipients.rows([]):
+        if person.key in wanted and person.key not in first:
+            first[person.key] = place
     return [Problem(place, f"{urn} is listed twice (first at {first[urn]}); kept once") for place, urn in repeated]
 
 
@@ -556,18 +714,37 @@ def _schedule(campaign: ScheduleFields, account: ScheduleFields) -> Schedule:
     )
 
 
-Row = tuple[str, str, dict[str, Any]]  # place, urn, template variables
+Row = tuple[str, Person, dict[str, Any]]  # place, who, template variables
 
 
-def _check_urn(value: Any, place: str, problems: list[Problem]) -> str | None:
-    if not isinstance(value, str) or not value.strip():
-        problems.append(Problem(place, f"missing {URN_COLUMN}"))
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _person(values: dict[str, Any], place: str, problems: list[Problem], inline: bool = False) -> Person | None:
+    """Who a row is, from its profile_urn, profile_url or public_identifier (taken out of `values`)."""
+    urn_cell, url_cell, slug_cell = (values.pop(name, None) for name in PERSON_COLUMNS)
+    where = (lambda name: f"{place}.{name}") if inline else (lambda name: place)
+    urn = slug = None
+    if not _blank(urn_cell):
+        text = str(urn_cell).strip()
+        if not URN_PATTERN.match(text):
+            problems.append(
+                Problem(where(URN_COLUMN), f"invalid {URN_COLUMN} {text!r}: expected urn:li:fsd_profile:<id>")
+            )
+            return None
+        urn = text
+    for name, cell in ((URL_COLUMN, url_cell), (SLUG_COLUMN, slug_cell)):
+        if slug is None and not _blank(cell):
+            try:
+                slug = slug_of(str(cell))
+            except ValueError as exc:
+                problems.append(Problem(where(name), f"invalid {name}: {exc}"))
+                return None
+    if urn is None and slug is None:
+        problems.append(Problem(where(URN_COLUMN), f"missing {URN_COLUMN} (or {URL_COLUMN}, or {SLUG_COLUMN})"))
         return None
-    urn = value.strip()
-    if not URN_PATTERN.match(urn):
-        problems.append(Problem(place, f"invalid {URN_COLUMN} {urn!r}: expected urn:li:fsd_profile:<id>"))
-        return None
-    return urn
+    return Person(urn, slug)
 
 
 def _present(values: dict[str, Any]) -> dict[str, Any]:
@@ -582,14 +759,14 @@ def _present(values: dict[str, Any]) -> dict[str, Any]:
 def _inline_rows(items: list[dict[str, Any]], problems: list[Problem]) -> Iterator[Row]:
     for index, item in enumerate(items):
         place = f"recipients[{index}]"
-        urn = _check_urn(item.get(URN_COLUMN), f"{place}.{URN_COLUMN}", problems)
-        bad_keys = [key for key in item if not isinstance(key, str) or not key.isidentifier()]
+        values = dict(item)
+        person = _person(values, place, problems, inline=True)
+        bad_keys = [key for key in values if not isinstance(key, str) or not key.isidentifier()]
         if bad_keys:
             problems.append(Problem(place, f"variable names must be identifiers: {bad_keys!r}"))
             continue
-        if urn:
-            values = _present({k: v for k, v in item.items() if k != URN_COLUMN})
-            yield place, urn, values
+        if person:
+            yield place, person, _present(values)
 
 
 def _csv_rows(
@@ -646,8 +823,13 @@ def _csv_reader_rows(
     if repeated:
         problems.append(Problem(f"{shown} line 1", f"duplicate column names: {', '.join(repeated)}"))
         return
-    if URN_COLUMN not in header:
-        problems.append(Problem(f"{shown} line 1", f"no {URN_COLUMN} column (columns: {', '.join(written)})"))
+    if not set(PERSON_COLUMNS) & set(header):
+        problems.append(
+            Problem(
+                f"{shown} line 1",
+                f"no {URN_COLUMN}, {URL_COLUMN} or {SLUG_COLUMN} column (columns: {', '.join(written)})",
+            )
+        )
         return
     bad = [cell for cell, name in zip(written, header, strict=True) if not name.isidentifier()]
     if bad:
@@ -665,10 +847,10 @@ def _csv_reader_rows(
                 problems.append(Problem(place, f"{len(cells)} fields where the header has {len(header)}"))
                 continue
             values = dict(zip(header, cells, strict=True))
-            urn = _check_urn(values.pop(URN_COLUMN), place, problems)
+            person = _person(values, place, problems)
             rows += 1
-            if urn:
-                yield place, urn, _present(values)
+            if person:
+                yield place, person, _present(values)
     except csv.Error as exc:
         problems.append(Problem(f"{shown} line {reader.line_num}", f"CSV: {exc}"))
     if not rows and not problems:

@@ -27,10 +27,19 @@ _WAITS = {
     Wait.IN_FLIGHT: "another process is sending",
     Wait.BACKOFF: "retry backoff",
     Wait.ELSEWHERE: "waiting for other accounts",
+    Wait.LOOKUP: "profile lookups: the daily budget is spent",
     Wait.DELAY: "random gap between sends",
     Wait.SERVER: "the server's remaining budget is used up until its reset",
     Wait.KEY: "the API key's own limit",
     Wait.SCHEDULE: "outside sending hours",
+}
+
+
+_LOOKED = {
+    "profile": "profile of",
+    "precheck": "conversation pre-check of",
+    "status": "health of",
+    "members": "members of",
 }
 
 
@@ -114,6 +123,10 @@ class LogLines:
                     f"{e.campaign} {e.status} {e.profile_urn} via {account_label(e.account_id)}"
                     f" (attempt {e.attempt}, {detail}, {e.latency:.2f}s, window {e.window_used}/{e.window_cap})"
                 )
+            case events.Looked() as e:
+                where = f"{e.campaign} " if e.campaign else ""
+                became = f" -> {e.status}" if e.status else ""
+                return f"{where}{_LOOKED[e.action]} {e.subject} via {account_label(e.account_id)}: {e.detail}{became}"
             case events.AccountWaiting(account_id=account, until=until, reason=reason):
                 return f"{account_label(account)} {describe_wait(reason)}: next send at {iso(until)}"
             case events.AccountHeld(account_id=account, until=until, reason=reason):
@@ -187,6 +200,11 @@ class LiveView:
                     row.other += 1
                 row.window = f"{e.window_used}/{e.window_cap}"
                 row.state = f"{e.status} {e.profile_urn.rsplit(':', 1)[-1]}"
+            case events.Looked(campaign=str(campaign), status=Status() as status) as e:
+                counts = self.counts.setdefault(campaign, dict.fromkeys(Status, 0))
+                counts[Status.PENDING] -= 1
+                counts[status] = counts.get(status, 0) + 1
+                self.accounts.setdefault(e.account_id, _AccountRow()).state = f"{status} {e.subject}"
             case events.AccountWaiting(account_id=account, until=until, reason=reason):
                 self.accounts.setdefault(
                     account, _AccountRow()

@@ -30,6 +30,19 @@ class Attempted:
 
 
 @dataclass(frozen=True)
+class Looked:
+    """A read made for the outreach: a profile lookup, a conversation pre-check, an account's health."""
+
+    account_id: str
+    action: str  # profile, precheck, status (store.ReadAction)
+    subject: str  # the public identifier, or the account
+    outcome: Kind
+    detail: str  # what it found, or why it could not
+    campaign: str | None = None
+    status: Status | None = None  # what became of the recipient, when it was settled by this
+
+
+@dataclass(frozen=True)
 class AccountWaiting:
     account_id: str
     until: float
@@ -97,6 +110,7 @@ class Stopping:
 Event = (
     RunStarted
     | Attempted
+    | Looked
     | AccountWaiting
     | AccountHeld
     | AccountPaused

@@ -70,9 +70,27 @@ def migrate(db: sqlite3.Connection, now: float, migrations: list[Migration] | No
     newest = _newest(db)
     if newest > known:
         raise _too_new(newest, known)
+    pending = [migration for migration in migrations if migration.version > newest]
+    if not pending:
+        return applied  # up to date: no write lock taken, so a read-only database can be read
+    # Foreign keys are off while migrations run (it cannot change inside a transaction), as SQLite
+    # asks for rebuilding a table: dropping the old one must not cascade to the rows that refer to
+    # it. Each migration is checked for dangling references before it commits.
+    (enforced,) = db.execute("PRAGMA foreign_keys").fetchone()
+    db.execute("PRAGMA foreign_keys = OFF")
+    try:
+        applied = _apply(db, pending, known, now)
+    finally:
+        db.execute(f"PRAGMA foreign_keys = {'ON' if enforced else 'OFF'}")
+    newest = _newest(db)
+    if newest > known:
+        raise _too_new(newest, known)
+    return applied
+
+
+def _apply(db: sqlite3.Connection, migrations: list[Migration], known: int, now: float) -> list[int]:
+    applied: list[int] = []
     for migration in migrations:
-        if migration.version <= newest:
-            continue  # up to date: no write lock taken, so a read-only database can be read
         # One transaction per migration, re-checking inside it: another process may be
         # migrating the same file at the same moment.
         db.execute("BEGIN IMMEDIATE")
@@ -87,14 +105,14 @@ def migrate(db: sqlite3.Connection, now: float, migrations: list[Migration] | No
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (migration.version, migration.name, now),
                 )
+                dangling = db.execute("PRAGMA foreign_key_check").fetchone()
+                if dangling is not None:
+                    raise StoreError(f"migration {migration.version:03d} left a dangling reference in {dangling[0]}")
                 applied.append(migration.version)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-    newest = _newest(db)
-    if newest > known:
-        raise _too_new(newest, known)
     return applied
 
 

@@ -41,7 +41,8 @@ class Status(enum.StrEnum):
     SENT = "sent"
     FAILED = "failed"
     UNKNOWN = "unknown"  # may have been delivered: never sent again by itself
-    SKIPPED = "skipped"  # no longer in the campaign's file: never sent
+    SKIPPED = "skipped"  # no longer in the campaign's file, contacted by another campaign, in a conversation
+    SUPPRESSED = "suppressed"  # on the do-not-contact list: never sent while it stays there
 
 
 class Wait(enum.StrEnum):
@@ -58,6 +59,7 @@ class Wait(enum.StrEnum):
     SCHEDULE = "schedule"  # outside sending hours
     BACKOFF = "backoff"  # the only recipients left wait for their retry time
     ELSEWHERE = "elsewhere"  # the only recipients left are other workers' requests in flight
+    LOOKUP = "lookup"  # the only recipients left need a profile lookup, and the account's budget is spent
 
 
 class Ending(enum.StrEnum):

@@ -26,6 +26,7 @@ import logging
 import random
 import socket
 import threading
+import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ import anyio.from_thread
 import uvicorn
 
 from campaign_runner.clock import Clock, SystemClock, iso
+from campaign_runner.sandbox_reads import EXISTS_PREFIX, READ_PATHS, People
 
 __all__ = ["Delivery", "RequestRecord", "Sandbox", "SandboxConfig", "Scripted", "serve", "serve_in_thread"]
 
@@ -106,6 +108,22 @@ class SandboxConfig:
     # Answers given, one each, to the next send requests that pass the documented checks: any
     # status, body and headers, however absurd (far-future or garbage times, odd 200 bodies).
     scripted: list[Scripted] = field(default_factory=list)
+    # The read endpoints (see sandbox_reads): one group of `group_size` members, profiles, conversations,
+    # each account's health, and the vendor's read budgets per account.
+    group_size: int = 0
+    member_shape: str = "entity"  # entity ({entityUrn, firstName...}), profile ({profileId, fullName...}), mixed
+    members_quota: int = 1000  # members fetched per account per window
+    members_quota_window: float = 86400.0
+    profile_quota: int = 120  # unique profiles looked up per account per window (one within 6 h is free)
+    profile_quota_window: float = 86400.0
+    missing_profiles: set[str] = field(default_factory=set)  # public identifiers with no profile
+    conversation_rate: float = 0.0  # share of people already in a conversation (drawn per person from `seed`)
+    conversations: set[str] = field(default_factory=set)  # public identifiers already in a conversation
+    account_status: dict[str | None, str] = field(default_factory=dict)  # account -> AVAILABLE, ERROR...
+    disabled_accounts: set[str | None] = field(default_factory=set)
+    no_tokens: set[str | None] = field(default_factory=set)
+    unknown_accounts: set[str] = field(default_factory=set)  # 404 from /account/status
+    read_faults: bool = True  # the fault shares above apply to reads too
 
     def __repr__(self) -> str:  # the key stays out of reprs
         return f"SandboxConfig(quota={self.quota}, quota_window={self.quota_window})"
@@ -176,6 +194,7 @@ class Sandbox:
         self._by_account: dict[str | None, int] = {}  # send requests per account
         self._storms: dict[str | None, float] = {}  # account -> end of its 429 storm
         self._random = random.Random(self.config.seed)
+        self.people = People(self.config, self.clock.now)
 
     @property
     def log(self) -> list[Delivery]:
@@ -186,6 +205,12 @@ class Sandbox:
     def requests(self) -> list[RequestRecord]:
         with self._lock:
             return list(self._requests)
+
+    @property
+    def sends(self) -> list[RequestRecord]:
+        """The requests to the three send endpoints (not the reads)."""
+        names = set(SEND_PATHS.values())
+        return [record for record in self.requests if record.endpoint in names]
 
     def __repr__(self) -> str:
         with self._lock:
@@ -201,8 +226,11 @@ class Sandbox:
         path, method = scope["path"], scope["method"]
         endpoint = SEND_PATHS.get(path)
         record: dict[str, Any] = {"endpoint": endpoint or path, "account_id": None, "recipient": None}
+        sub = path[len(PREFIX) :] if path.startswith(PREFIX + "/") else ""
         try:
-            if endpoint is None and path != LOG_PATH:
+            if sub in READ_PATHS or sub.startswith(EXISTS_PREFIX):
+                reply = await self._read(sub, method, receive, scope, record)
+            elif endpoint is None and path != LOG_PATH:
                 reply = _Reply(404, {"error": "Not found"})
             elif method != ("GET" if endpoint is None else "POST"):
                 allow = b"GET" if endpoint is None else b"POST"
@@ -256,6 +284,41 @@ class Sandbox:
                 reply.after, record["fault"] = config.slow_delay, "slow"
         if reply.raw is None and not reply.headers:  # a storm's 429 already says when it ends
             reply.headers = self._rate_headers(account, record=record)
+        return reply
+
+    async def _read(self, sub: str, method: str, receive: Receive, scope: Scope, record: dict[str, Any]) -> _Reply:
+        raw = await _read_body(receive)
+        token = dict(scope["headers"]).get(b"authorization", b"")
+        if not hmac.compare_digest(token, b"Bearer " + self.config.api_key.encode()):
+            return _Reply(401, {"error": "Unauthorized - Invalid credentials"})
+        query = dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        body = _parse_object(raw) if method == "POST" else None
+        account = query.get("accountId") if method == "GET" else (body or {}).get("accountId")
+        account = account if _is_text(account) else None
+        record["account_id"] = account
+        record["recipient"] = sub.rsplit("/", 1)[-1] if sub.startswith(EXISTS_PREFIX) else None
+        if method == "GET" and raw:
+            return _Reply(400, {"success": False, "error": "A GET takes no body"})
+        reply = self._fault(account, record) if self.config.read_faults else None
+        if reply is None:
+            answer = self.people.answer(method, sub, query, body)
+            reply = _Reply(answer.status, answer.payload)
+            if answer.rate is not None:
+                action, limit, used, reset = answer.rate
+                reply.headers = [
+                    (f"X-RateLimit-{name}".encode(), str(value).encode())
+                    for name, value in (
+                        ("Action", action),
+                        ("Limit", limit),
+                        ("Used", used),
+                        ("Remaining", max(limit - used, 0)),
+                        ("Reset", iso(reset)),
+                    )
+                ]
+            if self.config.read_faults and self._chance(self.config.drop_rate):
+                reply.dropped, record["fault"] = True, "drop"
+            elif self.config.read_faults and self._chance(self.config.slow_rate):
+                reply.after, record["fault"] = self.config.slow_delay, "slow"
         return reply
 
     async def _scripted(

@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 
 from . import events
-from .client import ApiClient, SendRequest
+from .client import ApiClient, ReadAnswer, ReadRequest, SendRequest
 from .clock import Clock
 from .errors import StoreError
 from .guard import AccountGuard, Judgement
@@ -33,7 +33,7 @@ from .limiter import KeyLine
 from .outcome import AccountEnd, Ending, Kind, Outcome, Status, Wait
 from .policy import Settlement, settle
 from .settings import Breaker, CampaignSettings, account_label
-from .store import ELSEWHERE_POLL, Claimed, Drained, Store, Waiting
+from .store import ELSEWHERE_POLL, Claimed, Drained, Read, ReadAction, Store, Waiting
 
 KEY_LINE_RECHECK = 60.0  # seconds an account waits in line for the API key's limit before it looks again
 ANNOUNCED_WAIT = 3.0  # seconds: a pause between two sends at least this long is reported as a wait
@@ -216,6 +216,8 @@ class Scheduler:
         guard = AccountGuard(Breaker.strictest(self._campaigns[name].breaker for name in names))
         announced: tuple[float, Wait] | None = None
         next_recovery = 0.0
+        if not await self._healthy(account):
+            return
         while not self._stop.is_set():
             await self._wait_in_key_line(account)
             # Registered before the claim, so a change in between is not missed.
@@ -224,7 +226,9 @@ class Scheduler:
             self._on_drained.add(wake)
             with anyio.CancelScope(shield=True):
                 now = self._clock.now()
-                decision = await self._store.claim(self._run_id, account, list(order), now, draw=self._rng.uniform)
+                decision = await self._store.claim(
+                    self._run_id, account, list(order), now, draw=self._rng.uniform, deadline=self._api.deadline
+                )
             if isinstance(decision, Waiting) and decision.reason is Wait.KEY:
                 self._key_line.join(account)
             else:
@@ -257,6 +261,10 @@ class Scheduler:
                 await self._wait_in_key_line(account)
                 continue
             self._forget(wake)
+            if isinstance(decision, Read):  # a lookup or pre-check, counted: made even when stopping
+                await self._read(decision)
+                announced = None
+                continue
             if self._stop.is_set():  # stopped while the claim was being made: it never left
                 with anyio.CancelScope(shield=True):
                     await self._store.release(decision, self._clock.now())
@@ -278,6 +286,74 @@ class Scheduler:
                 self._on_drained.add(wake)
                 await self._sleep(decision.next_at, wake)
         self._emit(events.AccountFinished(account, AccountEnd.STOPPED))
+
+    async def _healthy(self, account: str) -> bool:
+        """Before an account's first send: its health, from the API (`GET /account/status`). An
+        account the API reports in ERROR, disabled or without its LinkedIn session is stopped for
+        the run, before any recipient is spent on it. A check that cannot be made lets the account
+        go on: its sends are watched by the breaker as always."""
+        while not self._stop.is_set():
+            await self._wait_in_key_line(account)
+            read = await self._store.reserve(account, ReadAction.STATUS, account, self._clock.now(), self._api.deadline)
+            if isinstance(read, Read):
+                self._leave_key_line(account)
+                break
+            self._key_line.join(account)  # only the API key's limit holds a health check back
+            wake = anyio.Event()
+            self._on_drained.add(wake)
+            await self._sleep(read, wake)
+        else:
+            return False
+        answer = await self._read(read)
+        problem = None
+        if answer.health is not None:
+            problem = answer.health.problem
+        elif answer.outcome.kind is Kind.REJECTED:
+            problem = f"the API does not know it ({answer.outcome.error})"
+        if problem is None:
+            return True
+        self._stopped[account] = problem
+        with anyio.CancelScope(shield=True):
+            await self._store.stop_account(account, problem, self._clock.now())
+        self._emit(events.AccountStopped(account, problem, {}))
+        self._set_drained()
+        return False
+
+    async def _read(self, read: Read) -> ReadAnswer:
+        """Make a reserved read and record what it settles, whatever happens to this task."""
+        account = read.account_id or None
+        if read.action is ReadAction.PROFILE:
+            request = ReadRequest.profile(read.subject, account)
+        elif read.action is ReadAction.PRECHECK:
+            request = ReadRequest.conversation_exists(read.subject, account)
+        else:
+            request = ReadRequest.account_status(account)
+        try:
+            answer = await self._api.read(request)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._store.finish_read(
+                    read, ReadAnswer(Outcome(Kind.UNKNOWN, error=INTERRUPTED)), self._clock.now()
+                )
+            raise
+        status = await self._store.finish_read(read, answer, self._clock.now())
+        outcome = answer.outcome
+        if outcome.kind in (Kind.UNAUTHORIZED, Kind.MISROUTED):
+            self.stop(Ending.FATAL, f"{outcome.error} (HTTP {outcome.http_status})")
+        self._emit(
+            events.Looked(
+                account_id=read.account_id,
+                action=read.action,
+                subject=read.subject,
+                outcome=outcome.kind,
+                detail=_found(answer),
+                campaign=read.campaign,
+                status=Status(status) if status else None,
+            )
+        )
+        if status:
+            self._set_progress()
+        return answer
 
     async def _wait_in_key_line(self, account: str) -> None:
         """While other accounts are ahead in line for the API key's limit, wait behind them."""
@@ -375,3 +451,16 @@ class Scheduler:
                 await self._clock.sleep_until(until, wake)
         finally:
             self._forget(wake)
+
+
+def _found(answer: ReadAnswer) -> str:
+    """What a read found, in a few words."""
+    outcome = answer.outcome
+    if answer.profile is not None:
+        return answer.profile.urn
+    if answer.has_conversation is not None:
+        return "in a conversation already" if answer.has_conversation else "no conversation"
+    if answer.health is not None:
+        return answer.health.problem or f"{answer.health.status}"
+    detail = f"HTTP {outcome.http_status}" if outcome.http_status else outcome.kind.value
+    return f"{detail}: {outcome.error}" if outcome.error else detail

@@ -8,13 +8,25 @@ the file schema, so they load neither pydantic, PyYAML nor Jinja2.
 from __future__ import annotations
 
 import decimal
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .schedule import Schedule
 
-__all__ = ["DEFAULT_ACCOUNT", "Account", "Breaker", "CampaignSettings", "Limit", "Warmup", "account_label"]
+__all__ = [
+    "DEFAULT_ACCOUNT",
+    "MEMBERS_BUDGET",
+    "PROFILES_BUDGET",
+    "Account",
+    "Audience",
+    "Breaker",
+    "CampaignSettings",
+    "Limit",
+    "Warmup",
+    "account_label",
+]
 
 DEFAULT_ACCOUNT = ""  # stored id of "the API key's default account": no accountId is sent
 MAX_CAP = 1_000_000_000
@@ -73,6 +85,11 @@ def _decimal(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
+MEMBERS_BUDGET = Limit(1000, 86400.0)  # the vendor's: group members fetched per account per day
+PROFILES_BUDGET = Limit(120, 86400.0)  # the vendor's: unique profiles looked up per account per day
+READ_RATE = Limit(30, 60.0)  # the vendor's: reads (profiles, members, pre-checks) per account per minute
+
+
 @dataclass(frozen=True)
 class Warmup:
     """A new account's daily cap: `start` on its first day of sending, `increase` more each day."""
@@ -113,6 +130,25 @@ class Breaker:
         )
 
 
+MEMBER_STATUSES = ("member", "manager", "owner")
+
+
+@dataclass(frozen=True)
+class Audience:
+    """A campaign's recipients straight from its group: the members of these statuses, at most `max`."""
+
+    statuses: tuple[str, ...] = ("member",)  # of MEMBER_STATUSES
+    max: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"statuses": list(self.statuses), "max": self.max})
+
+    @classmethod
+    def from_json(cls, text: str) -> Audience:
+        data = json.loads(text)
+        return cls(tuple(data["statuses"]), data.get("max"))
+
+
 @dataclass(frozen=True)
 class CampaignSettings:
     """What a campaign is, whether read from its file or from the database."""
@@ -130,6 +166,13 @@ class CampaignSettings:
     warmup: Warmup | None
     api_limits: tuple[Limit, ...]  # the API key's own allowance, shared by every account it drives
     timezone: str  # its times are shown in this zone: its schedule's, else its first account's
+    # A person another campaign of the database sent (or may have sent) to: None, never messaged;
+    # 0, always; else messaged once that many seconds have passed since.
+    recontact_after: float | None = field(default=None, kw_only=True)
+    precheck: str = field(default="conversation", kw_only=True)  # conversation | none
+    audience: Audience | None = field(default=None, kw_only=True)  # the group's members
+    members_budget: Limit = field(default_factory=lambda: MEMBERS_BUDGET, kw_only=True)  # members fetched per account
+    profiles_budget: Limit = field(default_factory=lambda: PROFILES_BUDGET, kw_only=True)  # profiles looked up
 
     @property
     def account_ids(self) -> tuple[str, ...]:

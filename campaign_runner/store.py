@@ -15,6 +15,7 @@ that is lost would let a recipient be messaged twice.
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import json
 import os
@@ -32,6 +33,7 @@ import anyio
 import anyio.to_thread
 import platformdirs
 
+from .clock import iso
 from .errors import ChangeRefusedError, StoreError, UnknownCampaignError
 from .events import Recovered
 from .limiter import (
@@ -43,17 +45,29 @@ from .limiter import (
     Verdict,
     after_send,
     decide,
+    hold_for,
     next_after_send,
     server_until,
 )
 from .migrate import migrate
-from .outcome import Ending, Status, Wait
+from .outcome import Ending, Kind, Status, Wait
 from .policy import Settlement
 from .schedule import Schedule
-from .settings import Account, Breaker, CampaignSettings, Limit, Warmup
+from .settings import (
+    MEMBERS_BUDGET,
+    PROFILES_BUDGET,
+    READ_RATE,
+    Account,
+    Audience,
+    Breaker,
+    CampaignSettings,
+    Limit,
+    Warmup,
+)
 
 if TYPE_CHECKING:
     from . import config
+    from .client import ReadAnswer
 
 T = TypeVar("T")
 DEFAULT_DB = "campaign-runner.db"
@@ -68,6 +82,16 @@ _ERROR_IF_REMOVED = f"CASE WHEN removed THEN '{REMOVED_FROM_FILE}' ELSE {{}} END
 DIED_IN_FLIGHT = "the process stopped while the request was in flight; it may have been delivered"
 ELSEWHERE_POLL = 5.0  # seconds between looks when only other workers' requests remain
 STALE_MARGIN = 60.0  # past a run's request deadline, a claim it never recorded belongs to a process that is gone
+PRECHECK_FRESH = 3600.0  # seconds a pre-check's "no conversation" stands for a send by the same account
+READ_RETRY = 300.0  # seconds before a recipient whose lookup or pre-check went unanswered is tried again
+IN_CONVERSATION = "already in a conversation with the account"
+SAME_PERSON = "the same person as {urn}, listed twice in this campaign"
+BUDGETED = {"members": "members_budget", "profile": "profiles_budget"}  # action -> its campaigns column
+MAX_HEALTH_CHARS = 4000
+
+
+def _blocked_error(reason: str | None) -> str:
+    return f"do not contact: {reason or 'blocked'}"
 
 
 @dataclass(frozen=True)
@@ -106,6 +130,48 @@ class Claimed:
     next_at: float = 0.0  # the account's own pacing allows no other request before then
     next_reason: Wait = Wait.READY  # what holds it back until then (pace, delay, schedule...)
     more: bool = True  # other recipients of its campaigns were still pending when it was claimed
+
+
+class ReadAction(enum.StrEnum):
+    """A read request: each counts against the API key's limit; some against a budget of the account."""
+
+    PROFILE = "profile"  # POST /profile: a public identifier's URN (the profiles budget)
+    PRECHECK = "precheck"  # GET /conversations/exists: already in a conversation?
+    MEMBERS = "members"  # POST /groups/members: a page of a group's members (the members budget)
+    STATUS = "status"  # GET /account/status: the account's health
+
+
+@dataclass(frozen=True)
+class Read:
+    """A read request reserved (counted against the limits) before it leaves, like a claim."""
+
+    read_id: int
+    action: ReadAction
+    account_id: str
+    subject: str  # the public identifier, or the group
+    recipient_id: int | None = None  # the recipient it is for (a pre-check, a lookup)
+    campaign: str | None = None
+
+
+@dataclass(frozen=True)
+class Blocked:
+    changed: int  # people put on (or taken off) the list
+    unchanged: int  # already there (or not there)
+    recipients: int  # pending recipients suppressed (or suppressed ones pending again)
+
+
+@dataclass(frozen=True)
+class Contact:
+    profile_urn: str | None
+    public_identifier: str | None
+    first_name: str | None
+    last_name: str | None
+    headline: str | None
+    source: str
+    blocked_at: float | None
+    blocked_reason: str | None
+    not_found: str | None
+    campaigns: str | None  # "name:status ..." of every campaign that lists the person
 
 
 @dataclass(frozen=True)
@@ -437,8 +503,9 @@ class Store:
         db.execute(
             "INSERT INTO campaigns (name, group_id, endpoint, message_template, limit_cap, limit_window,"
             " burst, max_attempts, backoff, breaker_failures, breaker_cooldown, breaker_pauses,"
-            " breaker_forbidden, warmup_start, warmup_increase, api_limits, source, columns, timezone, created_at,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " breaker_forbidden, warmup_start, warmup_increase, api_limits, source, columns, timezone,"
+            " recontact_after, precheck, audience, members_budget, profiles_budget, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET group_id = excluded.group_id, endpoint = excluded.endpoint,"
             " message_template = excluded.message_template, limit_cap = excluded.limit_cap,"
             " limit_window = excluded.limit_window, burst = excluded.burst,"
@@ -447,7 +514,9 @@ class Store:
             " breaker_pauses = excluded.breaker_pauses, breaker_forbidden = excluded.breaker_forbidden,"
             " warmup_start = excluded.warmup_start, warmup_increase = excluded.warmup_increase,"
             " api_limits = excluded.api_limits, source = excluded.source, columns = excluded.columns,"
-            " timezone = excluded.timezone,"
+            " timezone = excluded.timezone, recontact_after = excluded.recontact_after,"
+            " precheck = excluded.precheck, audience = excluded.audience,"
+            " members_budget = excluded.members_budget, profiles_budget = excluded.profiles_budget,"
             " updated_at = excluded.updated_at",
             (
                 campaign.name,
@@ -469,6 +538,11 @@ class Store:
                 campaign.source,
                 json.dumps(campaign.columns),
                 campaign.timezone,
+                campaign.recontact_after,
+                campaign.precheck,
+                campaign.audience.to_json() if campaign.audience else None,
+                str(campaign.members_budget),
+                str(campaign.profiles_budget),
                 now,
                 now,
             ),
@@ -488,77 +562,95 @@ class Store:
                 for a in campaign.accounts
             ],
         )
-        known = {
-            row[0]: (row[1], row[2], row[3], row[4])
-            for row in self._all(
-                "SELECT profile_urn, status, message, removed, variables FROM recipients WHERE campaign = ?",
-                (campaign.name,),
-            )
-        }
+        # Stored recipients by id: (status, message, removed, variables); and each one's id by its
+        # URN and by its public identifier (a recipient given by profile URL may be looked up since).
+        known: dict[int, tuple[str, str, int, str]] = {}
+        by_key: dict[str, int] = {}
+        for rid, urn, slug, *rest in self._all(
+            "SELECT id, profile_urn, public_identifier, status, message, removed, variables FROM recipients"
+            " WHERE campaign = ?",
+            (campaign.name,),
+        ):
+            known[rid] = tuple(rest)  # type: ignore[assignment]
+            for key in (urn, slug):
+                if key:
+                    by_key.setdefault(key, rid)
         # One pass over the file (it is read as it goes, never held whole): new recipients go
         # in as they come; what is known is compared with the file.
         added = in_file_known = 0
-        in_file: set[str] = set()
-        differing: list[tuple[str, str, float, str, str]] = []
-        values_only: list[tuple[str, float, str, str]] = []
+        in_file: set[int] = set()
+        differing: list[tuple[str, str, float, int]] = []
+        values_only: list[tuple[str, float, int]] = []
+        source = f"campaign {campaign.name}"
+        both: list[tuple[str, str]] = []  # (URN, identifier) of rows that give both: one contact
 
-        def fresh() -> Iterator[tuple[str, str, str, str, float]]:
+        def fresh() -> Iterator[tuple[str, str | None, str | None, str, str, float]]:
             nonlocal added, in_file_known
             for r in campaign.recipients:
-                found = known.get(r.profile_urn)
+                rid = by_key.get(r.profile_urn or "") or by_key.get(r.public_identifier or "")
                 variables = r.variables_json()
-                if found is None:
+                if rid is None:
                     added += 1
-                    yield (campaign.name, r.profile_urn, r.message, variables, now)
+                    if r.profile_urn and r.public_identifier:
+                        both.append((r.profile_urn, r.public_identifier))
+                    yield (campaign.name, r.profile_urn, r.public_identifier, r.message, variables, now)
                     continue
                 in_file_known += 1
-                in_file.add(r.profile_urn)
+                in_file.add(rid)
+                found = known[rid]
                 # Unsent recipients whose message (or values) in the file is not the stored one (a
                 # new template, or an edited CSV cell). Before anything was sent, or with
                 # --accept-changes, the file wins; otherwise the stored message stays and the
                 # summary says how many differ.
                 if found[0] in (Status.PENDING, Status.SKIPPED) and found[1] != r.message:
-                    differing.append((r.message, variables, now, campaign.name, r.profile_urn))
+                    differing.append((r.message, variables, now, rid))
                 elif found[3] != variables:  # values the message does not show (or a first load's)
-                    values_only.append((variables, now, campaign.name, r.profile_urn))
+                    values_only.append((variables, now, rid))
 
         db.executemany(
-            "INSERT INTO recipients (campaign, profile_urn, message, variables, updated_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO recipients (campaign, profile_urn, public_identifier, message, variables, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
             fresh(),
         )
+        # Every person of the file is a contact, shared by all campaigns.
+        db.execute(
+            "INSERT INTO contacts (profile_urn, public_identifier, source, created_at, updated_at)"
+            " SELECT profile_urn, CASE WHEN profile_urn IS NULL THEN public_identifier END, ?, ?, ? FROM recipients"
+            " WHERE campaign = ? AND true ON CONFLICT DO NOTHING",
+            (source, now, now, campaign.name),
+        )
+        for urn, slug in both:
+            self._remember(urn, slug, source, now)
+        self._fill_known_urns(campaign.name, now)
         # Whoever left the file is never sent again (a pending one is skipped at once; one in
         # flight is skipped if its answer hands it back) until it returns to the file.
-        gone = [urn for urn, (status, _, removed, _) in known.items() if not removed and urn not in in_file]
+        gone = [rid for rid, (_, _, removed, _) in known.items() if not removed and rid not in in_file]
         db.executemany(
             "UPDATE recipients SET removed = 1, status = CASE status WHEN 'pending' THEN 'skipped' ELSE status END,"
-            " error = CASE status WHEN 'pending' THEN ? ELSE error END, updated_at = ?"
-            " WHERE campaign = ? AND profile_urn = ?",
-            [(REMOVED_FROM_FILE, now, campaign.name, urn) for urn in gone],
+            " error = CASE status WHEN 'pending' THEN ? ELSE error END, updated_at = ? WHERE id = ?",
+            [(REMOVED_FROM_FILE, now, rid) for rid in gone],
         )
-        back = [urn for urn, (_, _, removed, _) in known.items() if removed and urn in in_file]
+        back = [rid for rid, (_, _, removed, _) in known.items() if removed and rid in in_file]
         db.executemany(
             "UPDATE recipients SET removed = 0, status = CASE status WHEN 'skipped' THEN 'pending' ELSE status END,"
-            " error = CASE status WHEN 'skipped' THEN NULL ELSE error END, updated_at = ?"
-            " WHERE campaign = ? AND profile_urn = ?",
-            [(now, campaign.name, urn) for urn in back],
+            " error = CASE status WHEN 'skipped' THEN NULL ELSE error END, updated_at = ? WHERE id = ?",
+            [(now, rid) for rid in back],
         )
         rewrite = accept_changes or not started
         if rewrite:
             db.executemany(
-                "UPDATE recipients SET message = ?, variables = ?, updated_at = ? WHERE campaign = ?"
-                " AND profile_urn = ? AND status = 'pending'",
+                "UPDATE recipients SET message = ?, variables = ?, updated_at = ? WHERE id = ? AND status = 'pending'",
                 differing,
             )
-        db.executemany(
-            "UPDATE recipients SET variables = ?, updated_at = ? WHERE campaign = ? AND profile_urn = ?", values_only
-        )
+        db.executemany("UPDATE recipients SET variables = ?, updated_at = ? WHERE id = ?", values_only)
+        self._suppress_blocked(now, campaign.name)
         return LoadSummary(
             campaign=campaign.name,
             added=added,
             known=in_file_known,
             duplicates=campaign.duplicates,
             removed=len(gone),
-            restored=sum(1 for urn in back if known[urn][0] == Status.SKIPPED),
+            restored=sum(1 for rid in back if known[rid][0] == Status.SKIPPED),
             rewritten=len(differing) if rewrite else 0,
             kept=0 if rewrite else len(differing),
             changed=changed,
@@ -577,7 +669,8 @@ class Store:
             row = self._one(
                 "SELECT name, group_id, endpoint, message_template, limit_cap, limit_window, burst,"
                 " max_attempts, backoff, breaker_failures, breaker_cooldown, breaker_pauses, breaker_forbidden,"
-                " warmup_start, warmup_increase, api_limits, timezone FROM campaigns WHERE name = ?",
+                " warmup_start, warmup_increase, api_limits, timezone, recontact_after, precheck, audience,"
+                " members_budget, profiles_budget FROM campaigns WHERE name = ?",
                 (name,),
             )
             if row is None:
@@ -605,6 +698,11 @@ class Store:
             api_limits=_limits(row[15]),
             # Loaded before the zone was kept: its first account's (the campaign's, unless overridden).
             timezone=row[16] or (schedules[0].timezone if schedules else "UTC"),
+            recontact_after=row[17],
+            precheck=row[18],
+            audience=Audience.from_json(row[19]) if row[19] else None,
+            members_budget=Limit.parse(row[20]),
+            profiles_budget=Limit.parse(row[21]),
         )
 
     def _states(self, name: str, urns: Sequence[str]) -> dict[str, tuple[str, bool]]:
@@ -722,13 +820,7 @@ class Store:
                 (account_id, now - limit.window - EPSILON, limit.cap - 1),
             )
             kth.append(found[0] if found else None)
-        key: list[tuple[Limit, float | None]] = []
-        for limit in key_limits:
-            found = self._one(
-                "SELECT slot_at FROM attempts WHERE slot_at > ? ORDER BY slot_at DESC LIMIT 1 OFFSET ?",
-                (now - limit.window - EPSILON, limit.cap - 1),
-            )
-            key.append((limit, found[0] if found else None))
+        key = self._key_recent(key_limits, now)
         if row is None:
             return AccountState(kth_recent=tuple(kth), key_recent=tuple(key))
         tat, hold, gap, remaining, reset, seen = row
@@ -748,6 +840,338 @@ class Store:
             key_recent=tuple(key),
         )
 
+    def _key_recent(self, key_limits: Sequence[Limit], now: float) -> tuple[tuple[Limit, float | None], ...]:
+        """Per limit of the API key, the cap-th most recent of all requests (sends and reads)."""
+        key: list[tuple[Limit, float | None]] = []
+        for limit in key_limits:
+            since = now - limit.window - EPSILON
+            found = self._one(
+                "SELECT slot_at FROM (SELECT slot_at FROM attempts WHERE slot_at > ? UNION ALL"
+                " SELECT slot_at FROM reads WHERE slot_at > ?) ORDER BY slot_at DESC LIMIT 1 OFFSET ?",
+                (since, since, limit.cap - 1),
+            )
+            key.append((limit, found[0] if found else None))
+        return tuple(key)
+
+    # --- reads: lookups, pre-checks, members, health ----------------------------------------
+
+    def _budget(self, account_id: str, action: ReadAction) -> Limit | None:
+        """The account's daily budget for `action`: the strictest of the campaigns that use it."""
+        column = BUDGETED.get(action)
+        if column is None:
+            return None
+        rows = self._all(
+            f"SELECT DISTINCT c.{column} FROM campaigns c JOIN campaign_accounts ca ON ca.campaign = c.name"
+            " WHERE ca.account_id = ?",
+            (account_id,),
+        )
+        limits = [Limit.parse(text) for (text,) in rows]
+        default = MEMBERS_BUDGET if action is ReadAction.MEMBERS else PROFILES_BUDGET
+        return min(limits or [default], key=lambda limit: limit.cap / limit.window)
+
+    def _read_allowed(
+        self,
+        account_id: str,
+        action: ReadAction,
+        units: int,
+        key_limits: Sequence[Limit],
+        now: float,
+        budget: Limit | None = None,
+    ) -> float:
+        """The earliest moment a read of `action` spending `units` may start: within the API key's
+        limits (over sends and reads), the account's rate of reads, its daily budget for the action
+        (spent by every read of it in the window, answered or not), and a hold a 429 set."""
+        at = now
+        for limit, kth in self._key_recent(key_limits, now):
+            if kth is not None:
+                at = max(at, kth + limit.window + EPSILON)
+        if action is not ReadAction.STATUS:
+            found = self._one(
+                "SELECT started_at FROM reads WHERE account_id = ? AND action <> 'status' AND started_at > ?"
+                " ORDER BY started_at DESC LIMIT 1 OFFSET ?",
+                (account_id, now - READ_RATE.window - EPSILON, READ_RATE.cap - 1),
+            )
+            if found:
+                at = max(at, found[0] + READ_RATE.window + EPSILON)
+        (hold,) = self._one(
+            "SELECT max(hold_until) FROM reads WHERE account_id = ? AND action = ? AND hold_until > ?",
+            (account_id, action, now),
+        )
+        if hold is not None:
+            at = max(at, hold)
+        budget = budget or self._budget(account_id, action)
+        if budget is not None:
+            spent = self._all(
+                "SELECT started_at, units FROM reads WHERE account_id = ? AND action = ? AND started_at > ?"
+                " ORDER BY started_at",
+                (account_id, action, now - budget.window - EPSILON),
+            )
+            used = sum(units for _, units in spent)
+            for started, spent_units in spent:  # wait for the oldest to leave the window, as needed
+                if used + units <= budget.cap:
+                    break
+                used -= spent_units
+                at = max(at, started + budget.window + EPSILON)
+        return at
+
+    def _reserve_read(
+        self,
+        account_id: str,
+        action: ReadAction,
+        subject: str,
+        now: float,
+        deadline: float,
+        recipient_id: int | None = None,
+        campaign: str | None = None,
+        units: int = 1,
+    ) -> Read:
+        """Count a read before it leaves (in the caller's transaction). Until it is answered its
+        slot is the latest moment the server can receive it, so a read lost with its process still
+        counts for the API key's windows, without anyone having to recover it."""
+        cursor = self._conn.execute(
+            "INSERT INTO reads (account_id, action, units, subject, started_at, slot_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (account_id, action, units, subject, now, now + deadline),
+        )
+        return Read(int(cursor.lastrowid), action, account_id, subject, recipient_id, campaign)
+
+    def _reserve(
+        self,
+        account_id: str,
+        action: ReadAction,
+        subject: str,
+        now: float,
+        deadline: float,
+        units: int = 1,
+        budget: Limit | None = None,
+    ) -> Read | float:
+        """A read not tied to a recipient (health, a page of members), reserved if the limits allow
+        it now; else when they will."""
+        with self._transaction():
+            at = self._read_allowed(account_id, action, units, self._key_limits(()), now, budget)
+            if at > now:
+                return at
+            return self._reserve_read(account_id, action, subject, now, deadline, units=units)
+
+    def _finish_read(self, read: Read, answer: ReadAnswer, now: float) -> str | None:
+        """Record a read's answer and what it settles; return what became of its recipient, if any
+        (its new status, or None while it waits or is to be sent)."""
+        outcome = answer.outcome
+        hold = hold_for(outcome, now) if outcome.kind is Kind.RATE_LIMITED else None
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE reads SET slot_at = ?, http_status = ?, error = ?, hold_until = ? WHERE id = ?",
+                (now, outcome.http_status, outcome.error, hold.until if hold else None, read.read_id),
+            )
+            if read.action is ReadAction.STATUS and answer.health is not None:
+                db.execute(
+                    "INSERT INTO accounts (id, health, health_at) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE"
+                    " SET health = excluded.health, health_at = excluded.health_at",
+                    (read.account_id, json.dumps(answer.health.raw)[:MAX_HEALTH_CHARS], now),
+                )
+            if read.recipient_id is None:
+                return None
+            if outcome.kind is Kind.SENT and read.action is ReadAction.PROFILE and answer.profile is not None:
+                profile = answer.profile
+                self._remember(profile.urn, read.subject, f"profile lookup ({read.campaign})", now, profile)
+                db.execute("UPDATE contacts SET resolved_at = ? WHERE profile_urn = ?", (now, profile.urn))
+                self._fill_known_urns(None, now, read.subject)
+                return None
+            if outcome.kind is Kind.SENT and read.action is ReadAction.PRECHECK:
+                if answer.has_conversation:
+                    db.execute(
+                        "UPDATE recipients SET status = 'skipped', error = ?, reading_until = 0, updated_at = ?"
+                        " WHERE id = ? AND status = 'pending'",
+                        (IN_CONVERSATION, now, read.recipient_id),
+                    )
+                    return Status.SKIPPED
+                db.execute(
+                    "UPDATE recipients SET checked_by = ?, checked_at = ?, reading_until = 0 WHERE id = ?",
+                    (read.account_id, now, read.recipient_id),
+                )
+                return None
+            if outcome.kind is Kind.REJECTED and read.action is ReadAction.PROFILE:
+                error = f"no such profile: {outcome.error or f'HTTP {outcome.http_status}'}"
+                db.execute(
+                    "UPDATE contacts SET not_found = ?, updated_at = ? WHERE public_identifier = ?",
+                    (error, now, read.subject),
+                )
+                self._fill_known_urns(None, now, read.subject)
+                return Status.FAILED
+            if outcome.kind is Kind.REJECTED:  # the pre-check refused: its send would be too
+                error = f"conversation pre-check refused: {outcome.error or f'HTTP {outcome.http_status}'}"
+                db.execute(
+                    "UPDATE recipients SET status = 'failed', error = ?, http_status = ?, reading_until = 0,"
+                    " updated_at = ? WHERE id = ? AND status = 'pending'",
+                    (error, outcome.http_status, now, read.recipient_id),
+                )
+                return Status.FAILED
+            # Unanswered (a 429, a 500, no connection, an unreadable answer): asked again later,
+            # never taken as an answer; a pre-check that cannot be made is never a blind send.
+            retry_at = max(now + READ_RETRY, hold.until if hold else 0.0)
+            column = "public_identifier = ? AND profile_urn IS NULL" if read.action is ReadAction.PROFILE else "id = ?"
+            db.execute(
+                f"UPDATE recipients SET reading_until = 0, not_before = max(not_before, ?) WHERE {column}",
+                (retry_at, read.subject if read.action is ReadAction.PROFILE else read.recipient_id),
+            )
+            return None
+
+    # --- contacts and the do-not-contact list ------------------------------------------------
+
+    def _remember(self, urn: str | None, slug: str | None, source: str, now: float, names: Any = None) -> int:
+        """The contact of a person known by `urn`, `slug` or both (made if new). When a person
+        known two ways turns out to be one (a lookup joined the identifier to a URN), the two rows
+        become one, keeping the do-not-contact mark of either. `names`: first_name, last_name and
+        headline attributes to keep."""
+        db = self._conn
+        by_urn = self._one("SELECT id, public_identifier FROM contacts WHERE profile_urn = ?", (urn,)) if urn else None
+        by_slug = (
+            self._one("SELECT id, profile_urn FROM contacts WHERE public_identifier = ?", (slug,)) if slug else None
+        )
+        if by_urn and by_slug and by_urn[0] != by_slug[0]:
+            if by_slug[1] is None:  # one person, known two ways
+                self._merge_contacts(keep=by_urn[0], gone=by_slug[0], now=now)
+            else:  # the identifier moved to another profile: the newest word wins
+                db.execute("UPDATE contacts SET public_identifier = NULL WHERE id = ?", (by_slug[0],))
+            by_slug = None
+        if by_urn:
+            contact = by_urn[0]
+            if slug:
+                db.execute("UPDATE contacts SET public_identifier = ? WHERE id = ?", (slug, contact))
+        elif by_slug:
+            contact = by_slug[0]
+            if urn:
+                if by_slug[1] is not None and by_slug[1] != urn:
+                    db.execute("UPDATE contacts SET public_identifier = NULL WHERE id = ?", (contact,))
+                    return self._remember(urn, slug, source, now, names)
+                db.execute("UPDATE contacts SET profile_urn = ? WHERE id = ?", (urn, contact))
+        else:
+            contact = int(
+                db.execute(
+                    "INSERT INTO contacts (profile_urn, public_identifier, source, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (urn, slug, source, now, now),
+                ).lastrowid
+            )
+        if names is not None:
+            db.execute(
+                "UPDATE contacts SET first_name = coalesce(?, first_name), last_name = coalesce(?, last_name),"
+                " headline = coalesce(?, headline), updated_at = ? WHERE id = ?",
+                (names.first_name, names.last_name, names.headline, now, contact),
+            )
+        return contact
+
+    def _merge_contacts(self, keep: int, gone: int, now: float) -> None:
+        db = self._conn
+        old = self._one(
+            "SELECT first_name, last_name, headline, blocked_at, blocked_reason FROM contacts WHERE id = ?", (gone,)
+        )
+        db.execute("UPDATE OR IGNORE group_members SET contact_id = ? WHERE contact_id = ?", (keep, gone))
+        db.execute("DELETE FROM contacts WHERE id = ?", (gone,))
+        db.execute(
+            "UPDATE contacts SET first_name = coalesce(first_name, ?), last_name = coalesce(last_name, ?),"
+            " headline = coalesce(headline, ?), blocked_at = coalesce(blocked_at, ?),"
+            " blocked_reason = coalesce(blocked_reason, ?), updated_at = ? WHERE id = ?",
+            (*old, now, keep),
+        )
+
+    def _fill_known_urns(self, campaign: str | None, now: float, slug: str | None = None) -> None:
+        """Recipients given by public identifier whose person is known now: they take the URN (or
+        fail, when the API said there is no such profile). In `campaign`, or for `slug` everywhere."""
+        where, params = ("r.campaign = ?", campaign) if campaign is not None else ("r.public_identifier = ?", slug)
+        rows = self._all(
+            "SELECT r.id, r.campaign, c.profile_urn, c.not_found FROM recipients r JOIN contacts c"
+            " ON c.public_identifier = r.public_identifier WHERE r.profile_urn IS NULL"
+            f" AND (c.profile_urn IS NOT NULL OR c.not_found IS NOT NULL) AND {where}",
+            (params,),
+        )
+        db = self._conn
+        for rid, name, urn, not_found in rows:
+            if urn is None:
+                db.execute(
+                    "UPDATE recipients SET status = 'failed', error = ?, reading_until = 0, updated_at = ?"
+                    " WHERE id = ? AND status = 'pending'",
+                    (not_found, now, rid),
+                )
+            elif self._one("SELECT 1 FROM recipients WHERE campaign = ? AND profile_urn = ?", (name, urn)):
+                db.execute(
+                    "UPDATE recipients SET status = CASE status WHEN 'pending' THEN 'skipped' ELSE status END,"
+                    " error = CASE status WHEN 'pending' THEN ? ELSE error END, reading_until = 0, updated_at = ?"
+                    " WHERE id = ?",
+                    (SAME_PERSON.format(urn=urn), now, rid),
+                )
+            else:
+                db.execute(
+                    "UPDATE recipients SET profile_urn = ?, reading_until = 0, updated_at = ? WHERE id = ?",
+                    (urn, now, rid),
+                )
+
+    def _suppress_blocked(self, now: float, campaign: str | None = None) -> int:
+        """Pending recipients (of `campaign`, or all) whose person is on the do-not-contact list
+        become `suppressed`, with its reason."""
+        cursor = self._conn.execute(
+            "UPDATE recipients SET status = 'suppressed', updated_at = ?, error = ("
+            " SELECT 'do not contact: ' || coalesce(c.blocked_reason, 'blocked') FROM contacts c"
+            "  WHERE c.blocked_at IS NOT NULL AND (c.profile_urn = recipients.profile_urn"
+            "  OR c.public_identifier = recipients.public_identifier) LIMIT 1)"
+            " WHERE status = 'pending' AND (? IS NULL OR campaign = ?) AND EXISTS (SELECT 1 FROM contacts c"
+            "  WHERE c.blocked_at IS NOT NULL AND (c.profile_urn = recipients.profile_urn"
+            "  OR c.public_identifier = recipients.public_identifier))",
+            (now, campaign, campaign),
+        )
+        return cursor.rowcount
+
+    def _block(self, people: Sequence[tuple[str | None, str | None]], reason: str | None, now: float) -> Blocked:
+        """Put people on the do-not-contact list: no campaign sends them, now or later. Their
+        pending recipients become `suppressed` at once; every claim checks the list too."""
+        with self._transaction() as db:
+            added = 0
+            for urn, slug in people:
+                contact = self._remember(urn, slug, "block", now)
+                added += db.execute(
+                    "UPDATE contacts SET blocked_at = ?, blocked_reason = ?, updated_at = ? WHERE id = ?"
+                    " AND blocked_at IS NULL",
+                    (now, reason, now, contact),
+                ).rowcount
+            return Blocked(added, len(people) - added, self._suppress_blocked(now))
+
+    def _unblock(self, people: Sequence[tuple[str | None, str | None]], now: float) -> Blocked:
+        """Take people off the list; their suppressed recipients are pending again (skipped if
+        they have left their campaign's file)."""
+        with self._transaction() as db:
+            changed = restored = 0
+            for urn, slug in people:
+                row = self._one(
+                    "SELECT id, profile_urn, public_identifier FROM contacts WHERE blocked_at IS NOT NULL AND"
+                    " (profile_urn = ? OR public_identifier = ?)",
+                    (urn, slug),
+                )
+                if row is None:
+                    continue
+                changed += 1
+                db.execute(
+                    "UPDATE contacts SET blocked_at = NULL, blocked_reason = NULL, updated_at = ? WHERE id = ?",
+                    (now, row[0]),
+                )
+                restored += db.execute(
+                    f"UPDATE recipients SET status = {_PENDING_UNLESS_REMOVED},"
+                    f" error = {_ERROR_IF_REMOVED.format('NULL')}, updated_at = ?"
+                    " WHERE status = 'suppressed' AND (profile_urn = ? OR public_identifier = ?)",
+                    (now, row[1], row[2]),
+                ).rowcount
+            return Blocked(changed, len(people) - changed, restored)
+
+    def _contacts(self, blocked_only: bool) -> list[Contact]:
+        with self._snapshot():
+            rows = self._all(
+                "SELECT c.profile_urn, c.public_identifier, c.first_name, c.last_name, c.headline, c.source,"
+                " c.blocked_at, c.blocked_reason, c.not_found, (SELECT group_concat(r.campaign || ':' || r.status, ' ')"
+                "  FROM recipients r WHERE r.profile_urn = c.profile_urn OR (r.profile_urn IS NULL"
+                "  AND r.public_identifier = c.public_identifier)) FROM contacts c"
+                + (" WHERE c.blocked_at IS NOT NULL" if blocked_only else "")
+                + " ORDER BY c.id"
+            )
+        return [Contact(*row) for row in rows]
+
     def _window_used(self, account_id: str, limit: Limit, now: float) -> int:
         row = self._one(
             "SELECT count(*) FROM attempts WHERE account_id = ? AND slot_at > ?", (account_id, now - limit.window)
@@ -761,11 +1185,17 @@ class Store:
         campaigns: Sequence[str],
         now: float,
         draw: Callable[[float, float], float] = random.uniform,
-    ) -> Claimed | Waiting | Drained:
+        deadline: float = 70.0,
+    ) -> Claimed | Read | Waiting | Drained:
         """Claim one recipient of `campaigns` for `account_id`, if every limit in force allows a
         request now. Everything the decision and the request use (the limits, the API key's limit,
-        the campaign's group, endpoint and retry policy, the recipient's message) is read inside
-        the transaction, so what another process loaded a moment ago counts too."""
+        the campaign's group, endpoint and retry policy, the recipient's message, the do-not-contact
+        list, what other campaigns sent) is read inside the transaction, so what another process
+        wrote a moment ago counts too.
+
+        Before a send, what must come first: a recipient's conversation pre-check (a `Read`, made
+        when the send itself could go), or a profile lookup for one given by its URL (a `Read`,
+        within the account's daily budget of lookups). `deadline`: the longest a request takes."""
         with self._transaction() as db:
             # Only campaigns whose file still lists the account (another process may have
             # reloaded one without it since this run started).
@@ -773,8 +1203,9 @@ class Store:
             settings = {
                 row[0]: row[1:]
                 for row in self._all(
-                    "SELECT c.name, c.group_id, c.endpoint, c.max_attempts, c.backoff FROM campaigns c JOIN"
-                    f" campaign_accounts ca ON ca.campaign = c.name WHERE ca.account_id = ? AND c.name IN ({marks})",
+                    "SELECT c.name, c.group_id, c.endpoint, c.max_attempts, c.backoff, c.recontact_after, c.precheck"
+                    " FROM campaigns c JOIN campaign_accounts ca ON ca.campaign = c.name"
+                    f" WHERE ca.account_id = ? AND c.name IN ({marks})",
                     (account_id, *campaigns),
                 )
             }
@@ -782,24 +1213,23 @@ class Store:
             pacing = self._account_pacing(account_id, campaigns, now)
             if pacing is None or not campaigns:
                 return Drained()
-            state = self._account_state(account_id, pacing, now, self._key_limits(campaigns))
+            key_limits = self._key_limits(campaigns)
+            state = self._account_state(account_id, pacing, now, key_limits)
             verdict = decide(pacing, state, now)
-            found = None
+            found: Any = None
             if verdict.go(now):
-                for name in campaigns:
-                    found = self._one(
-                        "SELECT id, profile_urn, message, attempts, retries, requeued FROM recipients"
-                        " WHERE campaign = ? AND status = 'pending' AND removed = 0 AND not_before <= ?"
-                        " ORDER BY id LIMIT 1",
-                        (name, now),
-                    )
-                    if found:
-                        found = (name, *found)
-                        break
+                found = self._next_to_send(account_id, campaigns, settings, now, deadline)
+                if isinstance(found, Read):
+                    return found
+                if isinstance(found, float):  # its pre-check must wait (a 429 held the account's pre-checks)
+                    return Waiting(found, Wait.HOLD)
             if found is None:
-                return self._why_not(campaigns, verdict, now)
+                lookup = self._next_lookup(account_id, campaigns, key_limits, now, deadline)
+                if isinstance(lookup, Read):
+                    return lookup
+                return self._why_not(campaigns, verdict, lookup, now)
             name, recipient_id, urn, message, attempts, retries, requeued = found
-            group_id, endpoint, max_attempts, backoff = settings[name]
+            group_id, endpoint, max_attempts, backoff, *_ = settings[name]
             db.execute(
                 "UPDATE recipients SET status = 'in_flight', account_id = ?, attempts = attempts + 1,"
                 " run_id = ?, updated_at = ? WHERE id = ?",
@@ -856,16 +1286,117 @@ class Store:
         )
         return tuple(sorted({limit for (text,) in rows for limit in _limits(text)}))
 
-    def _why_not(self, campaigns: Sequence[str], verdict: Verdict, now: float) -> Waiting | Drained:
+    def _next_to_send(
+        self, account_id: str, campaigns: Sequence[str], settings: dict[str, Any], now: float, deadline: float
+    ) -> tuple[Any, ...] | Read | float | None:
+        """The next recipient `account_id` may send now, in campaign order; or the pre-check it needs
+        first. On the way, whoever is on the do-not-contact list is `suppressed`, and whoever
+        another campaign contacted is skipped (`recontact: never`) or waits (a duration)."""
+        for name in campaigns:
+            *_, recontact_after, precheck = settings[name]
+            while True:
+                row = self._one(
+                    "SELECT id, profile_urn, public_identifier, message, attempts, retries, requeued, checked_by,"
+                    " checked_at FROM recipients WHERE campaign = ? AND status = 'pending' AND removed = 0"
+                    " AND not_before <= ? AND profile_urn IS NOT NULL AND reading_until <= ? ORDER BY id LIMIT 1",
+                    (name, now, now),
+                )
+                if row is None:
+                    break
+                rid, urn, slug, message, attempts, retries, requeued, checked_by, checked_at = row
+                if self._turned_away(rid, name, urn, slug, recontact_after, now):
+                    continue
+                fresh = checked_by == account_id and checked_at is not None and checked_at > now - PRECHECK_FRESH
+                if precheck == "conversation" and slug and not fresh:
+                    at = self._read_allowed(account_id, ReadAction.PRECHECK, 1, (), now)
+                    if at > now:
+                        return at
+                    self._conn.execute("UPDATE recipients SET reading_until = ? WHERE id = ?", (now + deadline, rid))
+                    return self._reserve_read(account_id, ReadAction.PRECHECK, slug, now, deadline, rid, name)
+                return (name, rid, urn, message, attempts, retries, requeued)
+        return None
+
+    def _turned_away(
+        self, rid: int, campaign: str, urn: str, slug: str | None, recontact_after: float | None, now: float
+    ) -> bool:
+        """Whether this recipient may not be sent now: on the do-not-contact list (`suppressed`),
+        contacted by another campaign (`skipped`, or for `recontact: <duration>` a wait)."""
+        blocked = self._one(
+            "SELECT blocked_reason FROM contacts WHERE blocked_at IS NOT NULL AND (profile_urn = ?"
+            " OR public_identifier = ?) LIMIT 1",
+            (urn, slug),
+        )
+        if blocked is not None:
+            self._conn.execute(
+                "UPDATE recipients SET status = 'suppressed', error = ?, updated_at = ? WHERE id = ?",
+                (_blocked_error(blocked[0]), now, rid),
+            )
+            return True
+        if recontact_after == 0:
+            return False
+        other = self._one(
+            "SELECT campaign, status, coalesce(sent_at, updated_at) AS at FROM recipients WHERE profile_urn = ?"
+            " AND campaign <> ? AND status IN ('sent', 'unknown', 'in_flight') ORDER BY status = 'in_flight' DESC,"
+            " at DESC LIMIT 1",
+            (urn, campaign),
+        )
+        if other is None:
+            return False
+        by, status, at = other
+        if recontact_after is None:
+            when = "now" if status == Status.IN_FLIGHT else f"on {(iso(at) or '')[:10]}"
+            self._conn.execute(
+                "UPDATE recipients SET status = 'skipped', error = ?, updated_at = ? WHERE id = ?",
+                (f"already contacted by {by} {when}", now, rid),
+            )
+            return True
+        until = now + ELSEWHERE_POLL if status == Status.IN_FLIGHT else at + recontact_after
+        if until <= now:
+            return False
+        self._conn.execute("UPDATE recipients SET not_before = ?, updated_at = ? WHERE id = ?", (until, now, rid))
+        return True
+
+    def _next_lookup(
+        self, account_id: str, campaigns: Sequence[str], key_limits: Sequence[Limit], now: float, deadline: float
+    ) -> Read | float | None:
+        """A profile lookup for the next recipient given only by its URL, reserved if the account's
+        budget allows it now; else when it will (None: nobody needs one)."""
+        marks = ",".join("?" * len(campaigns))
+        row = self._one(
+            f"SELECT id, campaign, public_identifier FROM recipients WHERE campaign IN ({marks})"
+            " AND status = 'pending' AND removed = 0 AND profile_urn IS NULL AND reading_until <= ?"
+            " AND not_before <= ? ORDER BY id LIMIT 1",
+            (*campaigns, now, now),
+        )
+        if row is None:
+            return None
+        rid, name, slug = row
+        at = self._read_allowed(account_id, ReadAction.PROFILE, 1, key_limits, now)
+        if at > now:
+            return at
+        self._conn.execute(
+            "UPDATE recipients SET reading_until = ? WHERE public_identifier = ? AND profile_urn IS NULL",
+            (now + deadline, slug),
+        )
+        return self._reserve_read(account_id, ReadAction.PROFILE, slug, now, deadline, rid, name)
+
+    def _why_not(
+        self, campaigns: Sequence[str], verdict: Verdict, lookup_at: float | None, now: float
+    ) -> Waiting | Drained:
         marks = ",".join("?" * len(campaigns))
         ready = self._one(
-            f"SELECT 1 FROM recipients WHERE campaign IN ({marks}) AND status = 'pending' AND not_before <= ? LIMIT 1",
-            (*campaigns, now),
+            f"SELECT 1 FROM recipients WHERE campaign IN ({marks}) AND status = 'pending' AND not_before <= ?"
+            " AND profile_urn IS NOT NULL AND reading_until <= ? LIMIT 1",
+            (*campaigns, now, now),
         )
-        if ready:
-            return Waiting(verdict.at, verdict.reason)
+        waits = [(verdict.at, verdict.reason)] if ready else []
+        if lookup_at is not None:
+            waits.append((lookup_at, Wait.LOOKUP))
+        if waits:
+            return Waiting(*min(waits, key=lambda wait: wait[0]))
         (next_work,) = self._one(
-            f"SELECT min(not_before) FROM recipients WHERE campaign IN ({marks}) AND status = 'pending'",
+            f"SELECT min(max(not_before, reading_until)) FROM recipients WHERE campaign IN ({marks})"
+            " AND status = 'pending'",
             tuple(campaigns),
         )
         if next_work is not None:
@@ -1197,9 +1728,36 @@ class Store:
         now: float,
         *,
         draw: Callable[[float, float], float] = random.uniform,
-    ) -> Claimed | Waiting | Drained:
-        """Claim one recipient for `account_id` if every limit in force allows a request now (see `_claim`)."""
-        return await self._run(self._claim, run_id, account_id, campaigns, now, draw)
+        deadline: float = 70.0,
+    ) -> Claimed | Read | Waiting | Drained:
+        """Claim one recipient for `account_id` if every limit in force allows a request now, or
+        the read it needs first (see `_claim`)."""
+        return await self._run(self._claim, run_id, account_id, campaigns, now, draw, deadline)
+
+    async def reserve(
+        self,
+        account_id: str,
+        action: ReadAction,
+        subject: str,
+        now: float,
+        deadline: float,
+        units: int = 1,
+        budget: Limit | None = None,
+    ) -> Read | float:
+        return await self._run(self._reserve, account_id, action, subject, now, deadline, units, budget)
+
+    async def finish_read(self, read: Read, answer: ReadAnswer, now: float) -> str | None:
+        with anyio.CancelScope(shield=True):
+            return await self._run(self._finish_read, read, answer, now)
+
+    async def block(self, people: Sequence[tuple[str | None, str | None]], reason: str | None, now: float) -> Blocked:
+        return await self._run(self._block, people, reason, now)
+
+    async def unblock(self, people: Sequence[tuple[str | None, str | None]], now: float) -> Blocked:
+        return await self._run(self._unblock, people, now)
+
+    async def contacts(self, blocked_only: bool = False) -> list[Contact]:
+        return await self._run(self._contacts, blocked_only)
 
     async def release(self, claim: Claimed, now: float) -> None:
         """Undo a claim whose request never started (the run was stopped in between)."""

@@ -119,7 +119,8 @@ CASES = [
     Case("not-utf8", ["run", FILE], "error: {file}: not UTF-8 text (byte 34)",
          raw_bytes(b"name: x\ngroup_id: '1'\nmessage: caf\xe9\n")),
     Case("csv-without-urn-column", ["run", FILE],
-         "error: {file}: leads.csv line 1: no profile_urn column (columns: urn, first_name)",
+         "error: {file}: leads.csv line 1: no profile_urn, profile_url or public_identifier column"
+         " (columns: urn, first_name)",
          with_csv(f"urn,first_name\n{urn(1)},Ada\n")),
     Case("csv-duplicate-headers", ["run", FILE],
          "error: {file}: leads.csv line 1: duplicate column names: first_name",
@@ -132,7 +133,7 @@ CASES = [
          "error: {file}: recipients_file: cannot read leads.csv: No such file or directory",
          lambda folder: write_campaign(folder, FILE, **good(recipients=None, recipients_file=CSV_FILE))),
     Case("no-recipients", ["run", FILE],
-         "error: {file}: recipients: no recipients: give `recipients`, `recipients_file`, or both",
+         "error: {file}: recipients: no recipients: give `recipients`, `recipients_file`, `audience`, or several",
          fields(recipients=[])),
     Case("bad-limit", ["run", FILE],
          "error: {file}: limit: '150/fortnight' is not a limit: use N/day, N/hour, N/week, N/minute or"

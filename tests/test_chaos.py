@@ -83,7 +83,7 @@ def test_kill_9_ten_times_under_faults(serve_sandbox, processes, tmp_path: Path)
     assert set(final.values()) <= {"sent", "failed", "unknown", "skipped"}, context  # none lost
     assert set(delivered) <= {r for r, s in final.items() if s in ("sent", "unknown")}, context
 
-    requests = [r for r in box.requests if r.endpoint in SEND_PATHS.values()]
+    requests = [r for r in box.sends if r.endpoint in SEND_PATHS.values()]
     for account in ACCOUNTS:
         times = [r.at for r in requests if r.account_id == account]
         assert max_in_window(times, WINDOW) <= CAP, (context, account)

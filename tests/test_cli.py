@@ -138,7 +138,10 @@ def test_status_text_and_json(capsys, finished_db: Path) -> None:
     code, out, _ = invoke(capsys, "status", "--db", str(finished_db))
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == "test-campaign: 3 recipients: 0 pending, 0 in_flight, 2 sent, 1 failed, 0 unknown, 0 skipped"
+    assert (
+        lines[0]
+        == "test-campaign: 3 recipients: 0 pending, 0 in_flight, 2 sent, 1 failed, 0 unknown, 0 skipped, 0 suppressed"
+    )
     assert re.fullmatch(r"account acc_1: ready to send; limits 1000/second; \d/1000 used in the current window",
                         lines[1])  # fmt: skip
     code, out, _ = invoke(capsys, "status", "test-campaign", "--db", str(finished_db), "--json")
@@ -146,7 +149,15 @@ def test_status_text_and_json(capsys, finished_db: Path) -> None:
     assert data["campaigns"] == [
         {
             "name": "test-campaign",
-            "counts": {"pending": 0, "in_flight": 0, "sent": 2, "failed": 1, "unknown": 0, "skipped": 0},
+            "counts": {
+                "pending": 0,
+                "in_flight": 0,
+                "sent": 2,
+                "failed": 1,
+                "unknown": 0,
+                "skipped": 0,
+                "suppressed": 0,
+            },
             "projected_finish": None,
             "projected_finish_local": None,
             "forecast": None,

@@ -29,7 +29,7 @@ def check_shared_safely(box, db: Path, count: int) -> None:
     final = statuses(db)
     assert sorted(final) == [urn(i) for i in range(count)]
     assert set(delivered) <= {r for r, s in final.items() if s in ("sent", "unknown")}
-    requests = [r for r in box.requests if r.endpoint in SEND_PATHS.values()]
+    requests = [r for r in box.sends if r.endpoint in SEND_PATHS.values()]
     for account in ACCOUNTS:  # the limit holds across both processes
         assert max_in_window([r.at for r in requests if r.account_id == account], WINDOW) <= CAP
     assert not [r for r in requests if r.status == 429]
@@ -88,7 +88,7 @@ def test_the_keys_limit_holds_across_processes_whose_files_differ(serve_sandbox,
     assert second.wait(60) == 0, log.read_text()
     assert len(box.log) == 15
     # While the strict campaign has work left, its limit binds the loose one's requests too.
-    strict_until = max(r.at for r in box.requests if r.account_id.startswith("acc_s"))
-    during = [r for r in box.requests if r.at <= strict_until]
+    strict_until = max(r.at for r in box.sends if r.account_id.startswith("acc_s"))
+    during = [r for r in box.sends if r.at <= strict_until]
     assert any(r.account_id.startswith("acc_l") for r in during)  # they did overlap
     assert max_in_window([r.at for r in during], 2.0) <= 3

@@ -192,7 +192,10 @@ def test_schema_problems(tmp_path: Path, fields: dict, expected: str) -> None:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        (b"first_name\nAda\n", "leads.csv line 1: no profile_urn column (columns: first_name)"),
+        (
+            b"first_name\nAda\n",
+            "leads.csv line 1: no profile_urn, profile_url or public_identifier column (columns: first_name)",
+        ),
         (b"profile_urn,x,x\n", "leads.csv line 1: duplicate column names: x"),
         (b"", "leads.csv: empty CSV"),
         (b"profile_urn\n", "leads.csv: the CSV has a header but no recipients"),

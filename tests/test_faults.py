@@ -27,7 +27,7 @@ def test_credentials_errors_pause_the_account_then_stop_it_and_fail_nobody(cli, 
     assert out.splitlines()[-1] == "test-campaign: 3 pending"
     assert "acc_1 paused until" in out and "acc_1 stopped for this run: requests keep failing" in out
     # Two failures open it; after each pause (100 ms, then 200 ms) one more reopens it; then it stops.
-    times = [r.at for r in box.requests]
+    times = [r.at for r in box.sends]
     assert len(times) == 4
     assert times[2] - times[1] >= 0.1 and times[3] - times[2] >= 0.2
     rows = report(cli)["recipients"]
@@ -45,7 +45,7 @@ def test_other_accounts_go_on_while_one_is_stopped(cli, serve_sandbox, tmp_path:
     assert out.splitlines()[-1] == "test-campaign: 10 sent"
     assert sorted(d.recipient for d in box.log) == [urn(i) for i in range(10)]
     assert {d.account_id for d in box.log} == {"acc_good"}
-    assert [r.status for r in box.requests if r.account_id == "acc_bad"] == [500] * 4
+    assert [r.status for r in box.sends if r.account_id == "acc_bad"] == [500] * 4
 
 
 def test_server_errors_across_recipients_fail_nobody_but_one_bad_recipient_fails(cli, serve_sandbox, tmp_path) -> None:
@@ -68,7 +68,7 @@ def test_server_errors_across_recipients_fail_nobody_but_one_bad_recipient_fails
     assert out.splitlines()[-1] == "test-campaign: 3 sent, 1 failed"
     row = by_urn(report(cli))[urn(1)]
     assert (row["status"], row["http_status"]) == ("failed", 500)
-    assert [r.status for r in box.requests if r.recipient == urn(1)][-3:] == [500, 500, 500]
+    assert [r.status for r in box.sends if r.recipient == urn(1)][-3:] == [500, 500, 500]
 
 
 def test_a_403_streak_stops_the_account_and_puts_the_streak_back(cli, serve_sandbox, tmp_path: Path) -> None:

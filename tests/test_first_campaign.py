@@ -239,7 +239,7 @@ def test_status_shows_each_accounts_state_at_a_glance(cli, serve_sandbox, tmp_pa
     assert states["acc_ok"] in ("ready", "waiting") and (states["acc_bad"], states["acc_403"]) == ("stopped",) * 2
 
     # A warm-up's cap of the day is labelled, and the wait is said in the campaign's time zone.
-    warm = write_campaign(tmp_path, "warm.yaml", name="warm", accounts=["acc_w"], limit="150/day",
+    warm = write_campaign(tmp_path, "warm.yaml", name="warm", accounts=["acc_w"], limit="150/day", recontact="always",
                           warmup={"start": 20, "increase": 10}, schedule={"timezone": "Europe/Berlin"})  # fmt: skip
     assert cli("run", str(warm), "--no-wait", base_url=url)[0] == 0
     code, out, _ = cli("status", "warm")
@@ -295,7 +295,7 @@ def test_a_run_that_never_waits_makes_no_forecast_and_status_says_how_to_get_one
     code, out, _ = cli("status", "--json")
     assert json.loads(out)["campaigns"][0]["forecast"] is None  # all sent: nothing to forecast
 
-    slow = write_campaign(tmp_path, "slow.yaml", name="slow", limit="1/day")
+    slow = write_campaign(tmp_path, "slow.yaml", name="slow", limit="1/day", recontact="always")
     code, out, _ = cli("run", str(slow), "--no-wait", base_url=url)
     assert "slow: projected finish " in out
     with contextlib.closing(sqlite3.connect(tmp_path / "runs.db")) as conn, conn:  # as an older version left it

@@ -62,7 +62,7 @@ async def test_a_lower_remaining_from_the_server_is_adopted_until_its_reset(tmp_
         assert (await run_campaigns(store, clock, app, seed=1))[0].reason == "done"  # type: ignore[arg-type]
     finally:
         await store.close()
-    ours = [r for r in box.requests if r.recipient in {urn(i) for i in range(6)}]
+    ours = [r for r in box.sends if r.recipient in {urn(i) for i in range(6)}]
     assert [r.status for r in ours] == [200] * 6  # never a 429, though only the first answer said anything
     # The first answer said 2 remain until the window resets (the other tool's first message + 60 s):
     # the runner sent 2 more, then waited for the reset although its own limit allowed 100.
@@ -102,11 +102,11 @@ async def test_the_api_keys_limit_holds_over_50_accounts_and_each_gets_its_turn(
         assert (await run_campaigns(store, clock, box, seed=2))[0].reason == "done"
     finally:
         await store.close()
-    times = [r.at for r in box.requests]
+    times = [r.at for r in box.sends]
     assert len(times) == 100
     assert max_in_window(times, 2.0) <= 10
     assert max(times) - min(times) >= 18  # 100 requests at 10 per 2 s
-    order = [r.account_id for r in box.requests]
+    order = [r.account_id for r in box.sends]
     assert Counter(order) == dict.fromkeys(accounts, 2)  # nobody starved, nobody hogged
     assert set(order[:50]) == set(accounts)  # each account had its first turn before any had a second
 
@@ -117,6 +117,6 @@ def test_api_limit_on_the_command_line_overrides_the_files(cli, serve_sandbox, t
     code, out, _ = cli("run", str(path), "--api-limit", "2/1s", base_url=url)
     assert code == 0
     assert out.splitlines()[-1] == "test-campaign: 6 sent"
-    times = [r.at for r in box.requests]
+    times = [r.at for r in box.sends]
     assert max_in_window(times, 1.0) <= 2
     assert max(times) - min(times) >= 2.0  # six requests, two a second

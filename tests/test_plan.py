@@ -34,8 +34,8 @@ def test_plan_predicts_a_real_run_within_ten_percent(cli, serve_sandbox, tmp_pat
     assert sum(day["total"] for day in forecast["days"]) == 12
     box, url = serve_sandbox()
     assert cli("run", str(path), base_url=url)[0] == 0
-    first = min(r.at for r in box.requests)
-    real = max(r.at for r in box.requests) - first
+    first = min(r.at for r in box.sends)
+    real = max(r.at for r in box.sends) - first
     assert planned == pytest.approx(real, rel=0.10)
 
 

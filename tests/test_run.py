@@ -26,7 +26,15 @@ def test_full_campaign_is_sent_once_and_a_second_run_sends_nothing(cli, serve_sa
     assert all(d.group_id == "12345678" and d.endpoint == "send-group" for d in box.log)
 
     data = report(cli)
-    assert data["counts"] == {"pending": 0, "in_flight": 0, "sent": 5, "failed": 0, "unknown": 0, "skipped": 0}
+    assert data["counts"] == {
+        "pending": 0,
+        "in_flight": 0,
+        "sent": 5,
+        "failed": 0,
+        "unknown": 0,
+        "skipped": 0,
+        "suppressed": 0,
+    }
     for row in data["recipients"]:
         assert (row["status"], row["http_status"], row["attempts"], row["error"]) == ("sent", 200, 1, None)
         assert row["sent_at"].endswith("Z")
@@ -70,7 +78,7 @@ def test_400_and_403_fail_the_recipient_and_are_not_retried(cli, serve_sandbox, 
         403,
         "Error sending group context message: Request failed with status code 403",
     )
-    tries = Counter(r.recipient for r in box.requests)
+    tries = Counter(r.recipient for r in box.sends)
     assert tries[urn(1)] == tries[urn(2)] == 1
 
 
@@ -83,9 +91,9 @@ def test_429_holds_the_account_until_then_continues(cli, serve_sandbox, tmp_path
     assert code == 0
     assert "acc_1 held by the API until" in out
     assert out.splitlines()[-1] == "test-campaign: 5 sent"
-    refused = [r for r in box.requests if r.status == 429]
+    refused = [r for r in box.sends if r.status == 429]
     assert len(refused) == 1  # it did not hammer through the hold
-    assert all(r.at >= until for r in box.requests if r.status == 200)
+    assert all(r.at >= until for r in box.sends if r.status == 200)
     rows = by_urn(report(cli))
     assert rows[refused[0].recipient]["attempts"] == 2  # waited, then sent: not a failure
 
@@ -95,7 +103,7 @@ def test_remaining_zero_pauses_before_the_server_says_429(cli, serve_sandbox, tm
     code, out, _ = cli("run", str(write_campaign(tmp_path, limit="100/1s")), base_url=url)
     assert code == 0
     assert out.splitlines()[-1] == "test-campaign: 5 sent"
-    assert [r.status for r in box.requests] == [200] * 5
+    assert [r.status for r in box.sends] == [200] * 5
     assert max_in_window([d.delivered_at for d in box.log], 1.0) <= 2
 
 
@@ -130,7 +138,7 @@ def test_500_is_retried_with_backoff_then_failed(cli, serve_sandbox, tmp_path: P
     # the account (see test_guard.py), so it may have taken more.
     assert rows[urn(2)]["attempts"] >= 3
     assert rows[urn(2)]["error"] == "Internal server error"
-    times = [r.at for r in box.requests if r.recipient == urn(2)]
+    times = [r.at for r in box.sends if r.recipient == urn(2)]
     # 50 ms backoff, doubling with each failure counted against it.
     assert times[1] - times[0] >= 0.05 and times[-1] - times[-2] >= 0.1
 
@@ -260,11 +268,11 @@ def test_429_without_hold_until_waits_for_the_reset_header(cli, serve_sandbox, t
     code, out, _ = cli("run", str(write_campaign(tmp_path, limit="100/1s")), base_url=url)
     assert code == 0
     assert out.splitlines()[-1] == "test-campaign: 5 sent"
-    (refused,) = [r for r in box.requests if r.status == 429]
+    (refused,) = [r for r in box.sends if r.status == 429]
     held = next(line for line in out.splitlines() if " held by the API until " in line)
     reset = parse_iso(held.split(" held by the API until ")[1].split()[0])
     assert reset >= refused.at
-    later = [r.at for r in box.requests if r.at > refused.at]
+    later = [r.at for r in box.sends if r.at > refused.at]
     assert later and min(later) >= reset  # nothing before the reset the server named
 
 

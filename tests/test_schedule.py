@@ -186,7 +186,7 @@ async def test_days_of_sending_keep_every_rule_and_use_what_they_allow(tmp_path_
     finally:
         await store.close()
 
-    times = sorted(r.at for r in box.requests)
+    times = sorted(r.at for r in box.sends)
     assert len(times) == recipients
     # Never more than the cap in any day-long window (the warm-up's cap is never above it).
     assert max_in_window(times, 86400.0) <= s["cap"]
@@ -260,7 +260,7 @@ async def test_gaps_are_jittered_but_the_day_still_carries_its_cap(tmp_path: Pat
         assert (await run_campaigns(store, clock, box, seed=3))[0].reason == "done"
     finally:
         await store.close()
-    times = sorted(r.at for r in box.requests)
+    times = sorted(r.at for r in box.sends)
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     first_day = [t for t in times if t < at("2027-03-02 00:00", "UTC")]
     day_gaps = [b - a for a, b in zip(first_day, first_day[1:], strict=False)]

@@ -47,7 +47,7 @@ async def test_150_a_day_for_days_across_a_restart(tmp_path: Path) -> None:
         await store.close()
 
     assert sorted(d.recipient for d in box.log) == sorted(urn(i) for i in range(700))
-    assert all(r.status == 200 for r in box.requests)  # the server never had to say 429
+    assert all(r.status == 200 for r in box.sends)  # the server never had to say 429
     for account in ("acc_1", "acc_2"):
         times = sorted(d.delivered_at for d in box.log if d.account_id == account)
         assert max_in_window(times, DAY) == 150
@@ -125,5 +125,5 @@ async def test_what_a_request_carries_is_read_with_its_claim_not_cached_at_start
         (urn(2), "99999", "send-group-with-ack", "New text"),
     ]
     # One attempt now, not the three the run started with: the 500 failed it at once.
-    assert [r.status for r in box.requests if r.recipient == urn(3)] == [500]
+    assert [r.status for r in box.sends if r.recipient == urn(3)] == [500]
     assert (counts["sent"], counts["failed"]) == (3, 1)

@@ -47,4 +47,4 @@ def test_the_key_is_in_no_byte_written(serve_sandbox, tmp_path: Path) -> None:
         assert key.encode() not in place.read_bytes(), place
     for text in outputs:
         assert key not in text
-    assert [r for r in box.requests if r.status == 401]  # the key did reach the server, and only there
+    assert [r for r in box.sends if r.status == 401]  # the key did reach the server, and only there

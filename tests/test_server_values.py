@@ -147,7 +147,7 @@ def test_no_request_goes_out_within_a_second_of_a_429_that_says_come_back_now(
     code, out, _ = cli("run", str(write_campaign(tmp_path, recipients=[{"profile_urn": urn(0)}])), base_url=url)
     assert code == 0
     assert out.splitlines()[-1] == "test-campaign: 1 sent"
-    refused, sent = box.requests
+    refused, sent = box.sends
     assert (refused.status, sent.status) == (429, 200)
     assert sent.at - refused.at >= MIN_HOLD
 
@@ -283,7 +283,7 @@ def test_a_200_with_success_false_naming_500_is_retried(cli, serve_sandbox, tmp_
     code, out, _ = cli("run", str(write_campaign(tmp_path, recipients=[{"profile_urn": urn(0)}])), base_url=url)
     assert code == 0
     assert out.splitlines()[-1] == "test-campaign: 1 sent"
-    assert [r.status for r in box.requests] == [200, 200] and len(box.log) == 1
+    assert [r.status for r in box.sends] == [200, 200] and len(box.log) == 1
 
 
 def test_a_portal_share_in_the_sandbox_marks_nobody_sent_who_was_not(cli, serve_sandbox, tmp_path) -> None:
