@@ -205,11 +205,34 @@ def validate(file: str, show: int) -> int:
     renamed = [f"{written} -> {name}" for written, name in campaign.recipients.columns if written != name]
     if renamed:
         click.echo(f"columns read as: {', '.join(renamed)}")
+    for line in _lookups_and_audience(campaign):
+        click.echo(line)
     for advice in campaign.advice:
         click.echo(f"warning: {file}: {advice}", err=True)
     if show:
         _print_messages(campaign, show, ())
     return EXIT_OK
+
+
+def _lookups_and_audience(campaign: Campaign) -> list[str]:
+    """What `validate` says of recipients given by URL, and of an audience from the group."""
+    lines = []
+    if campaign.to_resolve:
+        budget, accounts = campaign.profiles_budget, len(campaign.accounts)
+        days = math.ceil(campaign.to_resolve / (budget.cap * accounts)) * budget.window / 86400
+        lines.append(
+            f"{counted(campaign.to_resolve, 'recipient')} given by profile URL or public identifier: each is looked"
+            f" up once (POST /profile) before its message, at most {budget} per account, so about"
+            f" {days:g} day{'s' if days != 1 else ''} of lookups (fewer for people the database already knows)"
+        )
+    if campaign.audience is not None:
+        audience = campaign.audience
+        most = f", at most {audience.max}" if audience.max else ""
+        lines.append(
+            f"audience: the {'/'.join(audience.statuses)}s of group {campaign.group_id}{most}, fetched a page"
+            f" at a time as the run needs them, at most {campaign.members_budget} per account"
+        )
+    return lines
 
 
 @cli.command()
@@ -386,13 +409,8 @@ async def _send(
     deadline = client.deadline_for(timeout)
     if sending.api_limits is not None:
         await store.set_api_limits([c.name for c in campaigns], sending.api_limits, clock.now())
-    async with anyio.create_task_group() as tg:
-        base_url = sending.base_url
-        if sending.use_sandbox:
-            config = sandbox.SandboxConfig(api_key=sending.api_key, typing_delay=0.2)
-            base_url = await tg.start(sandbox.serve, sandbox.Sandbox(config, clock))
-        http = client.AccountClients(base_url, sending.api_key, timeout, sending.allow_insecure)
-        async with http, _renderer(clock) as show, anyio.create_task_group() as forecasting:
+    async with _api(sending, clock, timeout) as http, _renderer(clock) as show:
+        async with anyio.create_task_group() as forecasting:
             forecaster = Forecaster(store, [c.name for c in campaigns], clock, show)
 
             def emit(event: events.Event) -> None:
@@ -418,13 +436,34 @@ async def _send(
             finally:
                 forecaster.give_up()
                 forecasting.cancel_scope.cancel()
-        tg.cancel_scope.cancel()
     if scheduler.output_error is not None:
         click.echo(f"warning: progress output stopped: {scheduler.output_error!r}", err=True)
     for campaign in campaigns:
         counts = await store.counts(campaign.name)
         click.echo(f"{campaign.name}: " + ", ".join(f"{counts[s]} {s}" for s in Status if counts[s]))
     return _exit_code(result, _resume_command(store, sending))
+
+
+BUILT_IN_GROUP = 250  # members of the built-in sandbox's group, for rehearsing an audience
+BUILT_IN_CONVERSATIONS = 0.05  # share of its people already in a conversation
+
+
+@contextlib.asynccontextmanager
+async def _api(sending: _Sending, clock: SystemClock, timeout: float) -> AsyncIterator[client.AccountClients]:
+    """A client per account for the API, or for a sandbox started in this process (--sandbox)."""
+    async with anyio.create_task_group() as tg:
+        base_url = sending.base_url
+        if sending.use_sandbox:
+            config = sandbox.SandboxConfig(
+                api_key=sending.api_key,
+                typing_delay=0.2,
+                group_size=BUILT_IN_GROUP,
+                conversation_rate=BUILT_IN_CONVERSATIONS,
+            )
+            base_url = await tg.start(sandbox.serve, sandbox.Sandbox(config, clock))
+        async with client.AccountClients(base_url, sending.api_key, timeout, sending.allow_insecure) as http:
+            yield http
+        tg.cancel_scope.cancel()
 
 
 def _resume_command(store: Store, sending: _Sending) -> str:
@@ -631,7 +670,9 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
     for c in found.campaigns:
         total = sum(c.counts.values())
         tally = ", ".join(f"{c.counts[s]} {s}" for s in Status)
-        click.echo(f"{c.settings.name}: {counted(total, 'recipient')}: {tally}{_finish_line(c, found.now)}")
+        click.echo(
+            f"{c.settings.name}: {counted(total, 'recipient')}: {tally}{_preparing_line(c)}{_finish_line(c, found.now)}"
+        )
     for a in found.accounts:
         click.echo(
             f"account {account_label(a.account_id)}: {a.detail}; limits {a.found.pacing};"
@@ -661,6 +702,14 @@ def _status_json(found: Overview) -> dict[str, Any]:
                 if forecast
                 else None,
                 "accounts_able": len(c.able),
+                "lookups_waiting": c.preparing.lookups,
+                "audience": {
+                    "fetched": c.preparing.fetched,
+                    "total": c.preparing.total,
+                    "done": c.preparing.done,
+                }
+                if c.preparing.audience
+                else None,
             }
         )
     accounts = []
@@ -684,6 +733,16 @@ def _status_json(found: Overview) -> dict[str, Any]:
             }
         )
     return {"campaigns": campaigns, "accounts": accounts}
+
+
+def _preparing_line(c: CampaignView) -> str:
+    found, parts = c.preparing, []
+    if found.lookups:
+        parts.append(f"{found.lookups} of them waiting for a profile lookup")
+    if found.audience and not found.done:
+        total = f" of {found.total}" if found.total is not None else ""
+        parts.append(f"{found.fetched}{total} group members fetched so far")
+    return "".join(f"; {part}" for part in parts)
 
 
 def _finish_line(c: CampaignView, now: float) -> str:
@@ -1086,6 +1145,10 @@ def _catch_sigterm() -> None:
     While sending, the scheduler takes both signals over and stops gently."""
     if _State.catch_sigterm:
         signal.signal(signal.SIGTERM, _interrupt)
+
+
+# The commands about people and accounts live beside: registering them needs `cli` defined above.
+from . import cli_people  # noqa: E402, F401
 
 
 def main() -> None:

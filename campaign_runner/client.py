@@ -123,10 +123,11 @@ class Member:
 
 @dataclass(frozen=True)
 class MembersPage:
-    members: tuple[Member, ...]
+    members: tuple[Member, ...]  # those with a usable URN
     has_more: bool
     total: int | None
     group_id: str | None
+    size: int = 0  # members in the page as it came (the next page starts that much further)
 
 
 @dataclass(frozen=True)
@@ -338,10 +339,17 @@ def classify_read(response: httpx.Response, request: ReadRequest) -> ReadAnswer:
                 raise TypeError("hasConversation")
             return ReadAnswer(ok, has_conversation=found)
         if request.path == "account/status":
-            health = Health(str(payload["status"]), payload.get("enabled") is not False,
-                            payload.get("hasTokens") is not False, payload)  # fmt: skip
+            health = Health(
+                str(payload["status"]),
+                payload.get("enabled") is not False,
+                payload.get("hasTokens") is not False,
+                payload,
+            )
             return ReadAnswer(ok, health=health)
-        members = tuple(_member(item) for item in payload["members"] if isinstance(item, dict))
+        items = payload["members"]
+        if not isinstance(items, list):
+            raise TypeError("members is not a list")
+        members = tuple(_member(item) for item in items if isinstance(item, dict))
         total = (payload.get("pagination") or {}).get("total")
         group_id = payload.get("groupId")
         page = MembersPage(
@@ -349,6 +357,7 @@ def classify_read(response: httpx.Response, request: ReadRequest) -> ReadAnswer:
             payload.get("hasMore") is True,
             total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None,
             str(group_id) if isinstance(group_id, (str, int)) and str(group_id).isdigit() else None,
+            len(items),
         )
         return ReadAnswer(ok, page=page)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -526,8 +526,9 @@ def load_campaign(path: str | Path) -> Campaign:
             to_resolve += 1
         if _render_checked(template, values, place, problems) is not None:
             count += 1
+    available = dict(keys)  # what a message may use: the file's columns, and a group member's
     if spec.audience is not None:
-        keys.update(dict.fromkeys(MEMBER_VARIABLES))
+        available.update(dict.fromkeys(MEMBER_VARIABLES))
         _check_member_template(template, problems)
     elif not rows and not problems:
         problems.append(
@@ -535,7 +536,7 @@ def load_campaign(path: str | Path) -> Campaign:
         )
     del seen
     warnings = _repeat_warnings(recipients, repeated)
-    missing, advice = _variable_warnings(env, spec.message, keys, recipients) if not problems else ([], [])
+    missing, advice = _variable_warnings(env, spec.message, available, keys, recipients) if not problems else ([], [])
     warnings += missing  # a typo in the message: every command that reads the file says so
 
     if problems:
@@ -571,7 +572,7 @@ def load_campaign(path: str | Path) -> Campaign:
             )
             if spec.audience
             else None
-        ),  # fmt: skip
+        ),
         members_budget=Limit.parse(spec.budgets.members),
         profiles_budget=Limit.parse(spec.budgets.profiles),
     )
@@ -591,6 +592,12 @@ def _check_member_template(template: Any, problems: list[Problem]) -> None:
     _render_checked(template, SAMPLE_MEMBER, "message (for a group member)", problems)
 
 
+def member_renderer(source: str) -> Callable[[dict[str, Any]], tuple[str | None, str | None]]:
+    """A group member's message from a campaign's template (see `member_message`)."""
+    template = make_environment().from_string(source)
+    return lambda variables: member_message(template, variables)
+
+
 def member_message(template: Any, variables: dict[str, Any]) -> tuple[str | None, str | None]:
     """A group member's message, or why it does not render (a blank name printed bare)."""
     problems: list[Problem] = []
@@ -599,16 +606,16 @@ def member_message(template: Any, variables: dict[str, Any]) -> tuple[str | None
 
 
 def _variable_warnings(
-    env: SandboxedEnvironment, source: str, keys: dict[str, None], recipients: Recipients
+    env: SandboxedEnvironment, source: str, available: dict[str, None], keys: dict[str, None], recipients: Recipients
 ) -> tuple[list[Problem], list[Problem]]:
     """The message's variables that no recipient has (a typo, or a column named otherwise: every
-    message then takes its `default()`), and the columns the message never uses."""
+    message then takes its `default()`), and the columns (`keys`) the message never uses."""
     used = jinja2.meta.find_undeclared_variables(env.parse(source)) - set(env.globals)
     shown = dict((name, written) for written, name in recipients.columns)
-    have = f"they have {', '.join(sorted(keys))}" if keys else "they have no variables"
+    have = f"they have {', '.join(sorted(available))}" if available else "they have no variables"
     missing = [
         Problem("message", f"no recipient has {{{{ {name} }}}} ({have}), so every message takes its default")
-        for name in sorted(used - set(keys))
+        for name in sorted(used - set(available))
     ]
     unused = []
     for name in sorted(set(keys) - used):

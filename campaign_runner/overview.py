@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .display import describe_account
 from .outcome import Availability, Ending, Status
 from .settings import CampaignSettings
-from .store import AccountStatus, Forecast, Store
+from .store import AccountStatus, Forecast, Preparing, Store
 
 __all__ = ["AccountView", "CampaignView", "Overview", "overview"]
 
@@ -32,6 +32,7 @@ class CampaignView:
     counts: dict[Status, int]
     able: tuple[str, ...]  # its accounts that can send (not stopped, not blocked)
     forecast: Forecast | None  # the latest a run made, while recipients are pending
+    preparing: Preparing = Preparing(0)  # lookups waiting, the group's members fetched
 
     @property
     def finish(self) -> float | None:
@@ -76,5 +77,5 @@ async def overview(store: Store, names: Sequence[str], now: float) -> Overview:
         counts = await store.counts(c.name)
         able = tuple(a for a in c.account_ids if a in pacing and state_of.get(a) not in CANNOT_SEND)
         forecast = await store.latest_forecast(c.name) if counts[Status.PENDING] else None
-        campaigns.append(CampaignView(c, counts, able, forecast))
+        campaigns.append(CampaignView(c, counts, able, forecast, await store.preparing(c.name)))
     return Overview(now, campaigns, accounts)

@@ -214,10 +214,15 @@ class People:
         }
         return Answer(
             200,
-            {"success": True, "profileId": slug, "accountId": account or "default-account", "cached": cached,
-             "profile": profile},
+            {
+                "success": True,
+                "profileId": slug,
+                "accountId": account or "default-account",
+                "cached": cached,
+                "profile": profile,
+            },
             rate,
-        )  # fmt: skip
+        )
 
     def _group_members(self, body: dict[str, Any], by_url: bool) -> Answer:
         ref = "groupUrl" if by_url else "groupId"

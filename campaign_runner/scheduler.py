@@ -25,8 +25,10 @@ import anyio
 import anyio.abc
 
 from . import events
+from .audience import fetch_pages
 from .client import ApiClient, ReadAnswer, ReadRequest, SendRequest
 from .clock import Clock
+from .config import member_renderer
 from .errors import StoreError
 from .guard import AccountGuard, Judgement
 from .limiter import KeyLine
@@ -35,6 +37,8 @@ from .policy import Settlement, settle
 from .settings import Breaker, CampaignSettings, account_label
 from .store import ELSEWHERE_POLL, Claimed, Drained, Read, ReadAction, Store, Waiting
 
+FEED_AHEAD = 100  # recipients of a campaign waiting to be sent: below this, its group's next page is fetched
+FEED_LOOK = 60.0  # seconds between looks at whether a campaign needs its group's next page
 KEY_LINE_RECHECK = 60.0  # seconds an account waits in line for the API key's limit before it looks again
 ANNOUNCED_WAIT = 3.0  # seconds: a pause between two sends at least this long is reported as a wait
 INTERRUPTED = "the request was interrupted in flight; it may have been delivered"
@@ -83,6 +87,9 @@ class Scheduler:
         self._key_line = KeyLine()  # accounts waiting for the API key's limit
         self._key_wakes: dict[str, anyio.Event] = {}  # how to wake each, when it comes to the head
         self._workers_scope: anyio.CancelScope | None = None
+        # Campaigns whose group still brings recipients: their accounts wait for them, not end.
+        self._feeding = {c.name for c in campaigns if c.audience is not None}
+        self._audience_deferred = False  # --no-wait: a group's next page must wait for a budget
 
     @classmethod
     @asynccontextmanager
@@ -150,6 +157,8 @@ class Scheduler:
             with anyio.CancelScope() as scope:
                 self._workers_scope = scope
                 async with anyio.create_task_group() as workers:
+                    for name in list(self._feeding):
+                        workers.start_soon(self._feeder, self._campaigns[name])
                     for account, names in accounts.items():
                         workers.start_soon(self._worker, account, names)
             outer.cancel_scope.cancel()
@@ -168,7 +177,7 @@ class Scheduler:
             return RunResult(Ending.ACCOUNTS_STOPPED, f"{stopped}. Fix the account, then resume", work_left=True)
         if self._deferred:  # an account had to wait; but the last answers may have ended the work
             counts = [await self._store.counts(name) for name in self._campaigns]
-            if any(c[Status.PENDING] or c[Status.IN_FLIGHT] for c in counts):
+            if self._audience_deferred or any(c[Status.PENDING] or c[Status.IN_FLIGHT] for c in counts):
                 return RunResult(Ending.DEFERRED)
         return RunResult(Ending.DONE)
 
@@ -233,6 +242,11 @@ class Scheduler:
                 self._key_line.join(account)
             else:
                 self._leave_key_line(account)
+            if isinstance(decision, Drained) and self._feeding.intersection(order):
+                # Its group brings more recipients: wait for the next page (or the fetch's end).
+                self._on_progress.add(wake)
+                await self._sleep(now + FEED_LOOK, wake)
+                continue
             if isinstance(decision, Drained):
                 self._forget(wake)
                 self._emit(events.AccountFinished(account, AccountEnd.DRAINED))
@@ -286,6 +300,64 @@ class Scheduler:
                 self._on_drained.add(wake)
                 await self._sleep(decision.next_at, wake)
         self._emit(events.AccountFinished(account, AccountEnd.STOPPED))
+
+    async def _feeder(self, campaign: CampaignSettings) -> None:
+        """Fetch a campaign's audience from its group as it is needed: a page when fewer than
+        FEED_AHEAD recipients wait, through whichever of its accounts has budget for it."""
+        with self._clock.worker():
+            try:
+                await self._feed(campaign)
+            except Exception as exc:  # noqa: BLE001 - stop the others gently; run() raises it
+                self._errors.append(exc)
+                self.stop(Ending.FATAL, f"{campaign.name}: {exc}")
+            finally:
+                self._feeding.discard(campaign.name)
+                self._set_progress()
+                self._set_drained()
+
+    async def _feed(self, campaign: CampaignSettings) -> None:
+        audience = campaign.audience
+        assert audience is not None
+        fetch = await self._store.member_fetch(
+            campaign.group_id, audience.statuses, None, audience.max, campaign.name, self._clock.now()
+        )
+        render = member_renderer(campaign.message_template)
+
+        async def sleep(until: float) -> None:
+            wake = anyio.Event()
+            self._on_drained.add(wake)
+            await self._sleep(until, wake)
+
+        def say(line: str) -> None:
+            self._emit(events.Looked(campaign.account_ids[0], ReadAction.MEMBERS, campaign.group_id, Kind.SENT, line))
+
+        while not self._stop.is_set() and not fetch.done:
+            if await self._store.ready_count(campaign.name) >= FEED_AHEAD:
+                wake = anyio.Event()
+                self._on_progress.add(wake)
+                await self._sleep(self._clock.now() + FEED_LOOK, wake)
+                continue
+            accounts = [a for a in campaign.account_ids if a not in self._stopped]
+            if not accounts:
+                return
+            fetched = await fetch_pages(
+                self._store,
+                self._api,
+                self._clock,
+                fetch,
+                accounts,
+                render=render,
+                no_wait=self._no_wait,
+                pages=1,
+                say=say,
+                sleep=sleep,
+                stopped=self._stop.is_set,
+            )
+            fetch = fetched.fetch
+            self._set_progress()
+            if fetched.waiting_until is not None:  # --no-wait: the budgets allow no page now
+                self._audience_deferred = self._deferred = True
+                return
 
     async def _healthy(self, account: str) -> bool:
         """Before an account's first send: its health, from the API (`GET /account/status`). An

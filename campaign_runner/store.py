@@ -86,8 +86,26 @@ PRECHECK_FRESH = 3600.0  # seconds a pre-check's "no conversation" stands for a 
 READ_RETRY = 300.0  # seconds before a recipient whose lookup or pre-check went unanswered is tried again
 IN_CONVERSATION = "already in a conversation with the account"
 SAME_PERSON = "the same person as {urn}, listed twice in this campaign"
+# The reads LinkedIn itself serves, which count against the account's rate of reads (inbox reads
+# such as the pre-check are served from the vendor's store: only the API key's limit holds).
+RATED = ("profile", "members")
 BUDGETED = {"members": "members_budget", "profile": "profiles_budget"}  # action -> its campaigns column
-MAX_HEALTH_CHARS = 4000
+HEALTH_KEYS = ("id", "firstName", "lastName", "publicId", "status", "enabled", "hasTokens", "lastUsed")
+
+
+def _health_kept(raw: dict[str, Any]) -> dict[str, Any]:
+    """What is kept of an account's health: its documented fields, each short."""
+    return {
+        key: value if isinstance(value, (bool, int, float)) or value is None else str(value)[:200]
+        for key, value in raw.items()
+        if key in HEALTH_KEYS
+    }
+
+
+# SQL: campaign `c` takes its recipients from its group, and their fetch is not done yet.
+_AUDIENCE_LEFT = (
+    "(c.audience IS NOT NULL AND NOT EXISTS (SELECT 1 FROM member_fetches f WHERE f.campaign = c.name AND f.done))"
+)
 
 
 def _blocked_error(reason: str | None) -> str:
@@ -175,6 +193,47 @@ class Contact:
 
 
 @dataclass(frozen=True)
+class MemberFetch:
+    """Where fetching a group's members stands: the next page starts at `next_start`."""
+
+    id: int
+    group: str  # the group id, or its URL
+    statuses: tuple[str, ...]
+    query: str | None
+    max_members: int | None
+    next_start: int
+    fetched: int  # members stored so far
+    total: int | None
+    done: bool
+
+
+@dataclass(frozen=True)
+class AccountUse:
+    """An account's use of its budgets over the last day, and its health as the API last said."""
+
+    account_id: str
+    messages: int  # requests to the send endpoints in the last 24 hours
+    members: int  # group members fetched in the last 24 hours
+    members_budget: Limit
+    profiles: int  # profiles looked up in the last 24 hours
+    profiles_budget: Limit
+    health: dict[str, Any] | None  # GET /account/status's answer, when it was last asked
+    health_at: float | None
+    hold_until: float
+    hold_reason: str | None
+    stopped_reason: str | None
+
+
+@dataclass(frozen=True)
+class Preparing:
+    lookups: int  # pending recipients waiting for their profile's URN
+    audience: bool = False  # recipients come from the group's members...
+    fetched: int = 0  # ...this many fetched so far
+    total: int | None = None  # of this many, as the API last said
+    done: bool = False
+
+
+@dataclass(frozen=True)
 class Waiting:
     until: float
     reason: Wait
@@ -230,9 +289,20 @@ class ReportRow:
     sent_at: float | None
     message: str
     variables: dict[str, Any] = field(default_factory=dict)  # the recipient's own values from the file
+    public_identifier: str | None = None  # from its profile URL, or the group member's
 
 
-REPORT_FIELDS = ("profile_urn", "status", "account_id", "http_status", "error", "attempts", "sent_at", "message")
+REPORT_FIELDS = (
+    "profile_urn",
+    "status",
+    "account_id",
+    "http_status",
+    "error",
+    "attempts",
+    "sent_at",
+    "message",
+    "public_identifier",
+)
 
 
 @functools.lru_cache(maxsize=64)
@@ -753,7 +823,7 @@ class Store:
         if unfinished_only:
             sql += (
                 " WHERE EXISTS (SELECT 1 FROM recipients r"
-                " WHERE r.campaign = c.name AND r.status IN ('pending', 'in_flight'))"
+                f" WHERE r.campaign = c.name AND r.status IN ('pending', 'in_flight')) OR {_AUDIENCE_LEFT}"
             )
         with self._snapshot():
             rows = self._all(sql + " ORDER BY created_at, name")
@@ -885,9 +955,10 @@ class Store:
         for limit, kth in self._key_recent(key_limits, now):
             if kth is not None:
                 at = max(at, kth + limit.window + EPSILON)
-        if action is not ReadAction.STATUS:
+        if action in RATED:
             found = self._one(
-                "SELECT started_at FROM reads WHERE account_id = ? AND action <> 'status' AND started_at > ?"
+                "SELECT started_at FROM reads WHERE account_id = ? AND action IN ('profile', 'members')"
+                " AND started_at > ?"
                 " ORDER BY started_at DESC LIMIT 1 OFFSET ?",
                 (account_id, now - READ_RATE.window - EPSILON, READ_RATE.cap - 1),
             )
@@ -966,7 +1037,7 @@ class Store:
                 db.execute(
                     "INSERT INTO accounts (id, health, health_at) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE"
                     " SET health = excluded.health, health_at = excluded.health_at",
-                    (read.account_id, json.dumps(answer.health.raw)[:MAX_HEALTH_CHARS], now),
+                    (read.account_id, json.dumps(_health_kept(answer.health.raw)), now),
                 )
             if read.recipient_id is None:
                 return None
@@ -1014,6 +1085,198 @@ class Store:
                 (retry_at, read.subject if read.action is ReadAction.PROFILE else read.recipient_id),
             )
             return None
+
+    # --- accounts ------------------------------------------------------------------------------
+
+    def _known_accounts(self) -> list[str]:
+        """Every account the database knows: of a campaign, with a state, or that made a read."""
+        with self._snapshot():
+            rows = self._all(
+                "SELECT account_id FROM campaign_accounts UNION SELECT id FROM accounts"
+                " UNION SELECT account_id FROM reads ORDER BY 1"
+            )
+        return [row[0] for row in rows]
+
+    def _account_use(self, account_id: str, now: float) -> AccountUse:
+        with self._snapshot():
+            day = now - 86400.0
+            (messages,) = self._one(
+                "SELECT count(*) FROM attempts WHERE account_id = ? AND started_at > ?", (account_id, day)
+            )
+            spent = dict(
+                self._all(
+                    "SELECT action, sum(units) FROM reads WHERE account_id = ? AND started_at > ? GROUP BY action",
+                    (account_id, day),
+                )
+            )
+            row = self._one(
+                "SELECT health, health_at, hold_until, hold_reason, stopped_reason FROM accounts WHERE id = ?",
+                (account_id,),
+            )
+            members_budget = self._budget(account_id, ReadAction.MEMBERS)
+            profiles_budget = self._budget(account_id, ReadAction.PROFILE)
+        health, health_at, hold_until, hold_reason, stopped = row or (None, None, 0.0, None, None)
+        assert members_budget is not None and profiles_budget is not None
+        return AccountUse(
+            account_id,
+            messages,
+            spent.get(ReadAction.MEMBERS.value, 0),
+            members_budget,
+            spent.get(ReadAction.PROFILE.value, 0),
+            profiles_budget,
+            json.loads(health) if health else None,
+            health_at,
+            hold_until if hold_until > now else 0.0,
+            hold_reason if hold_until > now else None,
+            stopped,
+        )
+
+    # --- a group's members -------------------------------------------------------------------
+
+    def _member_fetch(
+        self,
+        group: str,
+        statuses: Sequence[str],
+        query: str | None,
+        max_members: int | None,
+        campaign: str | None,
+        now: float,
+    ) -> MemberFetch:
+        """The fetch of these members (begun if new): one per group, statuses, query and campaign,
+        so running the same again goes on where it stopped."""
+        key = json.dumps([group, sorted(statuses), query, campaign or ""])
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO member_fetches (key, campaign, group_ref, statuses, query, max_members, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET max_members = excluded.max_members,"
+                " done = CASE WHEN excluded.max_members IS NOT max_members THEN 0 ELSE done END",
+                (key, campaign, group, json.dumps(list(statuses)), query, max_members, now),
+            )
+            return self._fetch_state(key)
+
+    def _fetch_state(self, key: str) -> MemberFetch:
+        row = self._one(
+            "SELECT f.id, f.group_ref, f.statuses, f.query, f.max_members, f.next_start, f.total, f.done,"
+            " (SELECT count(*) FROM group_members m WHERE m.fetch_id = f.id) FROM member_fetches f WHERE f.key = ?",
+            (key,),
+        )
+        fid, group, statuses, query, max_members, next_start, total, done, fetched = row
+        done = bool(done) or (max_members is not None and fetched >= max_members)
+        return MemberFetch(
+            fid, group, tuple(json.loads(statuses)), query, max_members, next_start, fetched, total, done
+        )
+
+    def _save_members(
+        self,
+        read: Read,
+        fetch: MemberFetch,
+        answer: ReadAnswer,
+        now: float,
+        render: Callable[[dict[str, Any]], tuple[str | None, str | None]] | None = None,
+    ) -> MemberFetch | None:
+        """Record a page of members (each a contact, and for a campaign a recipient with its
+        message) and where the next page starts, in one transaction with the read's answer: a
+        fetch killed between two pages fetches at most the page in flight again. None when the
+        page did not come (the read's answer says why)."""
+        page = answer.page
+        self._finish_read(read, answer, now)
+        if answer.outcome.kind is not Kind.SENT or page is None:
+            return None
+        with self._transaction() as db:
+            db.execute("UPDATE reads SET units = ? WHERE id = ?", (page.size, read.read_id))
+            key, campaign = self._one("SELECT key, campaign FROM member_fetches WHERE id = ?", (fetch.id,))
+            position = fetch.next_start
+            source = f"group {page.group_id or fetch.group} members"
+            room = None if fetch.max_members is None else max(fetch.max_members - fetch.fetched, 0)
+            members = page.members if room is None else page.members[:room]
+            for member in members:
+                profile = member.profile
+                contact = self._remember(profile.urn, profile.slug, source, now, profile)
+                added = db.execute(
+                    "INSERT INTO group_members (fetch_id, contact_id, position, membership_status)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (fetch.id, contact, position, member.membership_status),
+                ).rowcount
+                position += 1
+                if campaign is None or render is None or not added:
+                    continue
+                variables = {
+                    "first_name": profile.first_name,
+                    "last_name": profile.last_name,
+                    "headline": profile.headline,
+                    "public_identifier": profile.slug,
+                    "membership_status": member.membership_status,
+                }
+                message, problem = render(variables)
+                db.execute(
+                    "INSERT INTO recipients (campaign, profile_urn, public_identifier, message, variables, status,"
+                    " error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (
+                        campaign,
+                        profile.urn,
+                        profile.slug,
+                        message or "",
+                        json.dumps(variables, ensure_ascii=False),
+                        "pending" if message else "failed",
+                        None if message else f"message does not render for this member: {problem}",
+                        now,
+                    ),
+                )
+            fetched = fetch.fetched + len(members)
+            done = (
+                not page.has_more or page.size == 0 or (fetch.max_members is not None and fetched >= fetch.max_members)
+            )
+            db.execute(
+                "UPDATE member_fetches SET next_start = next_start + ?, total = coalesce(?, total), done = ?,"
+                " updated_at = ? WHERE id = ?",
+                (page.size, page.total, done, now, fetch.id),
+            )
+            if campaign is not None:
+                self._suppress_blocked(now, campaign)
+            return self._fetch_state(key)
+
+    def _fetched_members(self, fetch_id: int) -> list[tuple[Any, ...]]:
+        """The members a fetch stored, in the group's order: URN, identifier, names, headline, status."""
+        with self._snapshot():
+            return self._all(
+                "SELECT c.profile_urn, c.public_identifier, c.first_name, c.last_name, c.headline,"
+                " m.membership_status FROM group_members m JOIN contacts c ON c.id = m.contact_id"
+                " WHERE m.fetch_id = ? ORDER BY m.position",
+                (fetch_id,),
+            )
+
+    def _audience_left(self, campaign: str) -> bool:
+        """Whether the campaign's group may still bring recipients (its fetch is not done)."""
+        with self._snapshot():
+            row = self._one(
+                f"SELECT {_AUDIENCE_LEFT} FROM campaigns c WHERE c.name = ?",
+                (campaign,),
+            )
+            return bool(row and row[0])
+
+    def _preparing(self, campaign: str) -> Preparing:
+        """What stands between a campaign and some of its sends: lookups, its group's members."""
+        with self._snapshot():
+            (lookups,) = self._one(
+                "SELECT count(*) FROM recipients WHERE campaign = ? AND status = 'pending' AND profile_urn IS NULL",
+                (campaign,),
+            )
+            fetch = self._one(
+                "SELECT f.done, f.total, (SELECT count(*) FROM group_members m WHERE m.fetch_id = f.id)"
+                " FROM member_fetches f WHERE f.campaign = ?",
+                (campaign,),
+            )
+            (audience,) = self._one("SELECT audience IS NOT NULL FROM campaigns WHERE name = ?", (campaign,))
+        if not audience:
+            return Preparing(lookups)
+        done, total, fetched = fetch or (False, None, 0)
+        return Preparing(lookups, True, fetched, total, bool(done))
+
+    def _ready_count(self, campaign: str) -> int:
+        with self._snapshot():
+            return self._one("SELECT count(*) FROM recipients WHERE campaign = ? AND status = 'pending'", (campaign,))[
+                0
+            ]
 
     # --- contacts and the do-not-contact list ------------------------------------------------
 
@@ -1561,8 +1824,8 @@ class Store:
     async def report_rows(self, name: str, status: str | None = None) -> AsyncIterator[ReportRow]:
         """Rows in load order, streamed in batches. Inside `snapshot()` they pair with `counts`."""
         sql = (
-            "SELECT profile_urn, status, account_id, http_status, error, attempts, sent_at, message, variables"
-            " FROM recipients WHERE campaign = ?"
+            "SELECT profile_urn, status, account_id, http_status, error, attempts, sent_at, message, variables,"
+            " public_identifier FROM recipients WHERE campaign = ?"
         )
         params: tuple[Any, ...] = (name,)
         if status:
@@ -1584,6 +1847,7 @@ class Store:
                             sent_at=row[6],
                             message=row[7],
                             variables=json.loads(row[8]) if row[8] else {},
+                            public_identifier=row[9],
                         )
             finally:
                 with anyio.CancelScope(shield=True):
@@ -1749,6 +2013,46 @@ class Store:
     async def finish_read(self, read: Read, answer: ReadAnswer, now: float) -> str | None:
         with anyio.CancelScope(shield=True):
             return await self._run(self._finish_read, read, answer, now)
+
+    async def known_accounts(self) -> list[str]:
+        return await self._run(self._known_accounts)
+
+    async def account_use(self, account_id: str, now: float) -> AccountUse:
+        return await self._run(self._account_use, account_id, now)
+
+    async def member_fetch(
+        self,
+        group: str,
+        statuses: Sequence[str],
+        query: str | None,
+        max_members: int | None,
+        campaign: str | None,
+        now: float,
+    ) -> MemberFetch:
+        return await self._run(self._member_fetch, group, statuses, query, max_members, campaign, now)
+
+    async def save_members(
+        self,
+        read: Read,
+        fetch: MemberFetch,
+        answer: ReadAnswer,
+        now: float,
+        render: Callable[[dict[str, Any]], tuple[str | None, str | None]] | None = None,
+    ) -> MemberFetch | None:
+        with anyio.CancelScope(shield=True):
+            return await self._run(self._save_members, read, fetch, answer, now, render)
+
+    async def fetched_members(self, fetch_id: int) -> list[tuple[Any, ...]]:
+        return await self._run(self._fetched_members, fetch_id)
+
+    async def audience_left(self, campaign: str) -> bool:
+        return await self._run(self._audience_left, campaign)
+
+    async def preparing(self, campaign: str) -> Preparing:
+        return await self._run(self._preparing, campaign)
+
+    async def ready_count(self, campaign: str) -> int:
+        return await self._run(self._ready_count, campaign)
 
     async def block(self, people: Sequence[tuple[str | None, str | None]], reason: str | None, now: float) -> Blocked:
         return await self._run(self._block, people, reason, now)

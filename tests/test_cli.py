@@ -107,6 +107,7 @@ def test_report_csv_neutralises_formulas(capsys, finished_db: Path) -> None:
         "attempts",
         "sent_at",
         "message",
+        "public_identifier",  # from a profile URL or a group member: empty for a recipient given by URN
     ]
     assert [(r["profile_urn"], r["status"], r["http_status"]) for r in rows] == [
         (urn(0), "sent", "200"), (urn(1), "failed", "403"), (urn(2), "sent", "200"),
@@ -162,6 +163,8 @@ def test_status_text_and_json(capsys, finished_db: Path) -> None:
             "projected_finish_local": None,
             "forecast": None,
             "accounts_able": 1,
+            "lookups_waiting": 0,
+            "audience": None,
         }
     ]
     (account,) = data["accounts"]
