@@ -110,7 +110,7 @@ async def fetch_pages(
 
 def write_csv(rows: Sequence[tuple[Any, ...]], out: IO[str]) -> None:
     """The members as a CSV that is a campaign's `recipients_file` as it stands."""
-    writer = csv.writer(out)
+    writer = csv.writer(out, lineterminator="\n")
     writer.writerow(MEMBER_COLUMNS)
     for row in rows:
         writer.writerow(["" if value is None else neutralise(value) for value in row])

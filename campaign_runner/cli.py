@@ -520,8 +520,10 @@ async def _renderer(clock: SystemClock) -> AsyncIterator[Callable[..., None]]:
 
 @contextlib.asynccontextmanager
 async def _open_store(
-    db: str | None, clock: SystemClock, *, create: bool, sandbox: bool = False
+    db: str | None, clock: SystemClock, *, create: bool, sandbox: bool = False, err: bool = False
 ) -> AsyncIterator[Store]:
+    """The database (see `database_path`); `err`: say that it was created on standard error,
+    for a command whose standard output is data."""
     path = database_path(db, sandbox)
     new = not path.exists()
     if new and not create:
@@ -539,7 +541,7 @@ async def _open_store(
             raise StoreError(f"cannot create the folder {path.parent}: {exc.strerror}") from None
     store = await Store.open(path, clock.now())
     if new:
-        click.echo(f"created the {'sandbox rehearsals’ ' if sandbox and not db else ''}database {path}")
+        click.echo(f"created the {'sandbox rehearsals’ ' if sandbox and not db else ''}database {path}", err=err)
     try:
         yield store
     finally:

@@ -160,7 +160,7 @@ async def _members(
     no_wait: bool,
 ) -> int:
     clock = SystemClock()
-    async with _open_store(db, clock, create=True, sandbox=sending.use_sandbox) as store:
+    async with _open_store(db, clock, create=True, sandbox=sending.use_sandbox, err=output is None) as store:
         fetch = await store.member_fetch(group, statuses, query, max_members, None, clock.now())
         async with _api(sending, clock, timeout) as http:
             api = client.ApiClient(http, client.deadline_for(timeout))

@@ -63,6 +63,7 @@ class People:
         self._lock = threading.Lock()
         self._members: dict[str | None, deque[tuple[float, int]]] = {}  # account -> (at, members) fetched
         self._profiles: dict[str | None, dict[str, float]] = {}  # account -> slug -> when it counted
+        self.served: list[tuple[float, int]] = []  # (when, members) of every page of members given
 
     # --- the world ------------------------------------------------------------------------
 
@@ -278,6 +279,7 @@ class People:
                 )
             if page:
                 fetched.append((now, len(page)))
+                self.served.append((now, len(page)))
             used += len(page)
         return Answer(
             200,

@@ -950,16 +950,16 @@ class Store:
     ) -> float:
         """The earliest moment a read of `action` spending `units` may start: within the API key's
         limits (over sends and reads), the account's rate of reads, its daily budget for the action
-        (spent by every read of it in the window, answered or not), and a hold a 429 set."""
+        (spent by every read of it in the window, answered or not), and a hold a 429 set. A read
+        counts from when it was answered, the latest moment the server can have counted it."""
         at = now
         for limit, kth in self._key_recent(key_limits, now):
             if kth is not None:
                 at = max(at, kth + limit.window + EPSILON)
         if action in RATED:
             found = self._one(
-                "SELECT started_at FROM reads WHERE account_id = ? AND action IN ('profile', 'members')"
-                " AND started_at > ?"
-                " ORDER BY started_at DESC LIMIT 1 OFFSET ?",
+                "SELECT slot_at FROM reads WHERE account_id = ? AND action IN ('profile', 'members')"
+                " AND slot_at > ? ORDER BY slot_at DESC LIMIT 1 OFFSET ?",
                 (account_id, now - READ_RATE.window - EPSILON, READ_RATE.cap - 1),
             )
             if found:
@@ -972,9 +972,11 @@ class Store:
             at = max(at, hold)
         budget = budget or self._budget(account_id, action)
         if budget is not None:
+            # Each read counts from when it was answered (until then, from the latest it can be):
+            # the server's window can have counted it no later.
             spent = self._all(
-                "SELECT started_at, units FROM reads WHERE account_id = ? AND action = ? AND started_at > ?"
-                " ORDER BY started_at",
+                "SELECT slot_at, units FROM reads WHERE account_id = ? AND action = ? AND slot_at > ?"
+                " ORDER BY slot_at",
                 (account_id, action, now - budget.window - EPSILON),
             )
             used = sum(units for _, units in spent)

@@ -89,7 +89,7 @@ CREATE TABLE reads (
     hold_until  REAL                -- a 429: no more of this action on this account until then
 );
 CREATE INDEX reads_slot ON reads (slot_at);
-CREATE INDEX reads_budget ON reads (account_id, action, started_at);
+CREATE INDEX reads_budget ON reads (account_id, action, slot_at);
 
 -- Fetching a group's members, page by page: where the next page starts, so a killed fetch
 -- continues there. `key` names the group, statuses, query and the campaign it feeds ('' for none).

@@ -162,10 +162,11 @@ async def run_campaigns(
     seed: int = 1,
     stop_after: int | None = None,
     emit: Callable[[events.Event], None] | None = None,
+    stop_when: Callable[[list[events.Event]], bool] | None = None,
 ) -> tuple[RunResult, list[events.Event]]:
     """Run campaigns of `store` with the real scheduler and client against `app` (the sandbox, or a
-    wrapper of it) reached in process, as `run` would; stop after `stop_after` answers if given.
-    Returns how the run ended and every event it reported."""
+    wrapper of it) reached in process, as `run` would; stop after `stop_after` answers, or once
+    `stop_when(events so far)`, if given. Returns how the run ended and every event it reported."""
     campaigns = [await store.campaign(name) for name in names]
     seen: list[events.Event] = []
 
@@ -174,6 +175,8 @@ async def run_campaigns(
         if emit is not None:
             emit(event)
         if stop_after is not None and sum(isinstance(e, events.Attempted) for e in seen) >= stop_after:
+            scheduler.stop()
+        if stop_when is not None and stop_when(seen):
             scheduler.stop()
 
     headers = {"Authorization": f"Bearer {API_KEY}"}

@@ -220,6 +220,39 @@ CASES = [
          "error: --forbidden-after: expected ACCOUNT=N with N >= 1, got 'acc_1'", db_option=False),
     Case("retry-bad-status", ["retry", "test-campaign", "--status", "sent"],
          "error: Invalid value for '--status': 'sent' is not one of 'unknown', 'failed'."),
+    # --- audience and contacts
+    Case("members-not-a-group-url", ["members", "https://www.linkedin.com/company/acme/", "--sandbox"],
+         "error: 'https://www.linkedin.com/company/acme/' is not a group id: give the group's numeric id"
+         " (e.g. 12345678) or its URL (https://www.linkedin.com/groups/12345678/)"),
+    Case("csv-profile-url-of-a-company", ["run", FILE],
+         "error: c.yaml: leads.csv line 2: invalid profile_url: 'https://www.linkedin.com/company/acme/' is not"
+         " a profile URL: expected https://www.linkedin.com/in/<name>/",
+         with_csv("profile_url,first_name\nhttps://www.linkedin.com/company/acme/,Ada\n")),
+    Case("csv-profile-url-of-a-post", ["validate", FILE],
+         "error: c.yaml: leads.csv line 2: invalid profile_url: 'https://www.linkedin.com/posts/ada_x-123' is not"
+         " a profile URL: expected https://www.linkedin.com/in/<name>/",
+         with_csv("profile_url,first_name\nhttps://www.linkedin.com/posts/ada_x-123,Ada\n"), db_option=False),
+    Case("csv-row-without-anyone", ["run", FILE],
+         "error: c.yaml: leads.csv line 2: missing profile_urn (or profile_url, or public_identifier)",
+         with_csv("profile_url,first_name\n,Ada\n")),
+    Case("recontact-unknown", ["run", FILE],
+         "error: c.yaml: recontact: 'sometimes': use never, always, or a duration such as 90d",
+         fields(recontact="sometimes")),
+    Case("precheck-unknown", ["run", FILE],
+         "error: c.yaml: precheck: Input should be 'conversation' or 'none'", fields(precheck="profile")),
+    Case("audience-unknown-status", ["run", FILE],
+         "error: c.yaml: audience.group_members.statuses[0]: Input should be 'member', 'manager' or 'owner'",
+         fields(audience={"group_members": {"statuses": ["admin"]}})),
+    Case("block-nobody-known", ["block", "urn:li:member:123"],
+         "error: 'urn:li:member:123' is not a profile URN: expected urn:li:fsd_profile:<id>"),
+    Case("block-a-company", ["block", "https://www.linkedin.com/company/acme/"],
+         "error: 'https://www.linkedin.com/company/acme/' is not a profile URL:"
+         " expected https://www.linkedin.com/in/<name>/"),
+    Case("block-garbage", ["block", "jane doe"],
+         "error: 'jane doe' is none of a profile URN (urn:li:fsd_profile:...), a profile URL"
+         " (https://www.linkedin.com/in/<name>/) or a public identifier"),
+    Case("block-nothing", ["block"],
+         "error: give at least one person: a URN, a profile URL or a public identifier (or --file)"),
 ]  # fmt: skip
 
 
