@@ -975,8 +975,7 @@ class Store:
             # Each read counts from when it was answered (until then, from the latest it can be):
             # the server's window can have counted it no later.
             spent = self._all(
-                "SELECT slot_at, units FROM reads WHERE account_id = ? AND action = ? AND slot_at > ?"
-                " ORDER BY slot_at",
+                "SELECT slot_at, units FROM reads WHERE account_id = ? AND action = ? AND slot_at > ? ORDER BY slot_at",
                 (account_id, action, now - budget.window - EPSILON),
             )
             used = sum(units for _, units in spent)

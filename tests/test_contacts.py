@@ -1,0 +1,167 @@
+"""One memory of people across campaigns, and the do-not-contact list: nobody contacted twice by
+two campaigns, nobody blocked ever sent after the block commits, across processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from campaign_runner.cli import run_cli
+from campaign_runner.clock import VirtualClock
+from campaign_runner.config import load_campaign
+from campaign_runner.migrate import discover, migrate
+from campaign_runner.sandbox import Sandbox, SandboxConfig
+from campaign_runner.store import Store
+
+from conftest import API_KEY, run_campaigns, start, urn, wait_for, write_campaign
+
+START = 1_800_000_000.0
+DAY = 86400.0
+
+
+def recipient_states(db: Path) -> dict[tuple[str, str], tuple[str, str | None]]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT campaign, profile_urn, status, error FROM recipients").fetchall()
+    return {(c, u): (s, e) for c, u, s, e in rows}
+
+
+def test_two_campaigns_in_two_processes_never_both_message_one_person(serve_sandbox, processes, tmp_path) -> None:
+    box, url = serve_sandbox(typing_delay=0.02)
+    people = [{"profile_urn": urn(i)} for i in range(60)]
+    first = write_campaign(tmp_path, "a.yaml", name="a", accounts=["acc_1"], limit="20/1s", recipients=people)
+    second = write_campaign(tmp_path, "b.yaml", name="b", accounts=["acc_2"], limit="20/1s", recipients=people[::-1])
+    db, log = tmp_path / "shared.db", tmp_path / "runs.log"
+    runs = [start(processes, ["run", str(path)], db, url, log) for path in (first, second)]
+    assert [run.wait(60) for run in runs] == [0, 0], log.read_text()
+    delivered = Counter(d.recipient for d in box.log)
+    assert sorted(delivered) == sorted(p["profile_urn"] for p in people)  # everyone, once, by one campaign
+    assert set(delivered.values()) == {1}
+    final = recipient_states(db)
+    for person in people:
+        a, b = final[("a", person["profile_urn"])], final[("b", person["profile_urn"])]
+        assert sorted((a[0], b[0])) == ["sent", "skipped"]
+        skipped = a if a[0] == "skipped" else b
+        assert skipped[1].startswith("already contacted by ")
+
+
+def test_a_person_blocked_while_two_processes_run_is_never_sent_after_the_block_commits(
+    serve_sandbox, processes, tmp_path
+) -> None:
+    box, url = serve_sandbox()
+    people = [{"profile_urn": urn(i)} for i in range(40)]
+    first = write_campaign(tmp_path, "a.yaml", name="a", accounts=["acc_1"], limit="4/1s", recipients=people,
+                           recontact="always")  # fmt: skip
+    second = write_campaign(tmp_path, "b.yaml", name="b", accounts=["acc_2"], limit="4/1s", recipients=people,
+                            recontact="always")  # fmt: skip
+    db, log = tmp_path / "shared.db", tmp_path / "runs.log"
+    runs = [start(processes, ["run", str(path)], db, url, log) for path in (first, second)]
+    wait_for(lambda: len(box.log) >= 6, 30)
+    blocked = [urn(i) for i in range(30, 40)] + [urn(3)]  # mostly still to send; one sent already
+    assert run_cli(["block", *blocked, "--reason", "asked us to stop", "--db", str(db)]) == 0
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        (committed,) = conn.execute("SELECT max(blocked_at) FROM contacts").fetchone()
+    assert [run.wait(60) for run in runs] == [0, 0], log.read_text()
+    late = [d for d in box.log if d.recipient in blocked and d.received_at > committed]
+    assert late == []
+    final = recipient_states(db)
+    for name in ("a", "b"):
+        for person in blocked[:-1]:
+            assert final[(name, person)] == ("suppressed", "do not contact: asked us to stop")
+    # Taking someone off the list lets them be sent again; the list shows who is on it.
+    assert run_cli(["unblock", urn(35), "--db", str(db)]) == 0
+    assert recipient_states(db)[("a", urn(35))] == ("pending", None)
+
+
+def test_block_and_unblock_take_urns_urls_and_identifiers(tmp_path, capsys) -> None:
+    path = write_campaign(tmp_path, recipients=[{"profile_urn": urn(i)} for i in range(3)]
+                          + [{"profile_url": "https://www.linkedin.com/in/jane-doe/"}])  # fmt: skip
+    (tmp_path / "list.csv").write_text("Profile URL\nhttps://de.linkedin.com/in/Jane-Doe?trk=1\n", encoding="utf-8")
+    assert run_cli(["block", urn(1), "--file", str(tmp_path / "list.csv"), "--db", str(tmp_path / "c.db")]) == 0
+    assert capsys.readouterr().out.endswith("blocked 2 (already blocked: 0); 0 pending recipients suppressed\n")
+    assert run_cli(["run", str(path), "--sandbox", "--db", str(tmp_path / "c.db")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "test-campaign: 2 sent, 2 suppressed"
+    assert run_cli(["contacts", "--blocked", "--format", "json", "--db", str(tmp_path / "c.db")]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert {(c["profile_urn"], c["public_identifier"]) for c in found} == {(urn(1), None), (None, "jane-doe")}
+    assert all(c["campaigns"] == "test-campaign:suppressed" for c in found)
+    assert run_cli(["unblock", "jane-doe", urn(1), urn(2), "--db", str(tmp_path / "c.db")]) == 0
+    assert capsys.readouterr().out == "unblocked 2 (not blocked: 1); 2 suppressed recipients pending again\n"
+
+
+@pytest.mark.anyio
+async def test_recontact_never_skips_and_a_duration_waits_that_long(tmp_path: Path) -> None:
+    clock = VirtualClock(START)
+    box = Sandbox(SandboxConfig(api_key=API_KEY), clock)
+    people = [{"profile_urn": urn(i)} for i in range(5)]
+    first = write_campaign(tmp_path, "a.yaml", name="a", recipients=people)
+    never = write_campaign(tmp_path, "b.yaml", name="b", recipients=people + [{"profile_urn": urn(99)}])
+    later = write_campaign(tmp_path, "c.yaml", name="c", recipients=people, recontact="90d")
+    store = await Store.open(tmp_path / "r.db", START)
+    try:
+        await store.load([load_campaign(first)], clock.now())
+        assert (await run_campaigns(store, clock, box, ["a"]))[0].reason == "done"
+        sent_a = {d.recipient: d.delivered_at for d in box.log}
+        clock = VirtualClock(clock.now() + 10 * DAY)  # ten days later, another run
+        box.clock = clock
+        await store.load([load_campaign(never), load_campaign(later)], clock.now())
+        result, _ = await run_campaigns(store, clock, box, ["b", "c"])
+        assert result.reason == "done"
+        rows = {row.profile_urn: row async for row in store.report_rows("b")}
+        assert rows[urn(99)].status == "sent"
+        day = time_day(START)
+        assert {rows[p["profile_urn"]].error for p in people} == {f"already contacted by a on {day}"}
+        assert (await store.counts("c"))["sent"] == 5
+    finally:
+        await store.close()
+    again = [d for d in box.log if d.recipient in sent_a and d.delivered_at > sent_a[d.recipient]]
+    assert len(again) == 5
+    assert all(d.delivered_at >= sent_a[d.recipient] + 90 * DAY for d in again)  # not one day sooner
+
+
+def time_day(epoch: float) -> str:
+    from campaign_runner.clock import iso
+
+    return (iso(epoch) or "")[:10]
+
+
+async def _upgraded_keeps_every_attempt(tmp_path: Path) -> None:
+    path = tmp_path / "v8.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        migrate(db, 1.0, discover()[:8])
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute(
+            "INSERT INTO campaigns (name, group_id, endpoint, message_template, limit_cap, limit_window,"
+            " created_at, updated_at) VALUES ('old', '1', 'send-group', 'hi', 150, 86400, 1, 1)"
+        )
+        db.execute(
+            "INSERT INTO recipients (campaign, profile_urn, message, status, sent_at, updated_at)"
+            f" VALUES ('old', '{urn(1)}', 'hi', 'sent', 5, 5), ('old', '{urn(2)}', 'hi', 'pending', NULL, 5)"
+        )
+        db.execute(
+            "INSERT INTO attempts (recipient_id, run_id, account_id, endpoint, started_at, slot_at, outcome)"
+            " VALUES (1, 1, 'acc_1', 'send-group', 4, 5, 'sent')"
+        )
+    store = await Store.open(path, 10.0)
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT count(*) FROM attempts").fetchone() == (1,)  # not cascaded away
+        assert db.execute("SELECT profile_urn, status FROM recipients ORDER BY id").fetchall() == [
+            (urn(1), "sent"),
+            (urn(2), "pending"),
+        ]
+        assert db.execute("SELECT profile_urn, source FROM contacts ORDER BY id").fetchall() == [
+            (urn(1), "campaign old"),
+            (urn(2), "campaign old"),
+        ]
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+@pytest.mark.anyio
+async def test_a_database_of_the_last_schema_keeps_its_recipients_and_attempts(tmp_path: Path) -> None:
+    await _upgraded_keeps_every_attempt(tmp_path)
