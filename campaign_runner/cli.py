@@ -984,6 +984,25 @@ def _by_account(values: tuple[str, ...], option: str) -> dict[str | None, int]:
 @click.option(
     "--unauthorized-after", type=click.IntRange(min=1), metavar="N", help="Answer 401 from the Nth request on."
 )
+@click.option(
+    "--group-size", type=click.IntRange(min=0), default=BUILT_IN_GROUP, show_default=True, help="Members of its group."
+)
+@click.option("--members-quota", default="1000/day", show_default=True, help="Group members fetched per account.")
+@click.option("--profile-quota", default="120/day", show_default=True, help="Unique profiles looked up per account.")
+@click.option(
+    "--conversation-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share (0-1) of people already in a conversation (the pre-check skips them).",
+)
+@click.option("--missing-profile", multiple=True, metavar="SLUG", help="A public identifier with no profile.")
+@click.option(
+    "--account-status",
+    multiple=True,
+    metavar="ACCOUNT=STATUS",
+    help="What /account/status says of ACCOUNT: ERROR, WARMUP... (repeatable; default AVAILABLE).",
+)
 def sandbox_command(
     host: str,
     port: int,
@@ -1004,6 +1023,12 @@ def sandbox_command(
     credentials_error: tuple[str, ...],
     forbidden_after: tuple[str, ...],
     unauthorized_after: int | None,
+    group_size: int,
+    members_quota: str,
+    profile_quota: str,
+    conversation_rate: float,
+    missing_profile: tuple[str, ...],
+    account_status: tuple[str, ...],
 ) -> int:
     """Serve a local emulator of the ConnectSafely API, for trying campaigns without sending.
 
@@ -1017,10 +1042,19 @@ def sandbox_command(
             --base-url http://127.0.0.1:8765/linkedin
         campaign-runner sandbox --error-rate 0.1 --drop-rate 0.05 --forbidden-after acc_2=20
     """
-    try:
-        limit = Limit.parse(quota)
-    except ValueError as exc:
-        raise ConfigError(f"--quota: {exc}") from None
+    limits = {}
+    for name, text in (("--quota", quota), ("--members-quota", members_quota), ("--profile-quota", profile_quota)):
+        try:
+            limits[name] = Limit.parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    limit = limits["--quota"]
+    statuses: dict[str | None, str] = {}
+    for item in account_status:
+        account, sep, value = item.rpartition("=")
+        if not sep or not value:
+            raise ConfigError(f"--account-status: expected ACCOUNT=STATUS, got {item!r}")
+        statuses[account or None] = value.upper()
     config = sandbox.SandboxConfig(
         api_key=api_key,
         typing_delay=typing_delay,
@@ -1040,6 +1074,14 @@ def sandbox_command(
         credentials_error={a or None for a in credentials_error},
         forbidden_after=_by_account(forbidden_after, "--forbidden-after"),
         unauthorized_after=unauthorized_after,
+        group_size=group_size,
+        members_quota=limits["--members-quota"].cap,
+        members_quota_window=limits["--members-quota"].window,
+        profile_quota=limits["--profile-quota"].cap,
+        profile_quota_window=limits["--profile-quota"].window,
+        conversation_rate=conversation_rate,
+        missing_profiles=set(missing_profile),
+        account_status=statuses,
     )
 
     async def serve() -> int:

@@ -39,6 +39,7 @@ from .events import Recovered
 from .limiter import (
     EPSILON,
     IN_FLIGHT,
+    IN_FLIGHT_POLL,
     MAX_HOLD,
     AccountState,
     Pacing,
@@ -920,7 +921,9 @@ class Store:
                 " SELECT slot_at FROM reads WHERE slot_at > ?) ORDER BY slot_at DESC LIMIT 1 OFFSET ?",
                 (since, since, limit.cap - 1),
             )
-            key.append((limit, found[0] if found else None))
+            # A read not answered yet counts until the latest it can be answered; like a send in
+            # flight, its moment is not known yet: look again shortly rather than wait that out.
+            key.append((limit, None if found is None else found[0] if found[0] <= now else IN_FLIGHT))
         return tuple(key)
 
     # --- reads: lookups, pre-checks, members, health ----------------------------------------
@@ -953,9 +956,14 @@ class Store:
         (spent by every read of it in the window, answered or not), and a hold a 429 set. A read
         counts from when it was answered, the latest moment the server can have counted it."""
         at = now
+
+        def leaves(slot: float, window: float) -> float:
+            """When a read at `slot` leaves a window; shortly, to look again, when still unanswered."""
+            return slot + window + EPSILON if slot <= now else now + IN_FLIGHT_POLL
+
         for limit, kth in self._key_recent(key_limits, now):
             if kth is not None:
-                at = max(at, kth + limit.window + EPSILON)
+                at = max(at, leaves(kth, limit.window))
         if action in RATED:
             found = self._one(
                 "SELECT slot_at FROM reads WHERE account_id = ? AND action IN ('profile', 'members')"
@@ -963,7 +971,7 @@ class Store:
                 (account_id, now - READ_RATE.window - EPSILON, READ_RATE.cap - 1),
             )
             if found:
-                at = max(at, found[0] + READ_RATE.window + EPSILON)
+                at = max(at, leaves(found[0], READ_RATE.window))
         (hold,) = self._one(
             "SELECT max(hold_until) FROM reads WHERE account_id = ? AND action = ? AND hold_until > ?",
             (account_id, action, now),
@@ -983,7 +991,7 @@ class Store:
                 if used + units <= budget.cap:
                     break
                 used -= spent_units
-                at = max(at, started + budget.window + EPSILON)
+                at = max(at, leaves(started, budget.window))
         return at
 
     def _reserve_read(
