@@ -52,12 +52,14 @@ async def fetch_pages(
     render: Render | None = None,
     no_wait: bool = False,
     pages: int | None = None,
+    progress: Callable[[str, MemberFetch], None] = lambda account, fetch: None,
     say: Callable[[str], None] = lambda line: None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
     stopped: Callable[[], bool] = lambda: False,
 ) -> Fetched:
     """Fetch pages until the members are all in (or `pages` pages came, or with `no_wait` the
-    budgets say wait, or `stopped()`). `sleep(until)` waits (default: the clock's). Raises
+    budgets say wait, or `stopped()`). `progress(account, fetch)` follows each page, `say(line)`
+    tells of a page that did not come; `sleep(until)` waits (default: the clock's). Raises
     FetchError when the API refuses the fetch itself."""
 
     async def wait(until: float) -> None:
@@ -92,8 +94,7 @@ async def fetch_pages(
         if saved is not None:
             got += 1
             fetch = saved
-            total = f" of {fetch.total}" if fetch.total is not None else ""
-            say(f"members of {fetch.group}: {fetch.fetched}{total} via {account_label(read.account_id)}")
+            progress(read.account_id, fetch)
             continue
         if outcome.kind in (Kind.UNAUTHORIZED, Kind.MISROUTED, Kind.REJECTED):
             raise FetchError(
@@ -106,6 +107,12 @@ async def fetch_pages(
                 return Fetched(fetch, clock.now() + RETRY_AFTER)
             await wait(clock.now() + RETRY_AFTER)
     return Fetched(fetch)
+
+
+def described(fetch: MemberFetch) -> str:
+    """How far a fetch is: `200 of 2500 fetched`."""
+    total = f" of {fetch.total}" if fetch.total is not None else ""
+    return f"{fetch.fetched}{total} fetched" + (", done" if fetch.done else "")
 
 
 def write_csv(rows: Sequence[tuple[Any, ...]], out: IO[str]) -> None:

@@ -119,6 +119,34 @@ class _SendingFlags:
     api_limit: str | None
 
 
+def base_url_option(f: F) -> F:
+    return click.option(
+        "--base-url",
+        envvar="CONNECTSAFELY_BASE_URL",
+        default=client.DEFAULT_BASE_URL,
+        show_default=True,
+        help="API base URL (env CONNECTSAFELY_BASE_URL).",
+    )(f)
+
+
+def timeout_option(f: F) -> F:
+    return click.option(
+        "--timeout",
+        envvar="CONNECTSAFELY_TIMEOUT",
+        type=click.FloatRange(min=1, max=MAX_TIMEOUT),
+        callback=_finite,
+        default=client.DEFAULT_TIMEOUT,
+        show_default=True,
+        help="Seconds to wait for one answer (env CONNECTSAFELY_TIMEOUT).",
+    )(f)
+
+
+def insecure_option(f: F) -> F:
+    return click.option(
+        "--allow-insecure", is_flag=True, help="Allow a plain http:// base URL on a host other than this machine."
+    )(f)
+
+
 def sending_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options of the commands that send, handed to the command as one `flags` argument."""
 
@@ -130,29 +158,11 @@ def sending_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
     for option in reversed(
         [
-            click.option(
-                "--base-url",
-                envvar="CONNECTSAFELY_BASE_URL",
-                default=client.DEFAULT_BASE_URL,
-                show_default=True,
-                help="API base URL (env CONNECTSAFELY_BASE_URL).",
-            ),
-            click.option(
-                "--timeout",
-                envvar="CONNECTSAFELY_TIMEOUT",
-                type=click.FloatRange(min=1, max=MAX_TIMEOUT),
-                callback=_finite,
-                default=client.DEFAULT_TIMEOUT,
-                show_default=True,
-                help="Seconds to wait for one answer (env CONNECTSAFELY_TIMEOUT).",
-            ),
+            base_url_option,
+            timeout_option,
             click.option("--sandbox", "use_sandbox", is_flag=True, help="Send to a built-in sandbox in this process."),
             click.option("--no-wait", is_flag=True, help="Send what the limits allow now, then exit 0 (for cron)."),
-            click.option(
-                "--allow-insecure",
-                is_flag=True,
-                help="Allow a plain http:// base URL on a host other than this machine.",
-            ),
+            insecure_option,
             click.option(
                 "--switch-api",
                 is_flag=True,

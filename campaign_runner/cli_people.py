@@ -16,16 +16,19 @@ import anyio
 import click
 
 from . import client
-from .audience import FetchError, fetch_pages, write_csv
+from .audience import FetchError, described, fetch_pages, write_csv
 from .cli import (
     EXIT_OK,
     _api,
     _open_store,
     _sending,
     _SendingFlags,
+    base_url_option,
     cli,
     db_option,
+    insecure_option,
     sandbox_db_option,
+    timeout_option,
 )
 from .clock import SystemClock, iso
 from .config import GROUP_URL, column_name, group_id_of, person_of
@@ -38,27 +41,8 @@ PERSON_HEADERS = ("profile_urn", "profile_url", "public_identifier")
 
 def _api_options(f: Any) -> Any:
     """Where reads go: --base-url, --timeout, --sandbox (the built-in one), --allow-insecure."""
-    for option in reversed(
-        [
-            click.option(
-                "--base-url",
-                envvar="CONNECTSAFELY_BASE_URL",
-                default=client.DEFAULT_BASE_URL,
-                show_default=True,
-                help="API base URL (env CONNECTSAFELY_BASE_URL).",
-            ),
-            click.option(
-                "--timeout",
-                envvar="CONNECTSAFELY_TIMEOUT",
-                type=click.FloatRange(min=1, max=3600),
-                default=client.DEFAULT_TIMEOUT,
-                show_default=True,
-                help="Seconds to wait for one answer.",
-            ),
-            click.option("--sandbox", "use_sandbox", is_flag=True, help="Ask a built-in sandbox (its own database)."),
-            click.option("--allow-insecure", is_flag=True, help="Allow plain http:// to another host."),
-        ]
-    ):
+    sandbox = click.option("--sandbox", "use_sandbox", is_flag=True, help="Ask a built-in sandbox (its own database).")
+    for option in reversed([base_url_option, timeout_option, sandbox, insecure_option]):
         f = option(f)
     return f
 
@@ -173,6 +157,9 @@ async def _members(
                     [account],
                     budget=budget,
                     no_wait=no_wait,
+                    progress=lambda account, fetch: click.echo(
+                        f"members of {fetch.group}: {described(fetch)} (via {account_label(account)})", err=True
+                    ),
                     say=lambda line: click.echo(line, err=True),
                 )
             except FetchError as exc:

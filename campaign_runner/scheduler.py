@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 
 from . import events
-from .audience import fetch_pages
+from .audience import described, fetch_pages
 from .client import ApiClient, ReadAnswer, ReadRequest, SendRequest
 from .clock import Clock
 from .config import member_renderer
@@ -35,7 +35,7 @@ from .limiter import KeyLine
 from .outcome import AccountEnd, Ending, Kind, Outcome, Status, Wait
 from .policy import Settlement, settle
 from .settings import Breaker, CampaignSettings, account_label
-from .store import ELSEWHERE_POLL, Claimed, Drained, Read, ReadAction, Store, Waiting
+from .store import ELSEWHERE_POLL, Claimed, Drained, MemberFetch, Read, ReadAction, Store, Waiting
 
 FEED_AHEAD = 100  # recipients of a campaign waiting to be sent: below this, its group's next page is fetched
 FEED_LOOK = 60.0  # seconds between looks at whether a campaign needs its group's next page
@@ -328,8 +328,17 @@ class Scheduler:
             self._on_drained.add(wake)
             await self._sleep(until, wake)
 
+        def progress(account: str, fetch: MemberFetch) -> None:
+            self._emit(
+                events.Looked(
+                    account, ReadAction.MEMBERS, campaign.group_id, Kind.SENT, described(fetch), campaign.name
+                )
+            )
+
         def say(line: str) -> None:
-            self._emit(events.Looked(campaign.account_ids[0], ReadAction.MEMBERS, campaign.group_id, Kind.SENT, line))
+            self._emit(
+                events.Looked(campaign.account_ids[0], ReadAction.MEMBERS, campaign.group_id, Kind.UNKNOWN, line)
+            )
 
         while not self._stop.is_set() and not fetch.done:
             if await self._store.ready_count(campaign.name) >= FEED_AHEAD:
@@ -349,6 +358,7 @@ class Scheduler:
                 render=render,
                 no_wait=self._no_wait,
                 pages=1,
+                progress=progress,
                 say=say,
                 sleep=sleep,
                 stopped=self._stop.is_set,

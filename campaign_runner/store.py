@@ -1380,6 +1380,8 @@ class Store:
     def _suppress_blocked(self, now: float, campaign: str | None = None) -> int:
         """Pending recipients (of `campaign`, or all) whose person is on the do-not-contact list
         become `suppressed`, with its reason."""
+        if self._one("SELECT 1 FROM contacts WHERE blocked_at IS NOT NULL LIMIT 1") is None:
+            return 0  # nobody is on the list: no recipient to look at
         cursor = self._conn.execute(
             "UPDATE recipients SET status = 'suppressed', updated_at = ?, error = ("
             " SELECT 'do not contact: ' || coalesce(c.blocked_reason, 'blocked') FROM contacts c"
@@ -1615,14 +1617,16 @@ class Store:
         if other is None:
             return False
         by, status, at = other
-        if recontact_after is None:
-            when = "now" if status == Status.IN_FLIGHT else f"on {(iso(at) or '')[:10]}"
+        if status == Status.IN_FLIGHT:  # its answer decides: wait for it
+            until = now + ELSEWHERE_POLL
+        elif recontact_after is None:
             self._conn.execute(
                 "UPDATE recipients SET status = 'skipped', error = ?, updated_at = ? WHERE id = ?",
-                (f"already contacted by {by} {when}", now, rid),
+                (f"already contacted by {by} on {(iso(at) or '')[:10]}", now, rid),
             )
             return True
-        until = now + ELSEWHERE_POLL if status == Status.IN_FLIGHT else at + recontact_after
+        else:
+            until = at + recontact_after
         if until <= now:
             return False
         self._conn.execute("UPDATE recipients SET not_before = ?, updated_at = ? WHERE id = ?", (until, now, rid))
