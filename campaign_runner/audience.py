@@ -86,7 +86,7 @@ async def fetch_pages(
             await wait(soonest)
             continue
         request = ReadRequest.group_members(
-            fetch.group, fetch.next_start, count, fetch.statuses, fetch.query, read.account_id or None
+            fetch.group, fetch.next_start, read.units, fetch.statuses, fetch.query, read.account_id or None
         )
         answer = await api.read(request)
         saved = await store.save_members(read, fetch, answer, clock.now(), render)

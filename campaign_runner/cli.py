@@ -30,7 +30,7 @@ from rich.console import Console
 
 from . import __version__, client, events, sandbox
 from .clock import SystemClock, iso
-from .config import Campaign, load_campaign, renderer
+from .config import SAMPLE_MEMBER, Campaign, load_campaign, member_renderer, renderer
 from .display import LiveView, LogLines, counted, describe_finish, describe_wait
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
 from .outcome import Ending, Status, Wait
@@ -268,11 +268,15 @@ def _print_messages(campaign: Campaign, count: int, urns: Sequence[str]) -> None
         if (wanted and recipient.profile_urn not in wanted) or (not wanted and shown >= count):
             continue
         wanted.discard(recipient.profile_urn)
-        click.echo(f"--- {recipient.profile_urn} ({recipient.place})")
+        click.echo(f"--- {recipient.key} ({recipient.place})")
         click.echo(recipient.message)
         shown += 1
         if not wanted and (urns or shown >= count):
             break
+    if campaign.audience is not None and not urns and shown < count:
+        sample = ", ".join(f"{name}={value!r}" for name, value in SAMPLE_MEMBER.items())
+        click.echo(f"--- a member of group {campaign.group_id}, for example ({sample})")
+        click.echo(member_renderer(campaign.message_template)(SAMPLE_MEMBER)[0])
     if wanted:
         raise ConfigError(f"not a recipient of {campaign.name}: {', '.join(sorted(wanted))}")
 
@@ -717,7 +721,8 @@ def _status_json(found: Overview) -> dict[str, Any]:
                 "lookups_waiting": c.preparing.lookups,
                 "audience": {
                     "fetched": c.preparing.fetched,
-                    "total": c.preparing.total,
+                    "wanted": c.preparing.wanted,
+                    "group_total": c.preparing.total,
                     "done": c.preparing.done,
                 }
                 if c.preparing.audience
@@ -752,8 +757,10 @@ def _preparing_line(c: CampaignView) -> str:
     if found.lookups:
         parts.append(f"{found.lookups} of them waiting for a profile lookup")
     if found.audience and not found.done:
-        total = f" of {found.total}" if found.total is not None else ""
-        parts.append(f"{found.fetched}{total} group members fetched so far")
+        group = f"{found.total} in the group" if found.total is not None else ""
+        wanted = f"{found.wanted} wanted" if found.wanted is not None else ""
+        told = ", ".join(part for part in (wanted, group) if part)
+        parts.append(f"{found.fetched} group members fetched so far{f' ({told})' if told else ''}")
     return "".join(f"; {part}" for part in parts)
 
 

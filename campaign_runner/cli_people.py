@@ -31,7 +31,7 @@ from .cli import (
     timeout_option,
 )
 from .clock import SystemClock, iso
-from .config import GROUP_URL, column_name, group_id_of, person_of
+from .config import GROUP_URL, column_name, delimiter_of, group_id_of, person_of
 from .errors import ConfigError
 from .settings import MEMBER_STATUSES, Limit, account_label
 from .store import Read, ReadAction, Store
@@ -165,6 +165,8 @@ async def _members(
             except FetchError as exc:
                 raise ConfigError(str(exc)) from None
         rows = await store.fetched_members(fetched.fetch.id)
+    if max_members is not None:
+        rows = rows[:max_members]  # an earlier fetch of the group, with a larger --max, got more
     if output:
         with open(output, "w", encoding="utf-8", newline="") as out:
             write_csv(rows, out)
@@ -203,22 +205,23 @@ def _people(items: Sequence[str], file: str | None) -> list[tuple[str | None, st
 
 def _file_people(path: Path) -> list[str]:
     """The people of a CSV: its profile_urn, profile_url or public_identifier column (the first
-    found), or without such a header, the first cell of each line."""
+    there is; headers are matched as a campaign's are, and so is the delimiter)."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as file:
-            rows = [row for row in csv.reader(file) if row and any(cell.strip() for cell in row)]
+            delimiter = delimiter_of(file.readline())
+            file.seek(0)
+            rows = [row for row in csv.reader(file, delimiter=delimiter) if row and any(c.strip() for c in row)]
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"cannot read {path} as a UTF-8 CSV: {exc}") from None
-    if not rows:
-        return []
-    header = [column_name(cell) for cell in rows[0]]
+    header = [column_name(cell) for cell in rows[0]] if rows else []
     for name in PERSON_HEADERS:
         if name in header:
             column = header.index(name)
             return [row[column].strip() for row in rows[1:] if len(row) > column and row[column].strip()]
-    return [row[0].strip() for row in rows if row[0].strip()]
+    shown = ", ".join(rows[0]) if rows else "none"
+    raise ConfigError(f"{path}: no profile_urn, profile_url or public_identifier column (columns: {shown})")
 
 
 @cli.command()
@@ -267,6 +270,12 @@ async def _block(
                 f"blocked {done.changed} (already blocked: {done.unchanged});"
                 f" {done.recipients} pending recipients suppressed"
             )
+            if done.unresolved:
+                who = "1 blocked person is" if done.unresolved == 1 else f"{done.unresolved} blocked people are"
+                click.echo(
+                    f"{who} known only by profile URL: the next run looks them up (POST /profile) before it"
+                    " sends to anyone known by URN alone"
+                )
         else:
             done = await store.unblock(people, clock.now())
             click.echo(

@@ -106,6 +106,8 @@ def slug_of(text: str) -> str:
     """A profile's public identifier, from itself or from its URL
     (`https://www.linkedin.com/in/jane-doe-123/?trk=x` -> `jane-doe-123`)."""
     text = text.strip()
+    if text.startswith("urn:"):
+        raise ValueError(f"{text!r} is a URN, not a profile URL: give it in a profile_urn column")
     if "/" in text or text.lower().startswith(("http:", "https:", "www.", "linkedin.")):
         found = PROFILE_URL.match(text)
         if not found:
@@ -134,19 +136,21 @@ def person_of(text: str) -> tuple[str | None, str | None]:
         ) from None
 
 
+_RECONTACT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([hdw])\s*$")
+_RECONTACT_UNITS = {"h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
 def parse_recontact(value: Any) -> float | None:
-    """`never` -> None, `always` -> 0, a duration (`90d`) -> its seconds."""
+    """`never` -> None, `always` -> 0, a duration in hours, days or weeks (`90d`) -> its seconds.
+    Minutes and bare numbers are refused: `3m` would read as minutes to us and as months to many."""
     if value == "never":
         return None
     if value == "always":
         return 0.0
-    try:
-        seconds = parse_duration(value)
-    except ValueError:
-        raise ValueError(f"{value!r}: use never, always, or a duration such as 90d") from None
-    if seconds <= 0:
-        raise ValueError(f"{value!r}: a duration above zero (or always)")
-    return seconds
+    found = _RECONTACT.match(value) if isinstance(value, str) else None
+    if not found or float(found.group(1)) <= 0:
+        raise ValueError(f"{value!r}: use never, always, or a duration in hours, days or weeks, such as 90d")
+    return float(found.group(1)) * _RECONTACT_UNITS[found.group(2)]
 
 
 def parse_delay(value: Any) -> tuple[float, float]:
@@ -312,7 +316,14 @@ class CampaignFile(_Strict):
     @field_validator("recontact", mode="before")
     @classmethod
     def _recontact(cls, value: Any) -> Any:
-        parse_recontact(value if isinstance(value, str) else str(value))
+        parse_recontact(value)
+        return value
+
+    @field_validator("precheck", mode="before")
+    @classmethod
+    def _precheck(cls, value: Any) -> Any:
+        if value not in ("conversation", "none"):
+            raise ValueError(f"{value!r}: use conversation (skip people already in a conversation) or none")
         return value
 
     @field_validator("accounts", mode="before")
@@ -560,7 +571,7 @@ def load_campaign(path: str | Path) -> Campaign:
         duplicates=len(repeated),
         warnings=tuple(warnings),
         advice=tuple(advice),
-        columns=tuple(keys),
+        columns=_report_columns(keys, spec.audience is not None),
         timezone=spec.schedule.timezone or (accounts[0].schedule.timezone if accounts else "UTC"),
         to_resolve=to_resolve,
         recontact_after=parse_recontact(spec.recontact),
@@ -576,6 +587,12 @@ def load_campaign(path: str | Path) -> Campaign:
         members_budget=Limit.parse(spec.budgets.members),
         profiles_budget=Limit.parse(spec.budgets.profiles),
     )
+
+
+def _report_columns(keys: dict[str, None], audience: bool) -> tuple[str, ...]:
+    """The recipients' own values a report shows: the file's columns, and a group member's."""
+    names = [*keys, *(MEMBER_VARIABLES if audience else ())]
+    return tuple(name for name in dict.fromkeys(names) if name != SLUG_COLUMN)  # the report has its own
 
 
 SAMPLE_MEMBER = {
@@ -618,7 +635,7 @@ def _variable_warnings(
         for name in sorted(used - set(available))
     ]
     unused = []
-    for name in sorted(set(keys) - used):
+    for name in sorted(set(keys) - used - set(PERSON_COLUMNS)):
         column = f"column {shown[name]!r}" if name in shown else f"variable {name!r}"
         unused.append(Problem("recipients", f"the message never uses the {column}"))
     return missing, unused
@@ -730,7 +747,9 @@ def _blank(value: Any) -> bool:
 
 def _person(values: dict[str, Any], place: str, problems: list[Problem], inline: bool = False) -> Person | None:
     """Who a row is, from its profile_urn, profile_url or public_identifier (taken out of `values`)."""
-    urn_cell, url_cell, slug_cell = (values.pop(name, None) for name in PERSON_COLUMNS)
+    # The URL stays a value of the row (the report shows it beside the outcome, to join it back to
+    # the spreadsheet); the URN and the identifier are the report's own columns.
+    urn_cell, url_cell, slug_cell = values.pop(URN_COLUMN, None), values.get(URL_COLUMN), values.pop(SLUG_COLUMN, None)
     where = (lambda name: f"{place}.{name}") if inline else (lambda name: place)
     urn = slug = None
     if not _blank(urn_cell):
@@ -784,7 +803,7 @@ def _csv_rows(
     header as written and the variable name it became."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as file:
-            delimiter = _delimiter(file.readline())
+            delimiter = delimiter_of(file.readline())
             file.seek(0)  # the decoder starts afresh, and drops the byte-order mark again
             reader = csv.reader(file, delimiter=delimiter)
             yield from _csv_reader_rows(reader, shown, problems, columns)
@@ -794,7 +813,8 @@ def _csv_rows(
         problems.append(Problem(shown, "not UTF-8 text; save the CSV as UTF-8"))
 
 
-def _delimiter(line: str) -> str:
+def delimiter_of(line: str) -> str:
+    """The delimiter a CSV's header line uses most: `,` `;` or tab."""
     counts = {d: line.count(d) for d in (",", ";", "\t")}
     best = max(counts, key=lambda d: counts[d])
     return best if counts[best] else ","

@@ -194,7 +194,8 @@ class Sandbox:
         self._by_account: dict[str | None, int] = {}  # send requests per account
         self._storms: dict[str | None, float] = {}  # account -> end of its 429 storm
         self._random = random.Random(self.config.seed)
-        self.people = People(self.config, self.clock.now)
+        self._talked: set[tuple[str | None, str]] = set()  # (account, recipient URN) of every delivery
+        self.people = People(self.config, self.clock.now, lambda account, urn: (account, urn) in self._talked)
 
     @property
     def log(self) -> list[Delivery]:
@@ -434,6 +435,7 @@ class Sandbox:
                         message=body["message"],
                     )
                     self._log.append(delivery)
+                    self._talked.add((account, delivery.recipient))
                     self._windows.setdefault(account, deque()).append(delivery.delivered_at)
         payload: dict[str, Any] = {
             "success": True,

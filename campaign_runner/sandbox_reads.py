@@ -3,9 +3,10 @@
 `People` is the sandbox's world of people: one seeded group (any group id or URL names it) of
 `group_size` members, a few of them its owner and managers; a profile for every public identifier
 (the members', and any other, under a URN derived from it); a conversation with a seeded share of
-them; and each account's health. It keeps the vendor's per-account budgets (members fetched,
-unique profiles looked up with a six-hour cache) over sliding windows, answering 429 when one is
-spent. Requests are checked against the OpenAPI schemas (no unknown fields, the documented types).
+them, and with everyone an account has messaged through the sandbox; and each account's health.
+It keeps the vendor's per-account budgets (members fetched, unique profiles looked up with a
+six-hour cache) over sliding windows, answering 429 when one is spent. Requests are checked
+against the OpenAPI schemas (no unknown fields, the documented types).
 """
 
 from __future__ import annotations
@@ -57,9 +58,10 @@ def urn_of(slug: str) -> str:
 class People:
     """What the read endpoints answer from. `config` is the Sandbox's (read on every request)."""
 
-    def __init__(self, config: Any, now: Callable[[], float]):
+    def __init__(self, config: Any, now: Callable[[], float], talked: Callable[[str | None, str], bool]):
         self.config = config
         self._now = now
+        self._talked = talked  # whether an account has messaged a URN: their conversation exists since
         self._lock = threading.Lock()
         self._members: dict[str | None, deque[tuple[float, int]]] = {}  # account -> (at, members) fetched
         self._profiles: dict[str | None, dict[str, float]] = {}  # account -> slug -> when it counted
@@ -88,8 +90,8 @@ class People:
             "membershipStatus": status,
         }
 
-    def has_conversation(self, slug: str) -> bool:
-        if slug in self.config.conversations:
+    def has_conversation(self, slug: str, account: str | None = None) -> bool:
+        if slug in self.config.conversations or self._talked(account, urn_of(slug)):
             return True
         share = self.config.conversation_rate
         return share > 0 and random.Random(f"{self.config.seed}:{slug}").random() < share
@@ -150,7 +152,7 @@ class People:
             return Answer(404, {"success": False, "error": "Account or profile not found"})
         if slug in self.config.missing_profiles:
             return Answer(404, {"success": False, "error": "Account or profile not found"})
-        found = self.has_conversation(slug)
+        found = self.has_conversation(slug, account)
         return Answer(
             200,
             {

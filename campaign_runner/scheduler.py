@@ -90,6 +90,7 @@ class Scheduler:
         # Campaigns whose group still brings recipients: their accounts wait for them, not end.
         self._feeding = {c.name for c in campaigns if c.audience is not None}
         self._audience_deferred = False  # --no-wait: a group's next page must wait for a budget
+        self._healthy: set[str] = set()  # accounts whose health the API confirmed (or could not tell) this run
 
     @classmethod
     @asynccontextmanager
@@ -225,7 +226,7 @@ class Scheduler:
         guard = AccountGuard(Breaker.strictest(self._campaigns[name].breaker for name in names))
         announced: tuple[float, Wait] | None = None
         next_recovery = 0.0
-        if not await self._healthy(account):
+        if not await self._check_health(account):
             return
         while not self._stop.is_set():
             await self._wait_in_key_line(account)
@@ -346,9 +347,14 @@ class Scheduler:
                 self._on_progress.add(wake)
                 await self._sleep(self._clock.now() + FEED_LOOK, wake)
                 continue
-            accounts = [a for a in campaign.account_ids if a not in self._stopped]
+            accounts = [a for a in campaign.account_ids if a in self._healthy and a not in self._stopped]
             if not accounts:
-                return
+                if all(a in self._stopped for a in campaign.account_ids):
+                    return
+                wake = anyio.Event()  # its accounts' health checks are still on their way
+                self._on_progress.add(wake)
+                await self._sleep(self._clock.now() + FEED_LOOK, wake)
+                continue
             fetched = await fetch_pages(
                 self._store,
                 self._api,
@@ -369,7 +375,7 @@ class Scheduler:
                 self._audience_deferred = self._deferred = True
                 return
 
-    async def _healthy(self, account: str) -> bool:
+    async def _check_health(self, account: str) -> bool:
         """Before an account's first send: its health, from the API (`GET /account/status`). An
         account the API reports in ERROR, disabled or without its LinkedIn session is stopped for
         the run, before any recipient is spent on it. A check that cannot be made lets the account
@@ -393,6 +399,8 @@ class Scheduler:
         elif answer.outcome.kind is Kind.REJECTED:
             problem = f"the API does not know it ({answer.outcome.error})"
         if problem is None:
+            self._healthy.add(account)
+            self._set_progress()
             return True
         self._stopped[account] = problem
         with anyio.CancelScope(shield=True):

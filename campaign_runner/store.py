@@ -20,6 +20,7 @@ import functools
 import json
 import os
 import random
+import re
 import socket
 import sqlite3
 import time
@@ -170,6 +171,7 @@ class Read:
     subject: str  # the public identifier, or the group
     recipient_id: int | None = None  # the recipient it is for (a pre-check, a lookup)
     campaign: str | None = None
+    units: int = 1  # what it may spend of its budget (the members a page asks for)
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ class Blocked:
     changed: int  # people put on (or taken off) the list
     unchanged: int  # already there (or not there)
     recipients: int  # pending recipients suppressed (or suppressed ones pending again)
+    unresolved: int = 0  # blocked people known by public identifier alone (looked up before URN-only sends)
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,7 @@ class Preparing:
     fetched: int = 0  # ...this many fetched so far
     total: int | None = None  # of this many, as the API last said
     done: bool = False
+    wanted: int | None = None  # the audience's `max`
 
 
 @dataclass(frozen=True)
@@ -633,12 +637,12 @@ class Store:
                 for a in campaign.accounts
             ],
         )
-        # Stored recipients by id: (status, message, removed, variables); and each one's id by its
-        # URN and by its public identifier (a recipient given by profile URL may be looked up since).
-        known: dict[int, tuple[str, str, int, str]] = {}
+        # Stored recipients by id: (status, message, removed, variables, origin); and each one's id
+        # by its URN and by its public identifier (one given by profile URL may be looked up since).
+        known: dict[int, tuple[str, str, int, str, str]] = {}
         by_key: dict[str, int] = {}
         for rid, urn, slug, *rest in self._all(
-            "SELECT id, profile_urn, public_identifier, status, message, removed, variables FROM recipients"
+            "SELECT id, profile_urn, public_identifier, status, message, removed, variables, origin FROM recipients"
             " WHERE campaign = ?",
             (campaign.name,),
         ):
@@ -694,14 +698,19 @@ class Store:
             self._remember(urn, slug, source, now)
         self._fill_known_urns(campaign.name, now)
         # Whoever left the file is never sent again (a pending one is skipped at once; one in
-        # flight is skipped if its answer hands it back) until it returns to the file.
-        gone = [rid for rid, (_, _, removed, _) in known.items() if not removed and rid not in in_file]
+        # flight is skipped if its answer hands it back) until it returns to the file. A recipient
+        # from the group's members was never in the file: it stays.
+        gone = [
+            rid
+            for rid, (_, _, removed, _, origin) in known.items()
+            if not removed and rid not in in_file and origin == "file"
+        ]
         db.executemany(
             "UPDATE recipients SET removed = 1, status = CASE status WHEN 'pending' THEN 'skipped' ELSE status END,"
             " error = CASE status WHEN 'pending' THEN ? ELSE error END, updated_at = ? WHERE id = ?",
             [(REMOVED_FROM_FILE, now, rid) for rid in gone],
         )
-        back = [rid for rid, (_, _, removed, _) in known.items() if removed and rid in in_file]
+        back = [rid for rid, (_, _, removed, _, _) in known.items() if removed and rid in in_file]
         db.executemany(
             "UPDATE recipients SET removed = 0, status = CASE status WHEN 'skipped' THEN 'pending' ELSE status END,"
             " error = CASE status WHEN 'skipped' THEN NULL ELSE error END, updated_at = ? WHERE id = ?",
@@ -1012,7 +1021,7 @@ class Store:
             "INSERT INTO reads (account_id, action, units, subject, started_at, slot_at) VALUES (?, ?, ?, ?, ?, ?)",
             (account_id, action, units, subject, now, now + deadline),
         )
-        return Read(int(cursor.lastrowid), action, account_id, subject, recipient_id, campaign)
+        return Read(int(cursor.lastrowid), action, account_id, subject, recipient_id, campaign, units)
 
     def _reserve(
         self,
@@ -1027,6 +1036,9 @@ class Store:
         """A read not tied to a recipient (health, a page of members), reserved if the limits allow
         it now; else when they will."""
         with self._transaction():
+            budget = budget or self._budget(account_id, action)
+            if budget is not None:
+                units = min(units, budget.cap)  # a page larger than the whole budget would never fit
             at = self._read_allowed(account_id, action, units, self._key_limits(()), now, budget)
             if at > now:
                 return at
@@ -1048,13 +1060,23 @@ class Store:
                     " SET health = excluded.health, health_at = excluded.health_at",
                     (read.account_id, json.dumps(_health_kept(answer.health.raw)), now),
                 )
-            if read.recipient_id is None:
-                return None
             if outcome.kind is Kind.SENT and read.action is ReadAction.PROFILE and answer.profile is not None:
                 profile = answer.profile
-                self._remember(profile.urn, read.subject, f"profile lookup ({read.campaign})", now, profile)
+                source = f"profile lookup ({read.campaign or 'blocked'})"
+                self._remember(profile.urn, read.subject, source, now, profile)
                 db.execute("UPDATE contacts SET resolved_at = ? WHERE profile_urn = ?", (now, profile.urn))
                 self._fill_known_urns(None, now, read.subject)
+                self._suppress_blocked(now)
+                return None
+            if outcome.kind is Kind.REJECTED and read.action is ReadAction.PROFILE:
+                error = f"no such profile: {outcome.error or f'HTTP {outcome.http_status}'}"
+                db.execute(
+                    "UPDATE contacts SET not_found = ?, updated_at = ? WHERE public_identifier = ?",
+                    (error, now, read.subject),
+                )
+                self._fill_known_urns(None, now, read.subject)
+                return Status.FAILED if read.recipient_id is not None else None
+            if read.recipient_id is None:
                 return None
             if outcome.kind is Kind.SENT and read.action is ReadAction.PRECHECK:
                 if answer.has_conversation:
@@ -1069,14 +1091,6 @@ class Store:
                     (read.account_id, now, read.recipient_id),
                 )
                 return None
-            if outcome.kind is Kind.REJECTED and read.action is ReadAction.PROFILE:
-                error = f"no such profile: {outcome.error or f'HTTP {outcome.http_status}'}"
-                db.execute(
-                    "UPDATE contacts SET not_found = ?, updated_at = ? WHERE public_identifier = ?",
-                    (error, now, read.subject),
-                )
-                self._fill_known_urns(None, now, read.subject)
-                return Status.FAILED
             if outcome.kind is Kind.REJECTED:  # the pre-check refused: its send would be too
                 error = f"conversation pre-check refused: {outcome.error or f'HTTP {outcome.http_status}'}"
                 db.execute(
@@ -1153,7 +1167,9 @@ class Store:
     ) -> MemberFetch:
         """The fetch of these members (begun if new): one per group, statuses, query and campaign,
         so running the same again goes on where it stopped."""
-        key = json.dumps([group, sorted(statuses), query, campaign or ""])
+        # A group by its URL and by its id is one group: one fetch.
+        named = re.search(r"/groups/(\d+)", group)
+        key = json.dumps([named.group(1) if named else group, sorted(statuses), query, campaign or ""])
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO member_fetches (key, campaign, group_ref, statuses, query, max_members, updated_at)"
@@ -1219,7 +1235,7 @@ class Store:
                 message, problem = render(variables)
                 db.execute(
                     "INSERT INTO recipients (campaign, profile_urn, public_identifier, message, variables, status,"
-                    " error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    " error, updated_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'group') ON CONFLICT DO NOTHING",
                     (
                         campaign,
                         profile.urn,
@@ -1275,11 +1291,11 @@ class Store:
                 " FROM member_fetches f WHERE f.campaign = ?",
                 (campaign,),
             )
-            (audience,) = self._one("SELECT audience IS NOT NULL FROM campaigns WHERE name = ?", (campaign,))
+            (audience,) = self._one("SELECT audience FROM campaigns WHERE name = ?", (campaign,))
         if not audience:
             return Preparing(lookups)
         done, total, fetched = fetch or (False, None, 0)
-        return Preparing(lookups, True, fetched, total, bool(done))
+        return Preparing(lookups, True, fetched, total, bool(done), Audience.from_json(audience).max)
 
     def _ready_count(self, campaign: str) -> int:
         with self._snapshot():
@@ -1406,7 +1422,11 @@ class Store:
                     " AND blocked_at IS NULL",
                     (now, reason, now, contact),
                 ).rowcount
-            return Blocked(added, len(people) - added, self._suppress_blocked(now))
+            (unresolved,) = self._one(
+                "SELECT count(*) FROM contacts WHERE blocked_at IS NOT NULL AND profile_urn IS NULL"
+                " AND not_found IS NULL"
+            )
+            return Blocked(added, len(people) - added, self._suppress_blocked(now), unresolved)
 
     def _unblock(self, people: Sequence[tuple[str | None, str | None]], now: float) -> Blocked:
         """Take people off the list; their suppressed recipients are pending again (skipped if
@@ -1488,11 +1508,23 @@ class Store:
             if pacing is None or not campaigns:
                 return Drained()
             key_limits = self._key_limits(campaigns)
+            # Someone blocked by URL whose URN nobody knows yet could be any recipient known by URN
+            # alone: such a block is looked up first, and those recipients wait for it.
+            unsure = self._one(
+                "SELECT public_identifier FROM contacts WHERE blocked_at IS NOT NULL AND profile_urn IS NULL"
+                " AND not_found IS NULL LIMIT 1"
+            )
+            unsure_at = None  # when that lookup may go, as far as this account's budget says
+            if unsure is not None:
+                lookup = self._blocked_lookup(account_id, key_limits, now, deadline)
+                if isinstance(lookup, Read):
+                    return lookup
+                unsure_at = lookup
             state = self._account_state(account_id, pacing, now, key_limits)
             verdict = decide(pacing, state, now)
             found: Any = None
             if verdict.go(now):
-                found = self._next_to_send(account_id, campaigns, settings, now, deadline)
+                found = self._next_to_send(account_id, campaigns, settings, now, deadline, unsure is not None)
                 if isinstance(found, Read):
                     return found
                 if isinstance(found, float):  # its pre-check must wait (a 429 held the account's pre-checks)
@@ -1501,7 +1533,7 @@ class Store:
                 lookup = self._next_lookup(account_id, campaigns, key_limits, now, deadline)
                 if isinstance(lookup, Read):
                     return lookup
-                return self._why_not(campaigns, verdict, lookup, now)
+                return self._why_not(campaigns, verdict, lookup, now, unsure is not None, unsure_at)
             name, recipient_id, urn, message, attempts, retries, requeued = found
             group_id, endpoint, max_attempts, backoff, *_ = settings[name]
             db.execute(
@@ -1561,27 +1593,38 @@ class Store:
         return tuple(sorted({limit for (text,) in rows for limit in _limits(text)}))
 
     def _next_to_send(
-        self, account_id: str, campaigns: Sequence[str], settings: dict[str, Any], now: float, deadline: float
+        self,
+        account_id: str,
+        campaigns: Sequence[str],
+        settings: dict[str, Any],
+        now: float,
+        deadline: float,
+        unsure: bool = False,
     ) -> tuple[Any, ...] | Read | float | None:
         """The next recipient `account_id` may send now, in campaign order; or the pre-check it needs
         first. On the way, whoever is on the do-not-contact list is `suppressed`, and whoever
-        another campaign contacted is skipped (`recontact: never`) or waits (a duration)."""
+        another campaign contacted is skipped (`recontact: never`) or waits (a duration).
+        `unsure`: a block by URL is not looked up yet, so recipients known by URN alone wait."""
         for name in campaigns:
             *_, recontact_after, precheck = settings[name]
             while True:
                 row = self._one(
                     "SELECT id, profile_urn, public_identifier, message, attempts, retries, requeued, checked_by,"
                     " checked_at FROM recipients WHERE campaign = ? AND status = 'pending' AND removed = 0"
-                    " AND not_before <= ? AND profile_urn IS NOT NULL AND reading_until <= ? ORDER BY id LIMIT 1",
-                    (name, now, now),
+                    " AND not_before <= ? AND profile_urn IS NOT NULL AND reading_until <= ?"
+                    " AND (public_identifier IS NOT NULL OR NOT ?) ORDER BY id LIMIT 1",
+                    (name, now, now, unsure),
                 )
                 if row is None:
                     break
                 rid, urn, slug, message, attempts, retries, requeued, checked_by, checked_at = row
-                if self._turned_away(rid, name, urn, slug, recontact_after, now):
+                contacted = self._may_contact(rid, name, urn, slug, recontact_after, now)
+                if contacted is None:
                     continue
+                # Someone messaged before, whom `recontact` lets us message again, is in a
+                # conversation with us: the pre-check is for people in a conversation with others.
                 fresh = checked_by == account_id and checked_at is not None and checked_at > now - PRECHECK_FRESH
-                if precheck == "conversation" and slug and not fresh:
+                if precheck == "conversation" and slug and not fresh and not contacted:
                     at = self._read_allowed(account_id, ReadAction.PRECHECK, 1, (), now)
                     if at > now:
                         return at
@@ -1590,11 +1633,12 @@ class Store:
                 return (name, rid, urn, message, attempts, retries, requeued)
         return None
 
-    def _turned_away(
+    def _may_contact(
         self, rid: int, campaign: str, urn: str, slug: str | None, recontact_after: float | None, now: float
-    ) -> bool:
-        """Whether this recipient may not be sent now: on the do-not-contact list (`suppressed`),
-        contacted by another campaign (`skipped`, or for `recontact: <duration>` a wait)."""
+    ) -> bool | None:
+        """None when this recipient may not be sent now: on the do-not-contact list (`suppressed`),
+        contacted by another campaign (`skipped`, or for `recontact: <duration>` a wait). Else
+        whether another campaign contacted the person before."""
         blocked = self._one(
             "SELECT blocked_reason FROM contacts WHERE blocked_at IS NOT NULL AND (profile_urn = ?"
             " OR public_identifier = ?) LIMIT 1",
@@ -1605,9 +1649,7 @@ class Store:
                 "UPDATE recipients SET status = 'suppressed', error = ?, updated_at = ? WHERE id = ?",
                 (_blocked_error(blocked[0]), now, rid),
             )
-            return True
-        if recontact_after == 0:
-            return False
+            return None
         other = self._one(
             "SELECT campaign, status, coalesce(sent_at, updated_at) AS at FROM recipients WHERE profile_urn = ?"
             " AND campaign <> ? AND status IN ('sent', 'unknown', 'in_flight') ORDER BY status = 'in_flight' DESC,"
@@ -1617,6 +1659,8 @@ class Store:
         if other is None:
             return False
         by, status, at = other
+        if recontact_after == 0:
+            return True
         if status == Status.IN_FLIGHT:  # its answer decides: wait for it
             until = now + ELSEWHERE_POLL
         elif recontact_after is None:
@@ -1624,13 +1668,13 @@ class Store:
                 "UPDATE recipients SET status = 'skipped', error = ?, updated_at = ? WHERE id = ?",
                 (f"already contacted by {by} on {(iso(at) or '')[:10]}", now, rid),
             )
-            return True
+            return None
         else:
             until = at + recontact_after
         if until <= now:
-            return False
+            return True
         self._conn.execute("UPDATE recipients SET not_before = ?, updated_at = ? WHERE id = ?", (until, now, rid))
-        return True
+        return None
 
     def _next_lookup(
         self, account_id: str, campaigns: Sequence[str], key_limits: Sequence[Limit], now: float, deadline: float
@@ -1656,16 +1700,49 @@ class Store:
         )
         return self._reserve_read(account_id, ReadAction.PROFILE, slug, now, deadline, rid, name)
 
+    def _blocked_lookup(
+        self, account_id: str, key_limits: Sequence[Limit], now: float, deadline: float
+    ) -> Read | float | None:
+        """A lookup of someone blocked by URL whose URN is not known, if the account's budget allows
+        it now; else when it will (None: each was asked in the last READ_RETRY seconds, and an
+        unanswered one waits that long)."""
+        row = self._one(
+            "SELECT c.public_identifier FROM contacts c WHERE c.blocked_at IS NOT NULL AND c.profile_urn IS NULL"
+            " AND c.not_found IS NULL AND NOT EXISTS (SELECT 1 FROM reads r WHERE r.subject = c.public_identifier"
+            " AND r.action = 'profile' AND r.slot_at > ?) LIMIT 1",
+            (now - READ_RETRY,),
+        )
+        if row is None:
+            return None
+        at = self._read_allowed(account_id, ReadAction.PROFILE, 1, key_limits, now)
+        if at > now:
+            return at
+        return self._reserve_read(account_id, ReadAction.PROFILE, row[0], now, deadline)
+
     def _why_not(
-        self, campaigns: Sequence[str], verdict: Verdict, lookup_at: float | None, now: float
+        self,
+        campaigns: Sequence[str],
+        verdict: Verdict,
+        lookup_at: float | None,
+        now: float,
+        unsure: bool = False,
+        unsure_at: float | None = None,
     ) -> Waiting | Drained:
         marks = ",".join("?" * len(campaigns))
         ready = self._one(
             f"SELECT 1 FROM recipients WHERE campaign IN ({marks}) AND status = 'pending' AND not_before <= ?"
-            " AND profile_urn IS NOT NULL AND reading_until <= ? LIMIT 1",
-            (*campaigns, now, now),
+            " AND profile_urn IS NOT NULL AND reading_until <= ? AND (public_identifier IS NOT NULL OR NOT ?) LIMIT 1",
+            (*campaigns, now, now, unsure),
         )
         waits = [(verdict.at, verdict.reason)] if ready else []
+        if unsure and not ready:  # recipients known by URN alone wait for a block's lookup
+            waiting = self._one(
+                f"SELECT 1 FROM recipients WHERE campaign IN ({marks}) AND status = 'pending'"
+                " AND public_identifier IS NULL LIMIT 1",
+                tuple(campaigns),
+            )
+            if waiting:
+                waits.append((unsure_at or now + ELSEWHERE_POLL, Wait.LOOKUP))
         if lookup_at is not None:
             waits.append((lookup_at, Wait.LOOKUP))
         if waits:

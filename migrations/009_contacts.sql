@@ -20,6 +20,7 @@ CREATE TABLE contacts (
     updated_at        REAL NOT NULL,
     CHECK (profile_urn IS NOT NULL OR public_identifier IS NOT NULL)
 );
+CREATE INDEX contacts_blocked ON contacts (blocked_at) WHERE blocked_at IS NOT NULL;
 INSERT INTO contacts (profile_urn, source, created_at, updated_at)
     SELECT profile_urn, 'campaign ' || min(campaign), min(updated_at), max(updated_at) FROM recipients
     GROUP BY profile_urn;
@@ -50,6 +51,7 @@ CREATE TABLE recipients_new (
     checked_by        TEXT,              -- the account whose pre-check found no conversation...
     checked_at        REAL,              -- ...and when
     reading_until     REAL NOT NULL DEFAULT 0,  -- a lookup or pre-check of it is on the wire until then
+    origin            TEXT NOT NULL DEFAULT 'file' CHECK (origin IN ('file', 'group')),  -- the file, or the group's members
     UNIQUE (campaign, profile_urn),
     CHECK (profile_urn IS NOT NULL OR public_identifier IS NOT NULL)
 );
@@ -90,6 +92,7 @@ CREATE TABLE reads (
 );
 CREATE INDEX reads_slot ON reads (slot_at);
 CREATE INDEX reads_budget ON reads (account_id, action, slot_at);
+CREATE INDEX reads_subject ON reads (subject, action);
 
 -- Fetching a group's members, page by page: where the next page starts, so a killed fetch
 -- continues there. `key` names the group, statuses, query and the campaign it feeds ('' for none).

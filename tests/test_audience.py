@@ -303,3 +303,23 @@ def test_members_with_no_wait_stops_when_the_budget_is_spent_and_goes_on_next_ti
     code, out, err = cli("members", "12345678", "--budget", "200/hour", "--no-wait", base_url=url)
     assert len(out.splitlines()) == 201
     assert [line.split(",")[1] for line in out.splitlines()[1:3]] == ["member-000002", "member-000003"]
+
+
+def test_members_keeps_a_budget_smaller_than_a_page_and_a_smaller_max(cli, serve_sandbox, tmp_path) -> None:
+    box, url = serve_sandbox(group_size=250)
+    code, out, err = cli("members", "12345678", "--budget", "30/day", "--no-wait", base_url=url)
+    assert code == 0 and len(out.splitlines()) == 31  # a page of 30, not of 100
+    code, out, err = cli("members", "https://www.linkedin.com/groups/12345678/", "--max", "5", base_url=url)
+    assert len(out.splitlines()) == 6  # the group by its URL is the same fetch; five of what it has
+    pages = [r for r in box.requests if "/groups/" in r.endpoint and r.status == 200]
+    assert len(pages) == 1  # nothing fetched twice
+
+
+def test_an_audience_is_never_fetched_by_an_account_the_run_stopped(cli, serve_sandbox, tmp_path) -> None:
+    box, url = serve_sandbox(group_size=120, account_status={"acc_bad": "ERROR"})
+    path = write_campaign(tmp_path, recipients=None, accounts=["acc_bad", "acc_ok"], message="Hi {{ first_name }}",
+                          audience={"group_members": {"max": 60}})  # fmt: skip
+    code, out, err = cli("run", str(path), base_url=url)
+    assert code == 1 and out.splitlines()[-1] == "test-campaign: 60 sent"
+    assert {r.account_id for r in box.requests if r.account_id == "acc_bad"} == {"acc_bad"}
+    assert [r.endpoint for r in box.requests if r.account_id == "acc_bad"] == ["/linkedin/account/status"]

@@ -16,6 +16,7 @@ from campaign_runner.clock import VirtualClock
 from campaign_runner.config import load_campaign
 from campaign_runner.migrate import discover, migrate
 from campaign_runner.sandbox import Sandbox, SandboxConfig
+from campaign_runner.sandbox_reads import urn_of
 from campaign_runner.store import Store
 
 from conftest import API_KEY, run_campaigns, start, urn, wait_for, write_campaign
@@ -82,12 +83,20 @@ def test_block_and_unblock_take_urns_urls_and_identifiers(tmp_path, capsys) -> N
                           + [{"profile_url": "https://www.linkedin.com/in/jane-doe/"}])  # fmt: skip
     (tmp_path / "list.csv").write_text("Profile URL\nhttps://de.linkedin.com/in/Jane-Doe?trk=1\n", encoding="utf-8")
     assert run_cli(["block", urn(1), "--file", str(tmp_path / "list.csv"), "--db", str(tmp_path / "c.db")]) == 0
-    assert capsys.readouterr().out.endswith("blocked 2 (already blocked: 0); 0 pending recipients suppressed\n")
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "blocked 2 (already blocked: 0); 0 pending recipients suppressed",
+        "1 blocked person is known only by profile URL: the next run looks them up (POST /profile) before it"
+        " sends to anyone known by URN alone",
+    ]
     assert run_cli(["run", str(path), "--sandbox", "--db", str(tmp_path / "c.db")]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "test-campaign: 2 sent, 2 suppressed"
     assert run_cli(["contacts", "--blocked", "--format", "json", "--db", str(tmp_path / "c.db")]) == 0
     found = json.loads(capsys.readouterr().out)
-    assert {(c["profile_urn"], c["public_identifier"]) for c in found} == {(urn(1), None), (None, "jane-doe")}
+    # Blocked by URL, jane-doe was looked up before anyone known by URN alone was sent.
+    assert {(c["profile_urn"], c["public_identifier"]) for c in found} == {
+        (urn(1), None),
+        (urn_of("jane-doe"), "jane-doe"),
+    }
     assert all(c["campaigns"] == "test-campaign:suppressed" for c in found)
     assert run_cli(["unblock", "jane-doe", urn(1), urn(2), "--db", str(tmp_path / "c.db")]) == 0
     assert capsys.readouterr().out == "unblocked 2 (not blocked: 1); 2 suppressed recipients pending again\n"
@@ -165,3 +174,48 @@ async def _upgraded_keeps_every_attempt(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_a_database_of_the_last_schema_keeps_its_recipients_and_attempts(tmp_path: Path) -> None:
     await _upgraded_keeps_every_attempt(tmp_path)
+
+
+def test_a_block_by_url_stops_a_campaign_that_knows_the_person_by_urn(tmp_path, capsys) -> None:
+    """Nobody can tell a URL from a URN without asking: the block is looked up before anyone known
+    by URN alone is sent."""
+    from campaign_runner.sandbox_reads import member_urn
+
+    db = str(tmp_path / "c.db")
+    assert run_cli(["block", "https://www.linkedin.com/in/member-000201/", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "the next run looks them up (POST /profile) before it sends to anyone known by URN alone" in out
+    people = [{"profile_urn": member_urn(i)} for i in range(199, 204)]
+    path = write_campaign(tmp_path, recipients=people)
+    assert run_cli(["run", str(path), "--sandbox", "--db", db]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "test-campaign: 4 sent, 1 suppressed"
+    final = recipient_states(Path(db))
+    assert final[("test-campaign", member_urn(201))] == ("suppressed", "do not contact: blocked")
+
+
+def test_block_file_needs_a_column_that_says_who(tmp_path, capsys) -> None:
+    db = str(tmp_path / "c.db")
+    (tmp_path / "names.csv").write_text("name,email\nJane,j@example.com\n", encoding="utf-8")
+    assert run_cli(["block", "--file", str(tmp_path / "names.csv"), "--db", db]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'names.csv'}: no profile_urn, profile_url or public_identifier column"
+        " (columns: name, email)\n"
+    )
+    (tmp_path / "semi.csv").write_text("Profile URL;First name\nlinkedin.com/in/ada-l;Ada\n", encoding="utf-8")
+    assert run_cli(["block", "--file", str(tmp_path / "semi.csv"), "--db", db]) == 0
+    assert run_cli(["contacts", "--blocked", "--format", "json", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert [c["public_identifier"] for c in json.loads(out[out.index("[") :])] == ["ada-l"]
+
+
+def test_running_an_audience_campaign_again_keeps_its_members(tmp_path, capsys) -> None:
+    """A campaign whose recipients come from its group is run again from cron: the members fetched
+    are not "no longer in the file"."""
+    db = str(tmp_path / "c.db")
+    path = write_campaign(tmp_path, recipients=None, limit="5/hour", audience={"group_members": {"max": 50}},
+                          message="Hi {{ first_name }}")  # fmt: skip
+    for _ in range(2):
+        assert run_cli(["run", str(path), "--sandbox", "--no-wait", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "0 no longer in the file" in out and "50 no longer" not in out
+    assert out.splitlines()[-2] == "test-campaign: 49 pending, 1 sent"  # one a run: the 5/hour spread
