@@ -750,16 +750,17 @@ def _person(values: dict[str, Any], place: str, problems: list[Problem], inline:
     # The URL stays a value of the row (the report shows it beside the outcome, to join it back to
     # the spreadsheet); the URN and the identifier are the report's own columns.
     urn_cell, url_cell, slug_cell = values.pop(URN_COLUMN, None), values.get(URL_COLUMN), values.pop(SLUG_COLUMN, None)
-    where = (lambda name: f"{place}.{name}") if inline else (lambda name: place)
     urn = slug = None
     if not _blank(urn_cell):
         text = str(urn_cell).strip()
         if not URN_PATTERN.match(text):
-            problems.append(
-                Problem(where(URN_COLUMN), f"invalid {URN_COLUMN} {text!r}: expected urn:li:fsd_profile:<id>")
-            )
+            place = f"{place}.{URN_COLUMN}" if inline else place
+            problems.append(Problem(place, f"invalid {URN_COLUMN} {text!r}: expected urn:li:fsd_profile:<id>"))
             return None
         urn = text
+        if url_cell is None and slug_cell is None:  # the common case, a URN alone: nothing more to read
+            return Person(urn, None)
+    where = (lambda name: f"{place}.{name}") if inline else (lambda name: place)
     for name, cell in ((URL_COLUMN, url_cell), (SLUG_COLUMN, slug_cell)):
         if slug is None and not _blank(cell):
             try:

@@ -65,7 +65,7 @@ CREATE INDEX recipients_queue ON recipients (campaign, id) WHERE status = 'pendi
 CREATE INDEX recipients_status ON recipients (campaign, status);
 CREATE INDEX recipients_in_flight ON recipients (run_id) WHERE status = 'in_flight';
 CREATE INDEX recipients_person ON recipients (profile_urn);
-CREATE INDEX recipients_slug ON recipients (public_identifier);
+CREATE INDEX recipients_slug ON recipients (public_identifier) WHERE public_identifier IS NOT NULL;
 
 -- Per campaign: whether a person another campaign contacted may be messaged (NULL: never;
 -- 0: always; else after that many seconds), the conversation pre-check (conversation, none), the
