@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DB := .demo/demo.db
 
-.PHONY: install install-test install-bench demo test bench clean
+.PHONY: install install-test install-bench browser demo test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,20 @@ demo: install
 	rm -rf .demo && mkdir -p .demo
 	$(BIN)/campaign-runner run campaigns/demo.yaml --sandbox --db $(DEMO_DB)
 	$(BIN)/campaign-runner report demo --db $(DEMO_DB) --format json
+	$(BIN)/campaign-runner report demo --db $(DEMO_DB) --format html --output .demo/demo-report.html
 
-test: install-test
+# The browser tests open the html report in Debian's Chromium (Playwright drives it; it downloads no
+# browser of its own). Installed here when missing, which needs root (as in CI); otherwise say how.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "warning: no chromium: the browser tests are skipped (sudo apt-get install chromium)"; \
+	fi
+
+test: install-test browser
 	$(BIN)/ruff check campaign_runner tests bench
 	$(BIN)/ruff format --check campaign_runner tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

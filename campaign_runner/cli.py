@@ -33,6 +33,7 @@ from .clock import SystemClock, iso
 from .config import SAMPLE_MEMBER, Campaign, load_campaign, member_renderer, renderer
 from .display import LiveView, LogLines, counted, describe_finish, describe_wait
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
+from .html_report import write_html
 from .outcome import Ending, Status, Wait
 from .overview import CampaignView, Overview, overview
 from .plan import Forecaster, make_plan
@@ -782,22 +783,32 @@ def _finish_line(c: CampaignView, now: float) -> str:
 @cli.command()
 @click.argument("name")
 @db_option
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False), help="Write to this file instead of standard output.")
+@click.option("--format", "fmt", type=click.Choice([*FORMATS, "html"]), default="csv", show_default=True)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write to this file instead of standard output (html: NAME-report.html unless given).",
+)
 @click.option("--status", "only", type=click.Choice(STATUS_NAMES), help="Only recipients with this status.")
 @click.option("--excel", is_flag=True, help="CSV for Excel: a UTF-8 byte-order mark, times in the campaign's zone.")
 @sandbox_db_option
 def report(
     name: str, db: str | None, fmt: str, output: str | None, only: str | None, excel: bool, use_sandbox: bool
 ) -> int:
-    """Who was sent what, and who failed and why.
+    """Who was sent what, and who failed and why. `--format html` writes one page with charts that
+    opens offline, to look at or to mail.
 
     \b
     Example:
         campaign-runner report spring-meetup-invite --format json --output report.json
+        campaign-runner report spring-meetup-invite --format html
     """
     if excel and fmt != "csv":
         raise click.UsageError("--excel is for --format csv")
+    if fmt == "html":
+        if only:
+            raise click.UsageError("--status is for csv and json: the html page lists everyone, with a search box")
+        output = output or f"{name}-report.html"
     return anyio.run(_report, db, use_sandbox, name, fmt, output, only, excel)
 
 
@@ -815,13 +826,19 @@ async def _report(
         fd, temp = tempfile.mkstemp(dir=target.parent or Path("."), prefix=f".{target.name}.")
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-                count = await write_report(store, name, out, fmt, only, excel)
+                if fmt == "html":
+                    count = await write_html(store, name, out, SystemClock().now())
+                else:
+                    count = await write_report(store, name, out, fmt, only, excel)
             os.replace(temp, target)
         except BaseException:
             os.unlink(temp)
             raise
     click.echo(f"wrote {counted(count, 'recipient')} to {target}", err=True)
+    if fmt == "html":
+        click.echo(str(target.resolve()))
     return EXIT_OK
+
 
 
 @cli.command()

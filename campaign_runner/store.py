@@ -828,6 +828,28 @@ class Store:
         made_at, finish, result, pending, per_day = row
         return Forecast(name, made_at, finish, Ending(result), pending, json.loads(per_day))
 
+    def _first_forecast(self, name: str) -> Forecast | None:
+        """The forecast made when the campaign began sending: what it was expected to do."""
+        with self._snapshot():
+            row = self._one(
+                "SELECT made_at, finish, result, pending, per_day FROM forecasts WHERE campaign = ?"
+                " ORDER BY made_at LIMIT 1",
+                (name,),
+            )
+        if row is None:
+            return None
+        made_at, finish, result, pending, per_day = row
+        return Forecast(name, made_at, finish, Ending(result), pending, json.loads(per_day))
+
+    def _attempt_outcomes(self, name: str) -> list[tuple[str | None, int | None, int]]:
+        """Every request of a campaign's recipients by what it came to: (outcome, HTTP status, count)."""
+        with self._snapshot():
+            return self._all(
+                "SELECT a.outcome, a.http_status, count(*) FROM attempts a JOIN recipients r ON r.id = a.recipient_id"
+                " WHERE r.campaign = ? GROUP BY 1, 2 ORDER BY 3 DESC",
+                (name,),
+            )
+
     def _campaign_names(self, unfinished_only: bool = False) -> list[str]:
         sql = "SELECT name FROM campaigns c"
         if unfinished_only:
@@ -2066,6 +2088,12 @@ class Store:
 
     async def latest_forecast(self, name: str) -> Forecast | None:
         return await self._run(self._latest_forecast, name)
+
+    async def first_forecast(self, name: str) -> Forecast | None:
+        return await self._run(self._first_forecast, name)
+
+    async def attempt_outcomes(self, name: str) -> list[tuple[str | None, int | None, int]]:
+        return await self._run(self._attempt_outcomes, name)
 
     async def campaign_names(self, unfinished_only: bool = False) -> list[str]:
         return await self._run(self._campaign_names, unfinished_only)
