@@ -286,6 +286,9 @@ def b4(s: Settings) -> list[Row]:
     first_sandbox: list[float] = []
     status: list[float] = []
     report: list[float] = []
+    html: list[float] = []
+    html_size: list[float] = []
+    page = s.work / "b4" / "report.html"
     with common.sandbox() as box:
         env = common.runner_env(box.url)
         for round_ in range(s.rounds):
@@ -301,12 +304,17 @@ def b4(s: Settings) -> list[Row]:
             st = common.run_child([common.RUNNER, "status", "bench", "--db", str(db)])
             rep = common.run_child([common.RUNNER, "report", "bench", "--db", str(db), "--format", "csv"],
                                    stdout_to_null=True)  # fmt: skip
-            if st.code or rep.code:
-                raise RuntimeError(f"b4: status {st.code} {st.stderr}; report {rep.code} {rep.stderr}")
+            web = common.run_child([common.RUNNER, "report", "bench", "--db", str(db), "--format", "html",
+                                    "--output", str(page)], stdout_to_null=True)  # fmt: skip
+            if st.code or rep.code or web.code:
+                raise RuntimeError(f"b4: status {st.code} {st.stderr}; report {rep.code} {rep.stderr} {web.stderr}")
             status.append(st.wall)
             report.append(rep.wall)
+            html.append(web.wall)
+            html_size.append(page.stat().st_size / 1e6)
             log(f"b4 round {round_ + 1}: first send {usage.marks['line']:.2f}s (sandbox {first_sandbox[-1]:.2f}s),"
-                f" status {st.wall:.2f}s, report {rep.wall:.2f}s (rss {rep.rss_mb:.0f} MB)")  # fmt: skip
+                f" status {st.wall:.2f}s, report {rep.wall:.2f}s (rss {rep.rss_mb:.0f} MB),"
+                f" html {web.wall:.2f}s, {html_size[-1]:.2f} MB")  # fmt: skip
     what = f"{count:,} recipients, {done:,} done, {accounts} accounts"
     return [
         Row("B4", f"{what}: `resume` start to first send (its request reaching the sandbox)", "≤ 1 s",
@@ -315,6 +323,9 @@ def b4(s: Settings) -> list[Row]:
         Row("B4", "`status`", "≤ 1 s", f"{fmt(median(status))} s", "", verdict(median(status) <= 1)),
         Row("B4", "`report --format csv` to /dev/null", "≤ 3 s", f"{fmt(median(report))} s", "",
             verdict(median(report) <= 3)),
+        Row("R", f"`report --format html` of {count:,} recipients: wall; file size", "< 5 s; < 5 MB",
+            f"{fmt(median(html))} s; {median(html_size):.2f} MB", "",
+            verdict(median(html) < 5 and median(html_size) < 5)),
     ]  # fmt: skip
 
 
