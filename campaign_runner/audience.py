@@ -66,7 +66,10 @@ async def fetch_pages(
         await (sleep(until) if sleep is not None else clock.sleep_until(until))
 
     got = 0
-    while not fetch.done and (pages is None or got < pages) and not stopped():
+    while not stopped():
+        fetch = await store.refresh_fetch(fetch)  # another process may fetch the same group
+        if fetch.done or (pages is not None and got >= pages):
+            break
         count = PAGE if fetch.max_members is None else max(min(PAGE, fetch.max_members - fetch.fetched), 1)
         now = clock.now()
         read: Read | None = None
@@ -89,7 +92,7 @@ async def fetch_pages(
             fetch.group, fetch.next_start, read.units, fetch.statuses, fetch.query, read.account_id or None
         )
         answer = await api.read(request)
-        saved = await store.save_members(read, fetch, answer, clock.now(), render)
+        saved = await store.save_members(read, fetch, request.json["start"], answer, clock.now(), render)
         outcome = answer.outcome
         if saved is not None:
             got += 1

@@ -840,7 +840,6 @@ async def _report(
     return EXIT_OK
 
 
-
 @cli.command()
 @click.argument("name")
 @click.option("--status", "which", type=click.Choice(RETRYABLE_NAMES), help="Every recipient with this status.")

@@ -355,8 +355,8 @@ def classify_read(response: httpx.Response, request: ReadRequest) -> ReadAnswer:
         page = MembersPage(
             tuple(m for m in members if m is not None),
             payload.get("hasMore") is True,
-            total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None,
-            str(group_id) if isinstance(group_id, (str, int)) and str(group_id).isdigit() else None,
+            total if isinstance(total, int) and not isinstance(total, bool) and 0 <= total <= MAX_MEMBERS else None,
+            str(group_id) if isinstance(group_id, (str, int)) and _GROUP_ID.fullmatch(str(group_id)) else None,
             len(items),
         )
         return ReadAnswer(ok, page=page)
@@ -367,7 +367,12 @@ def classify_read(response: httpx.Response, request: ReadRequest) -> ReadAnswer:
 
 
 URN_PREFIX = "urn:li:fsd_profile:"
-_URN = re.compile(r"^urn:li:fsd_profile:[A-Za-z0-9_-]{1,200}$")
+# Matched whole (fullmatch: `$` would let a trailing newline through, and with it a second person).
+_URN = re.compile(r"urn:li:fsd_profile:[A-Za-z0-9_-]{1,200}")
+_SLUG = re.compile(r"[^\s/:?#%\x00-\x1f]{1,200}")  # as a file's public identifier must be
+_GROUP_ID = re.compile(r"[1-9][0-9]{0,19}")
+MAX_MEMBERS = 1_000_000_000  # a larger group total is no count: ignored
+MEMBER_STATUSES = ("member", "manager", "owner")
 
 
 def _text(value: object, limit: int = 500) -> str | None:
@@ -379,12 +384,15 @@ def _profile(data: dict[str, Any]) -> Profile:
     urn = data.get("entityUrn") or data.get("urn")
     if not urn and isinstance(data.get("profileId"), str):
         urn = URN_PREFIX + data["profileId"]
-    if not isinstance(urn, str) or not _URN.match(urn):
-        raise ValueError(f"no profile URN in {sorted(data)[:8]}")
-    slug = _text(data.get("publicIdentifier"), 200)
-    if slug is None and isinstance(data.get("profileUrl"), str):
+    if not isinstance(urn, str) or not _URN.fullmatch(urn):
+        raise ValueError(f"no profile URN in {sorted(str(key)[:40] for key in data)[:8]}")
+    slug = data.get("publicIdentifier")
+    if not isinstance(slug, str) and isinstance(data.get("profileUrl"), str):
         found = re.search(r"linkedin\.com/in/([^/?#\s]+)", data["profileUrl"])
-        slug = unquote(found.group(1)) if found else None
+        slug = found.group(1) if found else None
+    slug = unquote(slug.strip()) if isinstance(slug, str) else None
+    if slug is not None and not _SLUG.fullmatch(slug):
+        slug = None  # no identifier to keep: the person is known by URN
     first, last = _text(data.get("firstName")), _text(data.get("lastName"))
     if first is None and last is None and isinstance(data.get("fullName"), str):
         first, _, rest = data["fullName"].strip().partition(" ")
@@ -398,7 +406,8 @@ def _member(data: dict[str, Any]) -> Member | None:
     except ValueError:
         return None  # a member without a usable URN cannot be messaged: left out
     status = data.get("membershipStatus")
-    return Member(profile, status.lower() if isinstance(status, str) else None)
+    status = status.lower() if isinstance(status, str) else None
+    return Member(profile, status if status in MEMBER_STATUSES else None)
 
 
 def _classify_ok(payload: dict[str, Any], text: str, common: dict[str, Any]) -> Outcome:
@@ -448,7 +457,7 @@ def _judge(
 def _json(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON; or nested deeper than a parser should follow
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -99,15 +99,18 @@ def _apply(db: sqlite3.Connection, migrations: list[Migration], known: int, now:
             if newest > known:
                 raise _too_new(newest, known)
             if migration.version > newest:
+                # A reference left dangling before (by hand, by an old bug) is not this migration's.
+                dangling_before = set(db.execute("PRAGMA foreign_key_check").fetchall())
                 for statement in statements(migration.sql):
                     db.execute(statement)
                 db.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (migration.version, migration.name, now),
                 )
-                dangling = db.execute("PRAGMA foreign_key_check").fetchone()
-                if dangling is not None:
-                    raise StoreError(f"migration {migration.version:03d} left a dangling reference in {dangling[0]}")
+                dangling = set(db.execute("PRAGMA foreign_key_check").fetchall()) - dangling_before
+                if dangling:
+                    table = sorted(dangling)[0][0]
+                    raise StoreError(f"migration {migration.version:03d} left a dangling reference in {table}")
                 applied.append(migration.version)
             db.execute("COMMIT")
         except BaseException:

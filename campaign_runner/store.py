@@ -84,10 +84,12 @@ _ERROR_IF_REMOVED = f"CASE WHEN removed THEN '{REMOVED_FROM_FILE}' ELSE {{}} END
 DIED_IN_FLIGHT = "the process stopped while the request was in flight; it may have been delivered"
 ELSEWHERE_POLL = 5.0  # seconds between looks when only other workers' requests remain
 STALE_MARGIN = 60.0  # past a run's request deadline, a claim it never recorded belongs to a process that is gone
+LOOKUP_REFUSALS = 3  # a profile lookup refused this often (not "not found") fails its recipients
 PRECHECK_FRESH = 3600.0  # seconds a pre-check's "no conversation" stands for a send by the same account
 READ_RETRY = 300.0  # seconds before a recipient whose lookup or pre-check went unanswered is tried again
 IN_CONVERSATION = "already in a conversation with the account"
 SAME_PERSON = "the same person as {urn}, listed twice in this campaign"
+DEFAULT_API_LIMITS = "60/minute,100/10s"  # the vendor's allowance per key (as campaigns store it)
 # The reads LinkedIn itself serves, which count against the account's rate of reads (inbox reads
 # such as the pre-check are served from the vendor's store: only the API key's limit holds).
 RATED = ("profile", "members")
@@ -959,19 +961,23 @@ class Store:
 
     # --- reads: lookups, pre-checks, members, health ----------------------------------------
 
-    def _budget(self, account_id: str, action: ReadAction) -> Limit | None:
-        """The account's daily budget for `action`: the strictest of the campaigns that use it."""
+    def _budgets(self, account_id: str, action: ReadAction, given: Limit | None = None) -> list[Limit]:
+        """The account's budgets for `action`: every one of the campaigns that use it, and `given`
+        (`members --budget`); the vendor's when there is none. All of them hold at once."""
         column = BUDGETED.get(action)
         if column is None:
-            return None
+            return [given] if given else []
         rows = self._all(
             f"SELECT DISTINCT c.{column} FROM campaigns c JOIN campaign_accounts ca ON ca.campaign = c.name"
             " WHERE ca.account_id = ?",
             (account_id,),
         )
-        limits = [Limit.parse(text) for (text,) in rows]
-        default = MEMBERS_BUDGET if action is ReadAction.MEMBERS else PROFILES_BUDGET
-        return min(limits or [default], key=lambda limit: limit.cap / limit.window)
+        limits = {Limit.parse(text) for (text,) in rows}
+        if given is not None:
+            limits.add(given)
+        if not limits:  # no campaign uses the account, and nothing was given: the vendor's
+            limits.add(MEMBERS_BUDGET if action is ReadAction.MEMBERS else PROFILES_BUDGET)
+        return sorted(limits)
 
     def _read_allowed(
         self,
@@ -980,7 +986,7 @@ class Store:
         units: int,
         key_limits: Sequence[Limit],
         now: float,
-        budget: Limit | None = None,
+        budgets: Sequence[Limit] | None = None,
     ) -> float:
         """The earliest moment a read of `action` spending `units` may start: within the API key's
         limits (over sends and reads), the account's rate of reads, its daily budget for the action
@@ -1009,8 +1015,7 @@ class Store:
         )
         if hold is not None:
             at = max(at, hold)
-        budget = budget or self._budget(account_id, action)
-        if budget is not None:
+        for budget in self._budgets(account_id, action) if budgets is None else budgets:
             # Each read counts from when it was answered (until then, from the latest it can be):
             # the server's window can have counted it no later.
             spent = self._all(
@@ -1058,10 +1063,10 @@ class Store:
         """A read not tied to a recipient (health, a page of members), reserved if the limits allow
         it now; else when they will."""
         with self._transaction():
-            budget = budget or self._budget(account_id, action)
-            if budget is not None:
-                units = min(units, budget.cap)  # a page larger than the whole budget would never fit
-            at = self._read_allowed(account_id, action, units, self._key_limits(()), now, budget)
+            budgets = self._budgets(account_id, action, budget)
+            if budgets:
+                units = min(units, *(b.cap for b in budgets))  # a page larger than a whole budget never fits
+            at = self._read_allowed(account_id, action, units, self._key_limits(()), now, budgets)
             if at > now:
                 return at
             return self._reserve_read(account_id, action, subject, now, deadline, units=units)
@@ -1091,13 +1096,30 @@ class Store:
                 self._suppress_blocked(now)
                 return None
             if outcome.kind is Kind.REJECTED and read.action is ReadAction.PROFILE:
-                error = f"no such profile: {outcome.error or f'HTTP {outcome.http_status}'}"
-                db.execute(
-                    "UPDATE contacts SET not_found = ?, updated_at = ? WHERE public_identifier = ?",
-                    (error, now, read.subject),
+                said = outcome.error or f"HTTP {outcome.http_status}"
+                if outcome.http_status == 404 or "not found" in said.lower():
+                    # The API says there is no such profile: for good (a block by it binds nobody).
+                    db.execute(
+                        "UPDATE contacts SET not_found = ?, updated_at = ? WHERE public_identifier = ?",
+                        (f"no such profile: {said}", now, read.subject),
+                    )
+                    self._fill_known_urns(None, now, read.subject)
+                    return Status.FAILED if read.recipient_id is not None else None
+                # Refused for another reason (the account, the request): asked again later, and
+                # only after LOOKUP_REFUSALS refusals are its recipients failed. The contact keeps
+                # no verdict, so a block by it goes on holding back recipients known by URN alone.
+                (refusals,) = self._one(
+                    "SELECT count(*) FROM reads WHERE subject = ? AND action = 'profile' AND error IS NOT NULL"
+                    " AND (http_status BETWEEN 400 AND 499 OR http_status = 200) AND http_status <> 429",
+                    (read.subject,),
                 )
-                self._fill_known_urns(None, now, read.subject)
-                return Status.FAILED if read.recipient_id is not None else None
+                if refusals >= LOOKUP_REFUSALS:
+                    db.execute(
+                        "UPDATE recipients SET status = 'failed', error = ?, reading_until = 0, updated_at = ?"
+                        " WHERE public_identifier = ? AND profile_urn IS NULL AND status = 'pending'",
+                        (f"profile lookup refused {refusals} times: {said}", now, read.subject),
+                    )
+                    return Status.FAILED if read.recipient_id is not None else None
             if read.recipient_id is None:
                 return None
             if outcome.kind is Kind.SENT and read.action is ReadAction.PRECHECK:
@@ -1113,7 +1135,7 @@ class Store:
                     (read.account_id, now, read.recipient_id),
                 )
                 return None
-            if outcome.kind is Kind.REJECTED:  # the pre-check refused: its send would be too
+            if outcome.kind is Kind.REJECTED and read.action is ReadAction.PRECHECK:  # its send would be refused too
                 error = f"conversation pre-check refused: {outcome.error or f'HTTP {outcome.http_status}'}"
                 db.execute(
                     "UPDATE recipients SET status = 'failed', error = ?, http_status = ?, reading_until = 0,"
@@ -1158,10 +1180,9 @@ class Store:
                 "SELECT health, health_at, hold_until, hold_reason, stopped_reason FROM accounts WHERE id = ?",
                 (account_id,),
             )
-            members_budget = self._budget(account_id, ReadAction.MEMBERS)
-            profiles_budget = self._budget(account_id, ReadAction.PROFILE)
+            members_budget = min(self._budgets(account_id, ReadAction.MEMBERS), key=lambda b: b.cap / b.window)
+            profiles_budget = min(self._budgets(account_id, ReadAction.PROFILE), key=lambda b: b.cap / b.window)
         health, health_at, hold_until, hold_reason, stopped = row or (None, None, 0.0, None, None)
-        assert members_budget is not None and profiles_budget is not None
         return AccountUse(
             account_id,
             messages,
@@ -1217,14 +1238,16 @@ class Store:
         self,
         read: Read,
         fetch: MemberFetch,
+        start: int,
         answer: ReadAnswer,
         now: float,
         render: Callable[[dict[str, Any]], tuple[str | None, str | None]] | None = None,
     ) -> MemberFetch | None:
         """Record a page of members (each a contact, and for a campaign a recipient with its
         message) and where the next page starts, in one transaction with the read's answer: a
-        fetch killed between two pages fetches at most the page in flight again. None when the
-        page did not come (the read's answer says why)."""
+        fetch killed between two pages fetches at most the page in flight again. `start`: where
+        the page began, as asked (another process may have moved the fetch on since: the next
+        page starts after the furthest page stored). None when the page did not come."""
         page = answer.page
         self._finish_read(read, answer, now)
         if answer.outcome.kind is not Kind.SENT or page is None:
@@ -1232,7 +1255,8 @@ class Store:
         with self._transaction() as db:
             db.execute("UPDATE reads SET units = ? WHERE id = ?", (page.size, read.read_id))
             key, campaign = self._one("SELECT key, campaign FROM member_fetches WHERE id = ?", (fetch.id,))
-            position = fetch.next_start
+            fetch = self._fetch_state(key)  # as it stands now, whoever moved it
+            position = start
             source = f"group {page.group_id or fetch.group} members"
             room = None if fetch.max_members is None else max(fetch.max_members - fetch.fetched, 0)
             members = page.members if room is None else page.members[:room]
@@ -1274,12 +1298,18 @@ class Store:
                 not page.has_more or page.size == 0 or (fetch.max_members is not None and fetched >= fetch.max_members)
             )
             db.execute(
-                "UPDATE member_fetches SET next_start = next_start + ?, total = coalesce(?, total), done = ?,"
-                " updated_at = ? WHERE id = ?",
-                (page.size, page.total, done, now, fetch.id),
+                "UPDATE member_fetches SET next_start = max(next_start, ?), total = coalesce(?, total),"
+                " done = done OR ?, updated_at = ? WHERE id = ?",
+                (start + page.size, page.total, done, now, fetch.id),
             )
+            self._fill_known_urns(None, now)  # recipients known by identifier that a member here is
             if campaign is not None:
                 self._suppress_blocked(now, campaign)
+            return self._fetch_state(key)
+
+    def _refresh_fetch(self, fetch: MemberFetch) -> MemberFetch:
+        with self._snapshot():
+            (key,) = self._one("SELECT key FROM member_fetches WHERE id = ?", (fetch.id,))
             return self._fetch_state(key)
 
     def _fetched_members(self, fetch_id: int) -> list[tuple[Any, ...]]:
@@ -1386,13 +1416,18 @@ class Store:
 
     def _fill_known_urns(self, campaign: str | None, now: float, slug: str | None = None) -> None:
         """Recipients given by public identifier whose person is known now: they take the URN (or
-        fail, when the API said there is no such profile). In `campaign`, or for `slug` everywhere."""
-        where, params = ("r.campaign = ?", campaign) if campaign is not None else ("r.public_identifier = ?", slug)
+        fail, when the API said there is no such profile). In `campaign`, or for `slug`, or all."""
+        if campaign is not None:
+            where, params = "r.campaign = ?", (campaign,)
+        elif slug is not None:
+            where, params = "r.public_identifier = ?", (slug,)
+        else:
+            where, params = "r.public_identifier IS NOT NULL", ()
         rows = self._all(
             "SELECT r.id, r.campaign, c.profile_urn, c.not_found FROM recipients r JOIN contacts c"
             " ON c.public_identifier = r.public_identifier WHERE r.profile_urn IS NULL"
             f" AND (c.profile_urn IS NOT NULL OR c.not_found IS NOT NULL) AND {where}",
-            (params,),
+            params,
         )
         db = self._conn
         for rid, name, urn, not_found in rows:
@@ -1612,6 +1647,8 @@ class Store:
             " SELECT 1 FROM recipients r WHERE r.campaign = c.name AND r.status IN ('pending', 'in_flight'))",
             tuple(running),
         )
+        if not rows:  # nothing is sending (a health check, `members`): every campaign's limits, or the vendor's
+            rows = self._all("SELECT DISTINCT api_limits FROM campaigns") or [(DEFAULT_API_LIMITS,)]
         return tuple(sorted({limit for (text,) in rows for limit in _limits(text)}))
 
     def _next_to_send(
@@ -2153,12 +2190,16 @@ class Store:
         self,
         read: Read,
         fetch: MemberFetch,
+        start: int,
         answer: ReadAnswer,
         now: float,
         render: Callable[[dict[str, Any]], tuple[str | None, str | None]] | None = None,
     ) -> MemberFetch | None:
         with anyio.CancelScope(shield=True):
-            return await self._run(self._save_members, read, fetch, answer, now, render)
+            return await self._run(self._save_members, read, fetch, start, answer, now, render)
+
+    async def refresh_fetch(self, fetch: MemberFetch) -> MemberFetch:
+        return await self._run(self._refresh_fetch, fetch)
 
     async def fetched_members(self, fetch_id: int) -> list[tuple[Any, ...]]:
         return await self._run(self._fetched_members, fetch_id)

@@ -256,8 +256,10 @@ def test_members_of_a_2500_group_over_three_windows_of_budget_killed_and_resumed
     box, url = serve_sandbox(group_size=2500, members_quota=1000, members_quota_window=3.0)
     db, out = tmp_path / "m.db", tmp_path / "members.csv"
     statuses = ["--status", "member", "--status", "manager", "--status", "owner"]
+    # A page in flight when the process is killed may have reached the server: it counts against
+    # the budget until the request's deadline (--timeout plus 10 s) has passed.
     args = [EXECUTABLE, "members", "12345678", "--account", "acc_1", *statuses, "--budget", "1000/3s",
-            "--output", str(out), "--db", str(db), "--base-url", url]  # fmt: skip
+            "--timeout", "3", "--output", str(out), "--db", str(db), "--base-url", url]  # fmt: skip
     env = {"CONNECTSAFELY_API_KEY": API_KEY, "PATH": "/usr/bin:/bin"}
     kills = 0
     log = tmp_path / "members.log"
@@ -323,3 +325,27 @@ def test_an_audience_is_never_fetched_by_an_account_the_run_stopped(cli, serve_s
     assert code == 1 and out.splitlines()[-1] == "test-campaign: 60 sent"
     assert {r.account_id for r in box.requests if r.account_id == "acc_bad"} == {"acc_bad"}
     assert [r.endpoint for r in box.requests if r.account_id == "acc_bad"] == ["/linkedin/account/status"]
+
+
+def test_odd_member_pages_never_make_two_people_of_one_nor_poison_the_database() -> None:
+    import httpx
+
+    from campaign_runner.client import ReadRequest, classify_read
+
+    request = ReadRequest.group_members("12345678", 0, 100, ["member"], None, "acc_1")
+    members = [
+        {"entityUrn": urn(1) + "\n", "publicIdentifier": "ann"},  # a trailing newline: no such URN
+        {"profileId": "ACoAAx", "fullName": "Bea Smith", "profileUrl": "https://www.linkedin.com/in/B%C3%A9a/"},
+        {"entityUrn": urn(3), "publicIdentifier": "has space/slash", "membershipStatus": "x" * 10_000},
+    ]
+    body = {"success": True, "hasMore": True, "members": members, "groupId": "9" * 4000,
+            "pagination": {"total": 10**20}}  # fmt: skip
+    answer = classify_read(httpx.Response(200, json=body), request)
+    page = answer.page
+    assert page is not None and page.size == 3
+    assert [m.profile.urn for m in page.members] == ["urn:li:fsd_profile:ACoAAx", urn(3)]
+    assert page.members[0].profile.slug == "béa" and page.members[0].profile.first_name == "Bea"
+    assert page.members[1].profile.slug is None and page.members[1].membership_status is None
+    assert (page.total, page.group_id) == (None, None)
+    deep = classify_read(httpx.Response(200, text="[" * 200_000), request)
+    assert deep.outcome.kind == "unknown" and deep.page is None

@@ -219,3 +219,105 @@ def test_running_an_audience_campaign_again_keeps_its_members(tmp_path, capsys) 
     out = capsys.readouterr().out
     assert "0 no longer in the file" in out and "50 no longer" not in out
     assert out.splitlines()[-2] == "test-campaign: 49 pending, 1 sent"  # one a run: the 5/hour spread
+
+
+@pytest.mark.anyio
+async def test_a_refused_lookup_never_lifts_a_block(tmp_path: Path) -> None:
+    """A lookup answered with a refusal that is not "not found" (an account busy, a 200 with
+    success: false) settles nothing: the block keeps holding back whoever is known by URN alone."""
+    from test_audience import Recording
+
+    from campaign_runner import events
+
+    clock = VirtualClock(START)
+    box = Sandbox(SandboxConfig(api_key=API_KEY), clock)
+    app = Recording(box, answer=lambda path: (200, {"success": False, "error": "account busy, try later"})
+                    if path.endswith("/profile") else None)  # fmt: skip
+    path = write_campaign(
+        tmp_path, recipients=[{"profile_urn": urn(1)}, {"profile_urn": urn(2), "public_identifier": "known"}]
+    )
+    store = await Store.open(tmp_path / "c.db", START)
+    try:
+        await store.load([load_campaign(path)], START)
+        await store.block([(None, "jane-doe")], "asked", START)
+        lookups = lambda seen: sum(isinstance(e, events.Looked) and e.action == "profile" for e in seen)  # noqa: E731
+        await run_campaigns(store, clock, app, stop_when=lambda seen: lookups(seen) >= 4)
+        rows = {row.profile_urn: row.status async for row in store.report_rows("test-campaign")}
+        (blocked,) = await store.contacts(blocked_only=True)
+    finally:
+        await store.close()
+    assert rows == {urn(1): "pending", urn(2): "sent"}  # the one known by identifier too can be told apart
+    assert (blocked.not_found, blocked.profile_urn) == (None, None)  # no verdict: still unsure
+    assert [d.recipient for d in box.log] == [urn(2)]
+
+
+@pytest.mark.anyio
+async def test_two_processes_fetching_one_group_skip_no_member(tmp_path: Path) -> None:
+    from campaign_runner.client import Member, MembersPage, Profile, ReadAnswer
+    from campaign_runner.config import member_renderer
+    from campaign_runner.outcome import Kind, Outcome
+    from campaign_runner.store import ReadAction
+
+    def page(start: int) -> ReadAnswer:
+        people = tuple(Member(Profile(f"urn:li:fsd_profile:M{i:04d}", f"m{i}", "A"), "member")
+                       for i in range(start, start + 100))  # fmt: skip
+        return ReadAnswer(Outcome(Kind.SENT, http_status=200), page=MembersPage(people, True, 1000, "1", 100))
+
+    path = write_campaign(tmp_path, recipients=None, message="Hi {{ first_name }}", audience={"group_members": {}})
+    one, two = await Store.open(tmp_path / "c.db", START), await Store.open(tmp_path / "c.db", START)
+    try:
+        await one.load([load_campaign(path)], START)
+        render = member_renderer("Hi {{ first_name }}")
+        first = await one.member_fetch("12345678", ["member"], None, None, "test-campaign", START)
+        second = await two.member_fetch("12345678", ["member"], None, None, "test-campaign", START)
+        reads = [
+            await store.reserve("acc_1", ReadAction.MEMBERS, "12345678", START, 60, units=100) for store in (one, two)
+        ]
+        # Both asked for the page at 0 before either stored it.
+        await one.save_members(reads[0], first, 0, page(0), START + 2, render)
+        after = await two.save_members(reads[1], second, 0, page(0), START + 3, render)
+        assert (after.next_start, after.fetched) == (100, 100)
+        read = await one.reserve("acc_1", ReadAction.MEMBERS, "12345678", START + 4, 60, units=100)
+        fresh = await one.refresh_fetch(first)
+        final = await one.save_members(read, fresh, fresh.next_start, page(fresh.next_start), START + 5, render)
+        assert (final.next_start, final.fetched) == (200, 200)
+        assert (await one.counts("test-campaign"))["pending"] == 200
+    finally:
+        await one.close()
+        await two.close()
+
+
+@pytest.mark.anyio
+async def test_every_budget_of_an_account_holds_and_the_keys_limit_holds_with_nothing_to_send(tmp_path: Path) -> None:
+    from campaign_runner.settings import Limit
+    from campaign_runner.store import Read, ReadAction
+
+    hourly = write_campaign(tmp_path, "h.yaml", name="h", budgets={"profiles": "10/hour"}, api_limit="1000/1s")
+    daily = write_campaign(tmp_path, "d.yaml", name="d", budgets={"profiles": "120/day"}, api_limit="3/1h")
+    store = await Store.open(tmp_path / "b.db", START)
+    try:
+        await store.load([load_campaign(hourly), load_campaign(daily)], START)
+        allowed = 0
+        for i in range(30):
+            found = await store.reserve("acc_1", ReadAction.PROFILE, f"p{i}", START + i, 60)
+            if isinstance(found, Read):
+                allowed += 1
+                await store.finish_read(found, _ok(), START + i)
+        assert allowed == 3  # the key's 3/1h binds first
+        # No campaign has work: a health check still keeps the key's limits (every campaign's).
+        for store_campaign in ("h", "d"):
+            assert (await store.campaign(store_campaign)).api_limits
+        found = await store.reserve("acc_2", ReadAction.STATUS, "acc_2", START + 40, 60)
+        assert not isinstance(found, Read)
+        found = await store.reserve("acc_1", ReadAction.MEMBERS, "g", START + 3600 * 2, 60, units=100,
+                                    budget=Limit(30, 86400.0))  # fmt: skip
+        assert isinstance(found, Read) and found.units == 30  # members --budget tightens, and caps a page
+    finally:
+        await store.close()
+
+
+def _ok():
+    from campaign_runner.client import ReadAnswer
+    from campaign_runner.outcome import Kind, Outcome
+
+    return ReadAnswer(Outcome(Kind.SENT, http_status=200))
