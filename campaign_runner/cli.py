@@ -31,11 +31,11 @@ from rich.console import Console
 from . import __version__, client, events, sandbox
 from .clock import SystemClock, iso
 from .config import SAMPLE_MEMBER, Campaign, load_campaign, member_renderer, renderer
-from .display import LiveView, LogLines, counted, describe_finish, describe_wait
+from .display import LiveView, LogLines, counted, describe_finish
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
 from .html_report import write_html
-from .outcome import Ending, Status, Wait
-from .overview import CampaignView, Overview, overview
+from .outcome import Ending, Status
+from .overview import CampaignView, overview, status_json
 from .plan import Forecaster, make_plan
 from .report import FORMATS, write_report
 from .schedule import local_time
@@ -682,7 +682,7 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
         names = [name] if name else await store.campaign_names()
         found = await overview(store, names, clock.now())
     if as_json:
-        click.echo(json.dumps(_status_json(found), indent=2))
+        click.echo(json.dumps(status_json(found), indent=2))
         return EXIT_OK
     for c in found.campaigns:
         total = sum(c.counts.values())
@@ -696,61 +696,6 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
             f" {a.found.window_used}/{a.found.window_cap} used in the current window"
         )
     return EXIT_OK
-
-
-def _status_json(found: Overview) -> dict[str, Any]:
-    now = found.now
-    campaigns = []
-    for c in found.campaigns:
-        tz, forecast = c.settings.timezone, c.forecast
-        campaigns.append(
-            {
-                "name": c.settings.name,
-                "counts": c.counts,
-                "projected_finish": iso(c.finish),
-                "projected_finish_local": local_time(c.finish, tz) if c.finish else None,
-                "forecast": {
-                    "made_at": iso(forecast.made_at),
-                    "made_at_local": local_time(forecast.made_at, tz),
-                    "result": forecast.result,
-                    "pending": forecast.pending,
-                    "overdue": c.overdue(now),
-                }
-                if forecast
-                else None,
-                "accounts_able": len(c.able),
-                "lookups_waiting": c.preparing.lookups,
-                "audience": {
-                    "fetched": c.preparing.fetched,
-                    "wanted": c.preparing.wanted,
-                    "group_total": c.preparing.total,
-                    "done": c.preparing.done,
-                }
-                if c.preparing.audience
-                else None,
-            }
-        )
-    accounts = []
-    for a in found.accounts:
-        status = a.found
-        accounts.append(
-            {
-                "account_id": a.account_id or None,
-                "state": a.state,
-                "detail": a.detail,
-                "limits": str(status.pacing),
-                "warmup_day": status.pacing.warmup_day,
-                "warmup_cap_today": status.pacing.warmup_cap,
-                "window_used": status.window_used,
-                "window_cap": status.window_cap,
-                "next_send_at": iso(a.next_at),
-                "next_send_local": local_time(a.next_at, a.timezone),
-                "waiting_for": None if status.reason is Wait.READY else describe_wait(status.reason),
-                "hold_until": iso(status.hold_until) if status.hold_until > now else None,
-                "stopped_reason": status.stopped_reason,
-            }
-        )
-    return {"campaigns": campaigns, "accounts": accounts}
 
 
 def _preparing_line(c: CampaignView) -> str:

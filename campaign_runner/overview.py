@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from .display import describe_account
-from .outcome import Availability, Ending, Status
+from .clock import iso
+from .display import describe_account, describe_wait
+from .outcome import Availability, Ending, Status, Wait
+from .schedule import local_time
 from .settings import CampaignSettings
 from .store import AccountStatus, Forecast, Preparing, Store
 
-__all__ = ["AccountView", "CampaignView", "Overview", "overview"]
+__all__ = ["AccountView", "CampaignView", "Overview", "overview", "status_json"]
 
 CANNOT_SEND = (Availability.STOPPED, Availability.BLOCKED)  # until someone acts
 
@@ -79,3 +82,59 @@ async def overview(store: Store, names: Sequence[str], now: float) -> Overview:
         forecast = await store.latest_forecast(c.name) if counts[Status.PENDING] else None
         campaigns.append(CampaignView(c, counts, able, forecast, await store.preparing(c.name)))
     return Overview(now, campaigns, accounts)
+
+
+def status_json(found: Overview) -> dict[str, Any]:
+    """What `status --json` prints (and the dashboard serves): every campaign and account."""
+    now = found.now
+    campaigns = []
+    for c in found.campaigns:
+        tz, forecast = c.settings.timezone, c.forecast
+        campaigns.append(
+            {
+                "name": c.settings.name,
+                "counts": c.counts,
+                "projected_finish": iso(c.finish),
+                "projected_finish_local": local_time(c.finish, tz) if c.finish else None,
+                "forecast": {
+                    "made_at": iso(forecast.made_at),
+                    "made_at_local": local_time(forecast.made_at, tz),
+                    "result": forecast.result,
+                    "pending": forecast.pending,
+                    "overdue": c.overdue(now),
+                }
+                if forecast
+                else None,
+                "accounts_able": len(c.able),
+                "lookups_waiting": c.preparing.lookups,
+                "audience": {
+                    "fetched": c.preparing.fetched,
+                    "wanted": c.preparing.wanted,
+                    "group_total": c.preparing.total,
+                    "done": c.preparing.done,
+                }
+                if c.preparing.audience
+                else None,
+            }
+        )
+    accounts = []
+    for a in found.accounts:
+        status = a.found
+        accounts.append(
+            {
+                "account_id": a.account_id or None,
+                "state": a.state,
+                "detail": a.detail,
+                "limits": str(status.pacing),
+                "warmup_day": status.pacing.warmup_day,
+                "warmup_cap_today": status.pacing.warmup_cap,
+                "window_used": status.window_used,
+                "window_cap": status.window_cap,
+                "next_send_at": iso(a.next_at),
+                "next_send_local": local_time(a.next_at, a.timezone),
+                "waiting_for": None if status.reason is Wait.READY else describe_wait(status.reason),
+                "hold_until": iso(status.hold_until) if status.hold_until > now else None,
+                "stopped_reason": status.stopped_reason,
+            }
+        )
+    return {"campaigns": campaigns, "accounts": accounts}
