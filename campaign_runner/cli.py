@@ -836,6 +836,60 @@ async def _retry(db: str | None, use_sandbox: bool, name: str, which: str | None
     return EXIT_OK
 
 
+# --- dashboard ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@db_option
+@sandbox_db_option
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Where to listen (another than this machine needs --token)."
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8780, show_default=True)
+@click.option(
+    "--token",
+    envvar="CAMPAIGN_RUNNER_DASHBOARD_TOKEN",
+    help="Required on every request (env CAMPAIGN_RUNNER_DASHBOARD_TOKEN); needed to listen beyond this machine.",
+)
+def dashboard(db: str | None, use_sandbox: bool, host: str, port: int, token: str | None) -> int:
+    """Every campaign of the database on a local web page, live and read-only: the html report of
+    each, refreshing as runs send. It never writes to the database nor holds up a runner.
+
+    \b
+    Example:
+        campaign-runner dashboard            # then open http://127.0.0.1:8780/
+        CAMPAIGN_RUNNER_DASHBOARD_TOKEN=$(openssl rand -hex 16) campaign-runner dashboard --host 0.0.0.0
+    """
+    if not client._is_loopback(host) and not token:
+        raise ConfigError(
+            f"--host {host} lets other machines in: give --token (or CAMPAIGN_RUNNER_DASHBOARD_TOKEN) as well"
+        )
+    if token is not None and (len(token) < 16 or not token.isprintable() or any(c.isspace() for c in token)):
+        raise ConfigError("--token: at least 16 printable characters, no spaces")
+    _check_listen(host, port)
+    return anyio.run(_dashboard, database_path(db, use_sandbox), host, port, token)
+
+
+async def _dashboard(path: Path, host: str, port: int, token: str | None) -> int:
+    from .dashboard import Dashboard
+
+    store = await Store.open_read_only(path)
+    try:
+        async with anyio.create_task_group() as tg:
+            app = Dashboard(store, SystemClock(), token)
+            url = (await tg.start(sandbox.serve, app, host, port)).removesuffix(sandbox.PREFIX) + "/"
+            click.echo(f"dashboard of {path} at {url}" + (f"?token={token}" if token else ""))
+            click.echo("Ctrl-C stops it", err=True)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    break
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
+    return EXIT_OK
+
+
 # --- hold ------------------------------------------------------------------------------------
 
 

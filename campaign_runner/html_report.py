@@ -13,6 +13,7 @@ import base64
 import gzip
 import json
 from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
 from datetime import datetime
 from importlib import resources
 from typing import Any, TextIO
@@ -59,6 +60,24 @@ def _reason(outcome: str | None, http_status: int | None) -> str:
 
 async def write_html(store: Store, name: str, out: TextIO, now: float) -> int:
     """Write the page of campaign `name` as it stands at `now`; return how many recipients it lists."""
+    page, figures = await gather(store, name, now)
+    out.write(render(page, figures))
+    return page["total"]
+
+
+def render(page: dict[str, Any], figures: dict[str, Any], live: bool = False) -> str:
+    """The page; `live`: served by the dashboard, which it asks for fresh figures as it goes."""
+    return _ENVIRONMENT.get_template("report.html.j2").render(
+        **page,
+        live=live,
+        chart_js=resources.files("campaign_runner").joinpath("static/chart.umd.min.js").read_text("utf-8"),
+        data_json=json.dumps(figures, separators=(",", ":")).replace("<", "\\u003c"),
+    )
+
+
+async def gather(store: Store, name: str, now: float, recipients: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the page of campaign `name` shows at `now`: its text (headline, accounts) and its
+    figures (the charts' data and, with `recipients`, every recipient, packed)."""
     async with store.snapshot():
         found = await overview(store, [name], now)
         (campaign,) = found.campaigns
@@ -68,7 +87,7 @@ async def write_html(store: Store, name: str, out: TextIO, now: float) -> int:
         rows: list[list[Any]] = []
         errors: dict[str, int] = {}
         accounts: dict[str, int] = {}
-        async for row in store.report_rows(name):
+        async for row in store.report_rows(name) if recipients else _nothing():
             account = row.account_id or ""  # none yet (or the key's default account)
             if row.status == Status.SENT and row.sent_at is not None:
                 day = datetime.fromtimestamp(row.sent_at, local).strftime("%Y-%m-%d")
@@ -93,7 +112,8 @@ async def write_html(store: Store, name: str, out: TextIO, now: float) -> int:
     for outcome, http_status, count in outcomes:
         reasons[_reason(outcome, http_status)] += count
     forecast_days = sorted(first.per_day) if first else []
-    data = {
+    # Without the recipients (the dashboard's frequent refresh), nothing that needs each of them.
+    data: dict[str, Any] = {
         "days": days,
         "perDay": {a: [per_day[d][a] for d in days] for a in account_names},
         "cumulative": _cumulative(days, [sum(per_day[d].values()) for d in days]),
@@ -107,28 +127,31 @@ async def write_html(store: Store, name: str, out: TextIO, now: float) -> int:
         "accounts": list(accounts),
         "errors": list(errors),
         "timezone": tz,
-        "recipients": base64.b64encode(gzip.compress(_compact(rows), mtime=0)).decode("ascii"),
+        "recipients": base64.b64encode(gzip.compress(_compact(rows), mtime=0)).decode("ascii") if recipients else None,
     }
+    if not recipients:
+        data |= {"days": None, "perDay": None, "cumulative": None}
     counts = {status: campaign.counts[status] for status in HEADLINE}
     finish = describe_finish(campaign.finish, campaign.forecast.result, tz) if campaign.forecast else None
-    page = _ENVIRONMENT.get_template("report.html.j2").render(
-        name=name,
-        made=local_time(now, tz),
-        made_utc=iso(now),
-        timezone=tz,
-        counts=counts,
-        total=sum(campaign.counts.values()),
-        finish=finish
-        if campaign.counts[Status.PENDING]
-        else "finished"
-        if not campaign.counts[Status.IN_FLIGHT]
-        else None,
-        accounts=[_account_row(a, uses[a.account_id]) for a in found.accounts],
-        chart_js=resources.files("campaign_runner").joinpath("static/chart.umd.min.js").read_text("utf-8"),
-        data_json=json.dumps(data, separators=(",", ":")).replace("<", "\\u003c"),
-    )
-    out.write(page)
-    return len(rows)
+    if not campaign.counts[Status.PENDING]:
+        finish = "finished" if not campaign.counts[Status.IN_FLIGHT] else None
+    data |= {"counts": counts, "finish": finish or "no forecast yet"}
+    page = {
+        "name": name,
+        "made": local_time(now, tz),
+        "made_utc": iso(now),
+        "timezone": tz,
+        "counts": counts,
+        "total": sum(campaign.counts.values()),
+        "finish": finish,
+        "accounts": [_account_row(a, uses[a.account_id]) for a in found.accounts],
+    }
+    return page, data
+
+
+async def _nothing() -> AsyncIterator[Any]:
+    return
+    yield
 
 
 def _cumulative(days: list[str], counts: list[int]) -> list[int]:

@@ -37,6 +37,7 @@ from .policy import Settlement, settle
 from .settings import Breaker, CampaignSettings, account_label
 from .store import ELSEWHERE_POLL, Claimed, Drained, MemberFetch, Read, ReadAction, Store, Waiting
 
+HEALTH_AT_ONCE = 16  # accounts whose health is checked together before any worker starts; the rest check in theirs
 FEED_AHEAD = 100  # recipients of a campaign waiting to be sent: below this, its group's next page is fetched
 FEED_LOOK = 60.0  # seconds between looks at whether a campaign needs its group's next page
 KEY_LINE_RECHECK = 60.0  # seconds an account waits in line for the API key's limit before it looks again
@@ -152,6 +153,7 @@ class Scheduler:
         counts = {name: await self._store.counts(name) for name in self._campaigns}
         pacing = await self._store.pacing(list(accounts), list(self._campaigns), self._clock.now())
         self._emit(events.RunStarted(counts, {a: str(pacing[a]) for a in accounts if a in pacing}))
+        await self._check_health_at_once(list(accounts))
         async with anyio.create_task_group() as outer:
             if self._handle_signals:
                 await outer.start(self._watch_signals)
@@ -226,7 +228,9 @@ class Scheduler:
         guard = AccountGuard(Breaker.strictest(self._campaigns[name].breaker for name in names))
         announced: tuple[float, Wait] | None = None
         next_recovery = 0.0
-        if not await self._check_health(account):
+        if account in self._stopped:
+            return
+        if account not in self._healthy and not await self._check_health(account):
             return
         while not self._stop.is_set():
             await self._wait_in_key_line(account)
@@ -375,6 +379,29 @@ class Scheduler:
                 self._audience_deferred = self._deferred = True
                 return
 
+    async def _check_health_at_once(self, accounts: list[str]) -> None:
+        """The health checks of the first accounts (as many as the API key's limit allows now), in
+        one trip to the database each way and concurrent requests, so the first sends are not held
+        up behind hundreds of checks. The rest check in their worker (`_check_health`)."""
+        first = accounts[:HEALTH_AT_ONCE]
+        reads = await self._store.reserve_many(first, ReadAction.STATUS, self._clock.now(), self._api.deadline)
+        answers: dict[int, ReadAnswer] = {}
+
+        async def ask(read: Read) -> None:
+            answers[read.read_id] = await self._api.read(ReadRequest.account_status(read.account_id or None))
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for read in reads:
+                    tg.start_soon(ask, read)
+        finally:
+            unanswered = ReadAnswer(Outcome(Kind.UNKNOWN, error=INTERRUPTED))
+            answered = [(read, answers.get(read.read_id, unanswered)) for read in reads]
+            await self._store.finish_reads(answered, self._clock.now())
+        for read, answer in answered:
+            self._answered(read, answer, None)
+            await self._judge_health(read, answer)
+
     async def _check_health(self, account: str) -> bool:
         """Before an account's first send: its health, from the API (`GET /account/status`). An
         account the API reports in ERROR, disabled or without its LinkedIn session is stopped for
@@ -384,15 +411,18 @@ class Scheduler:
             await self._wait_in_key_line(account)
             read = await self._store.reserve(account, ReadAction.STATUS, account, self._clock.now(), self._api.deadline)
             if isinstance(read, Read):
-                self._leave_key_line(account)
-                break
+                break  # keeping its place in line: the check is not the account's turn, its send is
             self._key_line.join(account)  # only the API key's limit holds a health check back
             wake = anyio.Event()
             self._on_drained.add(wake)
             await self._sleep(read, wake)
         else:
             return False
-        answer = await self._read(read)
+        return await self._judge_health(read, await self._read(read))
+
+    async def _judge_health(self, read: Read, answer: ReadAnswer) -> bool:
+        """Whether the account may send, from its health check; stops it for the run if not."""
+        account = read.account_id
         problem = None
         if answer.health is not None:
             problem = answer.health.problem
@@ -427,6 +457,11 @@ class Scheduler:
                 )
             raise
         status = await self._store.finish_read(read, answer, self._clock.now())
+        self._answered(read, answer, status)
+        return answer
+
+    def _answered(self, read: Read, answer: ReadAnswer, status: str | None) -> None:
+        """Say what a read found; a refused key or a wrong address stops the run, as for a send."""
         outcome = answer.outcome
         if outcome.kind in (Kind.UNAUTHORIZED, Kind.MISROUTED):
             self.stop(Ending.FATAL, f"{outcome.error} (HTTP {outcome.http_status})")
@@ -443,7 +478,6 @@ class Scheduler:
         )
         if status:
             self._set_progress()
-        return answer
 
     async def _wait_in_key_line(self, account: str) -> None:
         """While other accounts are ahead in line for the API key's limit, wait behind them."""

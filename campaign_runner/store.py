@@ -51,7 +51,7 @@ from .limiter import (
     next_after_send,
     server_until,
 )
-from .migrate import migrate
+from .migrate import discover, migrate
 from .outcome import Ending, Kind, Status, Wait
 from .policy import Settlement
 from .schedule import Schedule
@@ -350,6 +350,32 @@ class Store:
         self._thread = anyio.CapacityLimiter(1)
 
     # --- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    async def open_read_only(cls, path: str | os.PathLike[str]) -> Store:
+        """Open an existing database to read only (the dashboard): it takes no write lock, so the
+        runners writing to it are never held up, and it reads their commits as WAL readers do."""
+        return await anyio.to_thread.run_sync(cls._open_read_only, Path(path))
+
+    @classmethod
+    def _open_read_only(cls, path: Path) -> Store:
+        if not path.is_file():
+            raise StoreError(f"no database at {path}")
+        try:
+            uri = f"{path.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            (version,) = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the database {path}: {exc}") from None
+        known = discover()[-1].version
+        if version != known:
+            conn.close()
+            raise StoreError(
+                f"the database {path} has schema version {version}, this campaign-runner {known}: run any"
+                " other command on it first (it upgrades the database), or upgrade campaign-runner"
+            )
+        return cls(conn, path)
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], now: float, *, scratch: bool = False) -> Store:
@@ -1050,6 +1076,18 @@ class Store:
         )
         return Read(int(cursor.lastrowid), action, account_id, subject, recipient_id, campaign, units)
 
+    def _reserve_many(self, accounts: Sequence[str], action: ReadAction, now: float, deadline: float) -> list[Read]:
+        """One read of `action` for each account, as many as the limits allow now, in order, in one
+        transaction (a run's health checks: one trip for them all, not one each)."""
+        with self._transaction():
+            found = []
+            key_limits = self._key_limits(())
+            for account in accounts:
+                if self._read_allowed(account, action, 1, key_limits, now) > now:
+                    break
+                found.append(self._reserve_read(account, action, account, now, deadline))
+            return found
+
     def _reserve(
         self,
         account_id: str,
@@ -1074,84 +1112,94 @@ class Store:
     def _finish_read(self, read: Read, answer: ReadAnswer, now: float) -> str | None:
         """Record a read's answer and what it settles; return what became of its recipient, if any
         (its new status, or None while it waits or is to be sent)."""
+        with self._transaction():
+            return self._settle_read(read, answer, now)
+
+    def _finish_reads(self, answered: Sequence[tuple[Read, ReadAnswer]], now: float) -> None:
+        """Record several reads' answers in one transaction (a run's health checks)."""
+        with self._transaction():
+            for read, answer in answered:
+                self._settle_read(read, answer, now)
+
+    def _settle_read(self, read: Read, answer: ReadAnswer, now: float) -> str | None:
+        db = self._conn
         outcome = answer.outcome
         hold = hold_for(outcome, now) if outcome.kind is Kind.RATE_LIMITED else None
-        with self._transaction() as db:
+        db.execute(
+            "UPDATE reads SET slot_at = ?, http_status = ?, error = ?, hold_until = ? WHERE id = ?",
+            (now, outcome.http_status, outcome.error, hold.until if hold else None, read.read_id),
+        )
+        if read.action is ReadAction.STATUS and answer.health is not None:
             db.execute(
-                "UPDATE reads SET slot_at = ?, http_status = ?, error = ?, hold_until = ? WHERE id = ?",
-                (now, outcome.http_status, outcome.error, hold.until if hold else None, read.read_id),
+                "INSERT INTO accounts (id, health, health_at) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE"
+                " SET health = excluded.health, health_at = excluded.health_at",
+                (read.account_id, json.dumps(_health_kept(answer.health.raw)), now),
             )
-            if read.action is ReadAction.STATUS and answer.health is not None:
+        if outcome.kind is Kind.SENT and read.action is ReadAction.PROFILE and answer.profile is not None:
+            profile = answer.profile
+            source = f"profile lookup ({read.campaign or 'blocked'})"
+            self._remember(profile.urn, read.subject, source, now, profile)
+            db.execute("UPDATE contacts SET resolved_at = ? WHERE profile_urn = ?", (now, profile.urn))
+            self._fill_known_urns(None, now, read.subject)
+            self._suppress_blocked(now)
+            return None
+        if outcome.kind is Kind.REJECTED and read.action is ReadAction.PROFILE:
+            said = outcome.error or f"HTTP {outcome.http_status}"
+            if outcome.http_status == 404 or "not found" in said.lower():
+                # The API says there is no such profile: for good (a block by it binds nobody).
                 db.execute(
-                    "INSERT INTO accounts (id, health, health_at) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE"
-                    " SET health = excluded.health, health_at = excluded.health_at",
-                    (read.account_id, json.dumps(_health_kept(answer.health.raw)), now),
+                    "UPDATE contacts SET not_found = ?, updated_at = ? WHERE public_identifier = ?",
+                    (f"no such profile: {said}", now, read.subject),
                 )
-            if outcome.kind is Kind.SENT and read.action is ReadAction.PROFILE and answer.profile is not None:
-                profile = answer.profile
-                source = f"profile lookup ({read.campaign or 'blocked'})"
-                self._remember(profile.urn, read.subject, source, now, profile)
-                db.execute("UPDATE contacts SET resolved_at = ? WHERE profile_urn = ?", (now, profile.urn))
                 self._fill_known_urns(None, now, read.subject)
-                self._suppress_blocked(now)
-                return None
-            if outcome.kind is Kind.REJECTED and read.action is ReadAction.PROFILE:
-                said = outcome.error or f"HTTP {outcome.http_status}"
-                if outcome.http_status == 404 or "not found" in said.lower():
-                    # The API says there is no such profile: for good (a block by it binds nobody).
-                    db.execute(
-                        "UPDATE contacts SET not_found = ?, updated_at = ? WHERE public_identifier = ?",
-                        (f"no such profile: {said}", now, read.subject),
-                    )
-                    self._fill_known_urns(None, now, read.subject)
-                    return Status.FAILED if read.recipient_id is not None else None
-                # Refused for another reason (the account, the request): asked again later, and
-                # only after LOOKUP_REFUSALS refusals are its recipients failed. The contact keeps
-                # no verdict, so a block by it goes on holding back recipients known by URN alone.
-                (refusals,) = self._one(
-                    "SELECT count(*) FROM reads WHERE subject = ? AND action = 'profile' AND error IS NOT NULL"
-                    " AND (http_status BETWEEN 400 AND 499 OR http_status = 200) AND http_status <> 429",
-                    (read.subject,),
-                )
-                if refusals >= LOOKUP_REFUSALS:
-                    db.execute(
-                        "UPDATE recipients SET status = 'failed', error = ?, reading_until = 0, updated_at = ?"
-                        " WHERE public_identifier = ? AND profile_urn IS NULL AND status = 'pending'",
-                        (f"profile lookup refused {refusals} times: {said}", now, read.subject),
-                    )
-                    return Status.FAILED if read.recipient_id is not None else None
-            if read.recipient_id is None:
-                return None
-            if outcome.kind is Kind.SENT and read.action is ReadAction.PRECHECK:
-                if answer.has_conversation:
-                    db.execute(
-                        "UPDATE recipients SET status = 'skipped', error = ?, reading_until = 0, updated_at = ?"
-                        " WHERE id = ? AND status = 'pending'",
-                        (IN_CONVERSATION, now, read.recipient_id),
-                    )
-                    return Status.SKIPPED
+                return Status.FAILED if read.recipient_id is not None else None
+            # Refused for another reason (the account, the request): asked again later, and
+            # only after LOOKUP_REFUSALS refusals are its recipients failed. The contact keeps
+            # no verdict, so a block by it goes on holding back recipients known by URN alone.
+            (refusals,) = self._one(
+                "SELECT count(*) FROM reads WHERE subject = ? AND action = 'profile' AND error IS NOT NULL"
+                " AND (http_status BETWEEN 400 AND 499 OR http_status = 200) AND http_status <> 429",
+                (read.subject,),
+            )
+            if refusals >= LOOKUP_REFUSALS:
                 db.execute(
-                    "UPDATE recipients SET checked_by = ?, checked_at = ?, reading_until = 0 WHERE id = ?",
-                    (read.account_id, now, read.recipient_id),
+                    "UPDATE recipients SET status = 'failed', error = ?, reading_until = 0, updated_at = ?"
+                    " WHERE public_identifier = ? AND profile_urn IS NULL AND status = 'pending'",
+                    (f"profile lookup refused {refusals} times: {said}", now, read.subject),
                 )
-                return None
-            if outcome.kind is Kind.REJECTED and read.action is ReadAction.PRECHECK:  # its send would be refused too
-                error = f"conversation pre-check refused: {outcome.error or f'HTTP {outcome.http_status}'}"
+                return Status.FAILED if read.recipient_id is not None else None
+        if read.recipient_id is None:
+            return None
+        if outcome.kind is Kind.SENT and read.action is ReadAction.PRECHECK:
+            if answer.has_conversation:
                 db.execute(
-                    "UPDATE recipients SET status = 'failed', error = ?, http_status = ?, reading_until = 0,"
-                    " updated_at = ? WHERE id = ? AND status = 'pending'",
-                    (error, outcome.http_status, now, read.recipient_id),
+                    "UPDATE recipients SET status = 'skipped', error = ?, reading_until = 0, updated_at = ?"
+                    " WHERE id = ? AND status = 'pending'",
+                    (IN_CONVERSATION, now, read.recipient_id),
                 )
-                return Status.FAILED
-            # Unanswered (a 429, a 500, no connection, an unreadable answer): asked again later,
-            # never taken as an answer; a pre-check that cannot be made is never a blind send.
-            retry_at = max(now + READ_RETRY, hold.until if hold else 0.0)
-            column = "public_identifier = ? AND profile_urn IS NULL" if read.action is ReadAction.PROFILE else "id = ?"
+                return Status.SKIPPED
             db.execute(
-                f"UPDATE recipients SET reading_until = 0, not_before = max(not_before, ?) WHERE {column}",
-                (retry_at, read.subject if read.action is ReadAction.PROFILE else read.recipient_id),
+                "UPDATE recipients SET checked_by = ?, checked_at = ?, reading_until = 0 WHERE id = ?",
+                (read.account_id, now, read.recipient_id),
             )
             return None
+        if outcome.kind is Kind.REJECTED and read.action is ReadAction.PRECHECK:  # its send would be refused too
+            error = f"conversation pre-check refused: {outcome.error or f'HTTP {outcome.http_status}'}"
+            db.execute(
+                "UPDATE recipients SET status = 'failed', error = ?, http_status = ?, reading_until = 0,"
+                " updated_at = ? WHERE id = ? AND status = 'pending'",
+                (error, outcome.http_status, now, read.recipient_id),
+            )
+            return Status.FAILED
+        # Unanswered (a 429, a 500, no connection, an unreadable answer): asked again later,
+        # never taken as an answer; a pre-check that cannot be made is never a blind send.
+        retry_at = max(now + READ_RETRY, hold.until if hold else 0.0)
+        column = "public_identifier = ? AND profile_urn IS NULL" if read.action is ReadAction.PROFILE else "id = ?"
+        db.execute(
+            f"UPDATE recipients SET reading_until = 0, not_before = max(not_before, ?) WHERE {column}",
+            (retry_at, read.subject if read.action is ReadAction.PROFILE else read.recipient_id),
+        )
+        return None
 
     # --- accounts ------------------------------------------------------------------------------
 
@@ -2164,6 +2212,15 @@ class Store:
         budget: Limit | None = None,
     ) -> Read | float:
         return await self._run(self._reserve, account_id, action, subject, now, deadline, units, budget)
+
+    async def reserve_many(
+        self, accounts: Sequence[str], action: ReadAction, now: float, deadline: float
+    ) -> list[Read]:
+        return await self._run(self._reserve_many, accounts, action, now, deadline)
+
+    async def finish_reads(self, answered: Sequence[tuple[Read, ReadAnswer]], now: float) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._run(self._finish_reads, answered, now)
 
     async def finish_read(self, read: Read, answer: ReadAnswer, now: float) -> str | None:
         with anyio.CancelScope(shield=True):

@@ -9,13 +9,16 @@ import contextlib
 import json
 import os
 import shutil
+import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from conftest import urn, write_campaign
+from conftest import API_KEY, EXECUTABLE, start, urn, wait_for, write_campaign
 
 OUTPUT = Path(__file__).parent.parent / "test-output"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -43,16 +46,17 @@ def chromium() -> Iterator[Any]:
             found.close()
 
 
-def open_page(browser, path: Path):
-    """The page of `path`, loaded, with what it logged and every URL it asked for."""
+def open_page(browser, path: Path | None, url: str | None = None, ready: bool = True):
+    """The page of `path` (or `url`), loaded, with what it logged and every URL it asked for."""
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     problems: list[str] = []
     asked: list[str] = []
     page.on("console", lambda message: problems.append(message.text) if message.type in ("error", "warning") else None)
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.on("request", lambda request: asked.append(request.url))
-    page.goto(path.as_uri())
-    page.wait_for_selector("body[data-ready=true]", timeout=20_000)
+    page.goto(url or path.as_uri())
+    if ready:
+        page.wait_for_selector("body[data-ready=true]", timeout=20_000)
     return page, problems, asked
 
 
@@ -142,3 +146,91 @@ def test_a_hostile_value_stays_text(cli, serve_sandbox, tmp_path: Path) -> None:
         error = page.eval_on_selector("#recipients tbody tr", "row => row.cells[5].textContent")
         assert error.startswith("</script>")  # as the server wrote it: text, never markup
         page.close()
+
+
+def until(page, done, seconds: float) -> None:
+    """Wait for `done()`, looking every quarter second (the page's own policy forbids Playwright's
+    wait_for_function, which evaluates a string)."""
+    for _ in range(int(seconds * 4)):
+        if done():
+            return
+        page.wait_for_timeout(250)
+    raise AssertionError("timed out")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_dashboard(processes, db: Path, *extra: str) -> str:
+    port = free_port()
+    log = db.parent / f"dashboard-{port}.log"
+    with log.open("wb") as out:
+        processes.append(subprocess.Popen([EXECUTABLE, "dashboard", "--db", str(db), "--port", str(port), *extra],
+                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    wait_for(lambda: _answers(url), 20)
+    return url
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=1)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def test_the_dashboard_moves_while_a_campaign_runs_beside_it(serve_sandbox, processes, tmp_path: Path) -> None:
+    box, url = serve_sandbox()
+    path = write_campaign(tmp_path, accounts=["acc_1", "acc_2"], limit="1/1s",
+                          recipients=[{"profile_urn": urn(i)} for i in range(30)])  # fmt: skip
+    db, log = tmp_path / "live.db", tmp_path / "run.log"
+    runner = start(processes, ["run", str(path)], db, url, log)
+    wait_for(lambda: len(box.log) >= 2, 30)
+    dashboard = start_dashboard(processes, db)
+    OUTPUT.mkdir(exist_ok=True)
+    with chromium() as browser:
+        page, problems, asked = open_page(browser, None, dashboard + "campaign/test-campaign")
+        sent = lambda: int(page.inner_text("#headline .card[data-status=sent] .n"))  # noqa: E731
+        first = sent()
+        until(page, lambda: sent() > first, 20)
+        drawn = page.evaluate("[...document.querySelectorAll('canvas')].map(c => Boolean(Chart.getChart(c)))")
+        assert drawn == [True, True, True]
+        assert API_KEY not in page.content()  # the runner beside it has the key; the dashboard never does
+        assert sent() > first  # the page moved without being reloaded
+        page.screenshot(path=str(OUTPUT / "dashboard-campaign.png"), full_page=True)
+        index, more, asked_index = open_page(browser, None, dashboard, ready=False)
+        until(index, lambda: index.inner_text("#refreshed") != "now", 10)
+        assert index.inner_text("#campaigns tbody tr td a") == "test-campaign"
+        index.screenshot(path=str(OUTPUT / "dashboard.png"), full_page=True)
+        assert problems == [] and more == []
+        assert all(u.startswith(dashboard) for u in asked + asked_index)  # nothing from any other host
+    assert runner.wait(60) == 0, log.read_text()
+
+
+def test_the_dashboard_refuses_a_wrong_token_and_needs_one_beyond_this_machine(processes, cli, tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, recipients=[{"profile_urn": urn(1)}])
+    assert cli("run", str(path), "--sandbox")[0] == 0
+    db = tmp_path / "runs.db"
+    assert cli("dashboard", "--host", "0.0.0.0")[0] == 2
+    token = "s3cret-token-0123456789"
+    url = start_dashboard(processes, db, "--token", token)
+    for wrong in (None, "nope", token + "x"):
+        headers = {"Authorization": f"Bearer {wrong}"} if wrong else {}
+        for where in ("", "api/status", "campaign/test-campaign", "api/campaign/test-campaign"):
+            assert httpx.get(url + where, headers=headers).status_code == 401
+    assert (
+        httpx.get(url + "api/status", headers={"Authorization": f"Bearer {token}"}).json()["campaigns"][0]["counts"][
+            "sent"
+        ]
+        == 1
+    )
+    with httpx.Client() as browser_like:
+        answer = browser_like.get(url + f"campaign/test-campaign?token={token}", follow_redirects=True)
+        assert (
+            answer.status_code == 200 and token not in answer.text and str(answer.url) == url + "campaign/test-campaign"
+        )
+        assert browser_like.post(url + "api/status").status_code == 405  # read-only
