@@ -866,7 +866,7 @@ def dashboard(db: str | None, use_sandbox: bool, host: str, port: int, token: st
         )
     if token is not None and (len(token) < 16 or not token.isprintable() or any(c.isspace() for c in token)):
         raise ConfigError("--token: at least 16 printable characters, no spaces")
-    _check_listen(host, port)
+    _check_listen(host, port, "the dashboard")
     return anyio.run(_dashboard, database_path(db, use_sandbox), host, port, token)
 
 
@@ -1134,15 +1134,15 @@ def sandbox_command(
         return EXIT_INTERRUPTED
 
 
-def _check_listen(host: str, port: int) -> None:
-    """One clear line when the sandbox cannot listen there (not this machine's address, a port taken)."""
+def _check_listen(host: str, port: int, what: str = "the sandbox") -> None:
+    """One clear line when `what` cannot listen there (not this machine's address, a port taken)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as exc:
-        raise ConfigError(f"the sandbox cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{what} cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 # --- entry point -----------------------------------------------------------------------------

@@ -99,12 +99,14 @@ async def gather(store: Store, name: str, now: float, recipients: bool = True) -
                     row.public_identifier or "",
                     STATUSES.index(row.status),
                     accounts.setdefault(account, len(accounts)),
-                    round(row.sent_at) if row.sent_at else 0,
+                    int(row.sent_at) if row.sent_at else 0,  # to the second, as the report's times
                     errors.setdefault(neutralise(error), len(errors)),
                 ]
             )
         outcomes = await store.attempt_outcomes(name)
         first = await store.first_forecast(name)
+        # The first forecast counted only what was left to send: it starts from what was sent by then.
+        sent_before = sum(1 for row in rows if row[4] and first and row[4] < first.made_at) if first else 0
         uses = {a.account_id: await store.account_use(a.account_id, now) for a in found.accounts}
     days = sorted(per_day)
     account_names = sorted({a for counts in per_day.values() for a in counts})
@@ -119,7 +121,11 @@ async def gather(store: Store, name: str, now: float, recipients: bool = True) -
         "cumulative": _cumulative(days, [sum(per_day[d].values()) for d in days]),
         "forecast": {
             "days": forecast_days,
-            "cumulative": _cumulative(forecast_days, [first.per_day[d] for d in forecast_days]) if first else [],
+            "cumulative": [
+                sent_before + n for n in _cumulative(forecast_days, [first.per_day[d] for d in forecast_days])
+            ]
+            if first
+            else [],
             "madeAt": local_time(first.made_at, tz) if first else None,
         },
         "reasons": {"labels": list(reasons), "counts": list(reasons.values())},
@@ -133,9 +139,18 @@ async def gather(store: Store, name: str, now: float, recipients: bool = True) -
         data |= {"days": None, "perDay": None, "cumulative": None}
     counts = {status: campaign.counts[status] for status in HEADLINE}
     finish = describe_finish(campaign.finish, campaign.forecast.result, tz) if campaign.forecast else None
+    if campaign.forecast and campaign.finish is not None and campaign.overdue(now):  # as `status` says it
+        made = local_time(campaign.forecast.made_at, tz)
+        finish = f"the forecast of {made} saw the last send at {local_time(campaign.finish, tz)}, now past"
     if not campaign.counts[Status.PENDING]:
         finish = "finished" if not campaign.counts[Status.IN_FLIGHT] else None
-    data |= {"counts": counts, "finish": finish or "no forecast yet"}
+    accounts = [_account_row(a, uses[a.account_id]) for a in found.accounts]
+    data |= {
+        "counts": counts,
+        "finish": finish or "no forecast yet",
+        "accountRows": accounts,
+        "made": local_time(now, tz),
+    }
     page = {
         "name": name,
         "made": local_time(now, tz),
@@ -144,7 +159,7 @@ async def gather(store: Store, name: str, now: float, recipients: bool = True) -
         "counts": counts,
         "total": sum(campaign.counts.values()),
         "finish": finish,
-        "accounts": [_account_row(a, uses[a.account_id]) for a in found.accounts],
+        "accounts": accounts,
     }
     return page, data
 

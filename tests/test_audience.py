@@ -250,7 +250,9 @@ def test_an_account_in_error_sends_nothing_and_spends_nobody(cli, serve_sandbox,
     assert "ERROR" in found["acc_bad"]["stopped_reason"]
 
 
-def test_members_of_a_2500_group_over_three_windows_of_budget_killed_and_resumed(serve_sandbox, tmp_path) -> None:
+def test_members_of_a_2500_group_over_three_windows_of_budget_killed_and_resumed(
+    serve_sandbox, processes, tmp_path
+) -> None:
     """The vendor's 1,000 members a day, as 1,000 per 3 s here: a 2,500-member group takes three
     windows. The fetch is killed in the middle and run again until it is done."""
     box, url = serve_sandbox(group_size=2500, members_quota=1000, members_quota_window=3.0)
@@ -266,6 +268,7 @@ def test_members_of_a_2500_group_over_three_windows_of_budget_killed_and_resumed
     for _ in range(3):
         with log.open("ab") as errors:
             process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        processes.append(process)  # killed at the end whatever happens
         if kills < 2:
             # Kill it once it has fetched a page or more (and mostly while it waits for the budget).
             wait_for(lambda: _fetched(db) >= 300 * (kills + 1), timeout=30)
