@@ -186,16 +186,8 @@ class People:
             rate = ("PROFILE", config.profile_quota, used, now + config.profile_quota_window)
             if not cached:
                 if used >= config.profile_quota:
-                    oldest = min(seen.values())
-                    reset = oldest + config.profile_quota_window
-                    return Answer(
-                        429,
-                        {
-                            "success": False,
-                            "error": f"Rate limit exceeded for PROFILE: {used}/{config.profile_quota} used",
-                            "holdUntil": iso(reset),
-                        },
-                        ("PROFILE", config.profile_quota, used, reset),
+                    return _spent(
+                        "PROFILE", used, config.profile_quota, min(seen.values()) + config.profile_quota_window
                     )
                 seen[slug] = now
                 rate = ("PROFILE", config.profile_quota, used + 1, min(seen.values()) + config.profile_quota_window)
@@ -270,15 +262,7 @@ class People:
             used = sum(n for _, n in fetched)
             reset = (fetched[0][0] if fetched else now) + config.members_quota_window
             if page and used + len(page) > config.members_quota:
-                return Answer(
-                    429,
-                    {
-                        "success": False,
-                        "error": f"Rate limit exceeded for GROUP_MEMBERS: {used}/{config.members_quota} used",
-                        "holdUntil": iso(reset),
-                    },
-                    ("GROUP_MEMBERS", config.members_quota, used, reset),
-                )
+                return _spent("GROUP_MEMBERS", used, config.members_quota, reset)
             if page:
                 fetched.append((now, len(page)))
                 self.served.append((now, len(page)))
@@ -296,6 +280,12 @@ class People:
             },
             ("GROUP_MEMBERS", config.members_quota, used, reset),
         )
+
+
+def _spent(action: str, used: int, limit: int, reset: float) -> Answer:
+    """The 429 of a spent budget, as the vendor words it, with when it frees up."""
+    error = f"Rate limit exceeded for {action}: {used}/{limit} used"
+    return Answer(429, {"success": False, "error": error, "holdUntil": iso(reset)}, (action, limit, used, reset))
 
 
 def _integer(value: object) -> bool:

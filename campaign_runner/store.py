@@ -845,23 +845,17 @@ class Store:
             )
 
     def _latest_forecast(self, name: str) -> Forecast | None:
-        with self._snapshot():
-            row = self._one(
-                "SELECT made_at, finish, result, pending, per_day FROM forecasts WHERE campaign = ?"
-                " ORDER BY made_at DESC LIMIT 1",
-                (name,),
-            )
-        if row is None:
-            return None
-        made_at, finish, result, pending, per_day = row
-        return Forecast(name, made_at, finish, Ending(result), pending, json.loads(per_day))
+        return self._forecast(name, latest=True)
 
     def _first_forecast(self, name: str) -> Forecast | None:
-        """The forecast made when the campaign began sending: what it was expected to do."""
+        """The first forecast a run made of the campaign: what it was expected to do."""
+        return self._forecast(name, latest=False)
+
+    def _forecast(self, name: str, latest: bool) -> Forecast | None:
         with self._snapshot():
             row = self._one(
                 "SELECT made_at, finish, result, pending, per_day FROM forecasts WHERE campaign = ?"
-                " ORDER BY made_at LIMIT 1",
+                f" ORDER BY made_at {'DESC' if latest else 'ASC'} LIMIT 1",
                 (name,),
             )
         if row is None:
