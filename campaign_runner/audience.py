@@ -88,11 +88,12 @@ async def fetch_pages(
                 return Fetched(fetch, soonest)
             await wait(soonest)
             continue
+        start = fetch.next_start
         request = ReadRequest.group_members(
-            fetch.group, fetch.next_start, read.units, fetch.statuses, fetch.query, read.account_id or None
+            fetch.group, start, read.units, fetch.statuses, fetch.query, read.account_id or None
         )
         answer = await api.read(request)
-        saved = await store.save_members(read, fetch, request.json["start"], answer, clock.now(), render)
+        saved = await store.save_members(read, fetch, start, answer, clock.now(), render)
         outcome = answer.outcome
         if saved is not None:
             got += 1
