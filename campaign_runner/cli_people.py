@@ -31,12 +31,10 @@ from .cli import (
     timeout_option,
 )
 from .clock import SystemClock, iso
-from .config import GROUP_URL, column_name, delimiter_of, group_id_of, person_of
+from .config import GROUP_URL, PERSON_COLUMNS, column_name, delimiter_of, group_id_of, person_of
 from .errors import ConfigError
 from .settings import MEMBER_STATUSES, Limit, account_label
 from .store import Read, ReadAction, Store
-
-PERSON_HEADERS = ("profile_urn", "profile_url", "public_identifier")
 
 
 def _api_options(f: Any) -> Any:
@@ -216,7 +214,7 @@ def _file_people(path: Path) -> list[str]:
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"cannot read {path} as a UTF-8 CSV: {exc}") from None
     header = [column_name(cell) for cell in rows[0]] if rows else []
-    for name in PERSON_HEADERS:
+    for name in PERSON_COLUMNS:
         if name in header:
             column = header.index(name)
             return [row[column].strip() for row in rows[1:] if len(row) > column and row[column].strip()]

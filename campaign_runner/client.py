@@ -27,6 +27,7 @@ import httpx
 from .clock import parse_server_time
 from .errors import ConfigError
 from .outcome import Kind, Outcome, RateLimitHeaders
+from .settings import MEMBER_STATUSES
 
 DEFAULT_BASE_URL = "https://api.connectsafely.ai/linkedin"
 DEFAULT_TIMEOUT = 60.0  # seconds: the -with-typing endpoint types before it answers
@@ -372,7 +373,6 @@ _URN = re.compile(r"urn:li:fsd_profile:[A-Za-z0-9_-]{1,200}")
 _SLUG = re.compile(r"[^\s/:?#%\x00-\x1f]{1,200}")  # as a file's public identifier must be
 _GROUP_ID = re.compile(r"[1-9][0-9]{0,19}")
 MAX_MEMBERS = 1_000_000_000  # a larger group total is no count: ignored
-MEMBER_STATUSES = ("member", "manager", "owner")
 
 
 def _text(value: object, limit: int = 500) -> str | None:

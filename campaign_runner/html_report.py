@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from datetime import datetime
 from importlib import resources
+from itertools import accumulate
 from typing import Any, TextIO
 
 import jinja2
@@ -118,12 +119,10 @@ async def gather(store: Store, name: str, now: float, recipients: bool = True) -
     data: dict[str, Any] = {
         "days": days,
         "perDay": {a: [per_day[d][a] for d in days] for a in account_names},
-        "cumulative": _cumulative(days, [sum(per_day[d].values()) for d in days]),
+        "cumulative": list(accumulate(sum(per_day[d].values()) for d in days)),
         "forecast": {
             "days": forecast_days,
-            "cumulative": [
-                sent_before + n for n in _cumulative(forecast_days, [first.per_day[d] for d in forecast_days])
-            ]
+            "cumulative": [sent_before + n for n in accumulate(first.per_day[d] for d in forecast_days)]
             if first
             else [],
             "madeAt": local_time(first.made_at, tz) if first else None,
@@ -167,14 +166,6 @@ async def gather(store: Store, name: str, now: float, recipients: bool = True) -
 async def _nothing() -> AsyncIterator[Any]:
     return
     yield
-
-
-def _cumulative(days: list[str], counts: list[int]) -> list[int]:
-    total, running = 0, []
-    for count in counts:
-        total += count
-        running.append(total)
-    return running
 
 
 def _compact(rows: list[list[Any]]) -> bytes:

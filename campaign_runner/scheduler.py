@@ -585,6 +585,6 @@ def _found(answer: ReadAnswer) -> str:
     if answer.has_conversation is not None:
         return "in a conversation already" if answer.has_conversation else "no conversation"
     if answer.health is not None:
-        return answer.health.problem or f"{answer.health.status}"
+        return answer.health.problem or answer.health.status[:40]  # as the API said it, however long
     detail = f"HTTP {outcome.http_status}" if outcome.http_status else outcome.kind.value
     return f"{detail}: {outcome.error}" if outcome.error else detail

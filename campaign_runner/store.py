@@ -710,17 +710,18 @@ class Store:
                 elif found[3] != variables:  # values the message does not show (or a first load's)
                     values_only.append((variables, now, rid))
 
+        (last_id,) = self._one("SELECT coalesce(max(id), 0) FROM recipients")
         db.executemany(
             "INSERT INTO recipients (campaign, profile_urn, public_identifier, message, variables, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             fresh(),
         )
-        # Every person of the file is a contact, shared by all campaigns.
+        # Every person new to the campaign is a contact, shared by all campaigns (the others are already).
         db.execute(
             "INSERT INTO contacts (profile_urn, public_identifier, source, created_at, updated_at)"
             " SELECT profile_urn, CASE WHEN profile_urn IS NULL THEN public_identifier END, ?, ?, ? FROM recipients"
-            " WHERE campaign = ? AND true ON CONFLICT DO NOTHING",
-            (source, now, now, campaign.name),
+            " WHERE campaign = ? AND id > ? ON CONFLICT DO NOTHING",
+            (source, now, now, campaign.name, last_id),
         )
         for urn, slug in both:
             self._remember(urn, slug, source, now)
@@ -1135,7 +1136,7 @@ class Store:
             self._remember(profile.urn, read.subject, source, now, profile)
             db.execute("UPDATE contacts SET resolved_at = ? WHERE profile_urn = ?", (now, profile.urn))
             self._fill_known_urns(None, now, read.subject)
-            self._suppress_blocked(now)
+            self._suppress_blocked(now, people=[(profile.urn, read.subject)])
             return None
         if outcome.kind is Kind.REJECTED and read.action is ReadAction.PROFILE:
             said = outcome.error or f"HTTP {outcome.http_status}"
@@ -1291,10 +1292,10 @@ class Store:
         the page began, as asked (another process may have moved the fetch on since: the next
         page starts after the furthest page stored). None when the page did not come."""
         page = answer.page
-        self._finish_read(read, answer, now)
-        if answer.outcome.kind is not Kind.SENT or page is None:
-            return None
         with self._transaction() as db:
+            self._settle_read(read, answer, now)
+            if answer.outcome.kind is not Kind.SENT or page is None:
+                return None
             db.execute("UPDATE reads SET units = ? WHERE id = ?", (page.size, read.read_id))
             key, campaign = self._one("SELECT key, campaign FROM member_fetches WHERE id = ?", (fetch.id,))
             fetch = self._fetch_state(key)  # as it stands now, whoever moved it
@@ -1346,7 +1347,7 @@ class Store:
             )
             self._fill_known_urns(None, now)  # recipients known by identifier that a member here is
             if campaign is not None:
-                self._suppress_blocked(now, campaign)
+                self._suppress_blocked(now, campaign, [(m.profile.urn, m.profile.slug) for m in members])
             return self._fetch_state(key)
 
     def _refresh_fetch(self, fetch: MemberFetch) -> MemberFetch:
@@ -1363,15 +1364,6 @@ class Store:
                 " WHERE m.fetch_id = ? ORDER BY m.position",
                 (fetch_id,),
             )
-
-    def _audience_left(self, campaign: str) -> bool:
-        """Whether the campaign's group may still bring recipients (its fetch is not done)."""
-        with self._snapshot():
-            row = self._one(
-                f"SELECT {_AUDIENCE_LEFT} FROM campaigns c WHERE c.name = ?",
-                (campaign,),
-            )
-            return bool(row and row[0])
 
     def _preparing(self, campaign: str) -> Preparing:
         """What stands between a campaign and some of its sends: lookups, its group's members."""
@@ -1492,11 +1484,22 @@ class Store:
                     (urn, now, rid),
                 )
 
-    def _suppress_blocked(self, now: float, campaign: str | None = None) -> int:
-        """Pending recipients (of `campaign`, or all) whose person is on the do-not-contact list
-        become `suppressed`, with its reason."""
+    def _suppress_blocked(
+        self, now: float, campaign: str | None = None, people: Sequence[tuple[str | None, str | None]] | None = None
+    ) -> int:
+        """Pending recipients (of `campaign`, or all; of `people` (URN, identifier), or anyone)
+        whose person is on the do-not-contact list become `suppressed`, with its reason."""
         if self._one("SELECT 1 FROM contacts WHERE blocked_at IS NOT NULL LIMIT 1") is None:
             return 0  # nobody is on the list: no recipient to look at
+        whom, named = "", []
+        if people is not None:  # only these: not a scan of every pending recipient
+            urns = [urn for urn, _ in people if urn]
+            slugs = [slug for _, slug in people if slug]
+            whom = (
+                f" AND (profile_urn IN ({','.join('?' * len(urns)) or 'NULL'})"
+                f" OR public_identifier IN ({','.join('?' * len(slugs)) or 'NULL'}))"
+            )
+            named = [*urns, *slugs]
         cursor = self._conn.execute(
             "UPDATE recipients SET status = 'suppressed', updated_at = ?, error = ("
             " SELECT 'do not contact: ' || coalesce(c.blocked_reason, 'blocked') FROM contacts c"
@@ -1504,8 +1507,8 @@ class Store:
             "  OR c.public_identifier = recipients.public_identifier) LIMIT 1)"
             " WHERE status = 'pending' AND (? IS NULL OR campaign = ?) AND EXISTS (SELECT 1 FROM contacts c"
             "  WHERE c.blocked_at IS NOT NULL AND (c.profile_urn = recipients.profile_urn"
-            "  OR c.public_identifier = recipients.public_identifier))",
-            (now, campaign, campaign),
+            "  OR c.public_identifier = recipients.public_identifier))" + whom,
+            (now, campaign, campaign, *named),
         )
         return cursor.rowcount
 
@@ -2254,9 +2257,6 @@ class Store:
 
     async def fetched_members(self, fetch_id: int) -> list[tuple[Any, ...]]:
         return await self._run(self._fetched_members, fetch_id)
-
-    async def audience_left(self, campaign: str) -> bool:
-        return await self._run(self._audience_left, campaign)
 
     async def preparing(self, campaign: str) -> Preparing:
         return await self._run(self._preparing, campaign)
