@@ -340,7 +340,9 @@ def test_an_account_stopped_during_the_run_is_left_out_of_its_forecast(cli, serv
     box, url = serve_sandbox(forbidden_after={"acc_fast": 0})
     accounts = ["acc_slow", {"id": "acc_fast", "limit": "100/1s"}]
     people = [{"profile_urn": urn(i)} for i in range(20)]
-    path = write_campaign(tmp_path, accounts=accounts, limit="3/day", breaker={"forbidden": 2}, recipients=people)
+    # burst 2: --no-wait would defer acc_fast's second request on its 10 ms pacing, before the streak.
+    path = write_campaign(tmp_path, accounts=accounts, limit="3/day", breaker={"forbidden": 2}, recipients=people,
+                          burst=2)  # fmt: skip
     code, out, _ = cli("run", str(path), "--no-wait", base_url=url)
     assert "acc_fast stopped for this run" in out
     [finish] = finishes(cli).values()
