@@ -11,7 +11,9 @@ whose answer is lost (connection closed) or late (after the client's timeout), H
 missing or malformed X-RateLimit-* headers, and 200s that are a captive portal's HTML page; and
 `scripted` answers, given as written (far-future or garbage times, odd 200 bodies). Shares of
 requests are drawn from a seeded random generator. Each accepted message is kept as a `Delivery`;
-`GET /linkedin/_sandbox/log` serves them to other processes.
+`GET /linkedin/_sandbox/log` serves them to other processes. The read endpoints are `People`'s
+(sandbox_reads); the conversations, the replies people send and the webhook that announces them
+are the `Inbox`'s (sandbox_inbox).
 
 A plain ASGI app, served by uvicorn via `serve()` (an anyio task group on asyncio) or
 `serve_in_thread()` (tests). It reads time only through its `Clock`.
@@ -38,15 +40,27 @@ import anyio.from_thread
 import uvicorn
 
 from campaign_runner.clock import Clock, SystemClock, iso
+from campaign_runner.sandbox_inbox import Inbox, SandboxReply, is_inbox_path
 from campaign_runner.sandbox_reads import EXISTS_PREFIX, READ_PATHS, People
 
-__all__ = ["Delivery", "RequestRecord", "Sandbox", "SandboxConfig", "Scripted", "serve", "serve_in_thread"]
+__all__ = [
+    "Delivery",
+    "RequestRecord",
+    "Sandbox",
+    "SandboxConfig",
+    "SandboxReply",
+    "Scripted",
+    "serve",
+    "serve_in_thread",
+]
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/linkedin"
 MAX_BODY = 64 * 1024  # a larger body is drained and refused with a 400, never buffered
 SHUTDOWN_GRACE = 2  # seconds in-flight requests (a long typing delay) may take once serving stops
+WEBHOOK_SECRET = "sandbox-webhook-secret"  # the secret webhook events are signed with, unless given one
+WEBHOOK_EVERY = 1.0  # seconds (real time) between two flushes of the webhook events while serving
 REQUIRED = ("recipientProfileUrn", "groupId", "message")
 REQUIRED_ERROR = {"success": False, "error": "recipientProfileUrn, groupId, and message are required"}
 CREDENTIALS_ERROR = "Failed to get LinkedIn authentication credentials"
@@ -124,6 +138,17 @@ class SandboxConfig:
     no_tokens: set[str | None] = field(default_factory=set)
     unknown_accounts: set[str] = field(default_factory=set)  # 404 from /account/status
     read_faults: bool = True  # the fault shares above apply to reads too
+    # The inbox (see sandbox_inbox): replies to an account's first message to a person, drawn once per
+    # (account, recipient URN) from `seed`; the conversation endpoints; the message.received webhook.
+    reply_rate: float = 0.0  # share of people who reply
+    reply_delay: tuple[float, float] = (600.0, 3 * 86400.0)  # seconds after that first message, uniform
+    opt_out_rate: float = 0.0  # share of the replies that ask to stop ("Please stop messaging me")
+    message_lag: float = 0.0  # seconds before a message we sent shows in the conversation endpoints
+    webhook_url: str | None = None  # where replies are POSTed as message.received events
+    webhook_secret: str = WEBHOOK_SECRET  # signs them (X-Webhook-Signature)
+    webhook_duplicate_rate: float = 0.0  # share of the events sent twice
+    webhook_drop_rate: float = 0.0  # share of the events never sent
+    webhook_shuffle: bool = False  # the events due at one flush are sent in a random order
 
     def __repr__(self) -> str:  # the key stays out of reprs
         return f"SandboxConfig(quota={self.quota}, quota_window={self.quota_window})"
@@ -196,6 +221,7 @@ class Sandbox:
         self._random = random.Random(self.config.seed)
         self._talked: set[tuple[str | None, str]] = set()  # (account, recipient URN) of every delivery
         self.people = People(self.config, self.clock.now, lambda account, urn: (account, urn) in self._talked)
+        self.inbox = Inbox(self.config, lambda: self.clock.now())  # the clock may be swapped (a new process)
 
     @property
     def log(self) -> list[Delivery]:
@@ -213,6 +239,14 @@ class Sandbox:
         names = set(SEND_PATHS.values())
         return [record for record in self.requests if record.endpoint in names]
 
+    def replies(self, now: float | None = None) -> list[SandboxReply]:
+        """The replies people send to the accounts' first messages; with `now`, those arrived by then."""
+        return self.inbox.replies(now)
+
+    async def flush_webhooks(self, now: float) -> int:
+        """POST the webhook events of the replies arrived by `now` (see Inbox.flush_webhooks)."""
+        return await self.inbox.flush_webhooks(now)
+
     def __repr__(self) -> str:
         with self._lock:
             return f"Sandbox(requests={len(self._requests)}, delivered={len(self._log)}, config={self.config!r})"
@@ -229,7 +263,7 @@ class Sandbox:
         record: dict[str, Any] = {"endpoint": endpoint or path, "account_id": None, "recipient": None}
         sub = path[len(PREFIX) :] if path.startswith(PREFIX + "/") else ""
         try:
-            if sub in READ_PATHS or sub.startswith(EXISTS_PREFIX):
+            if sub in READ_PATHS or sub.startswith(EXISTS_PREFIX) or is_inbox_path(sub):
                 reply = await self._read(sub, method, receive, scope, record)
             elif endpoint is None and path != LOG_PATH:
                 reply = _Reply(404, {"error": "Not found"})
@@ -302,7 +336,10 @@ class Sandbox:
             return _Reply(400, {"success": False, "error": "A GET takes no body"})
         reply = self._fault(account, record) if self.config.read_faults else None
         if reply is None:
-            answer = self.people.answer(method, sub, query, body)
+            if is_inbox_path(sub):
+                answer = self.inbox.answer(method, _raw_sub(scope), query)
+            else:
+                answer = self.people.answer(method, sub, query, body)
             reply = _Reply(answer.status, answer.payload)
             if answer.rate is not None:
                 action, limit, used, reset = answer.rate
@@ -436,6 +473,7 @@ class Sandbox:
                     )
                     self._log.append(delivery)
                     self._talked.add((account, delivery.recipient))
+                    self.inbox.delivered(account, delivery.recipient, delivery.message, delivery.delivered_at)
                     self._windows.setdefault(account, deque()).append(delivery.delivered_at)
         payload: dict[str, Any] = {
             "success": True,
@@ -519,6 +557,13 @@ def _parse_object(raw: bytes | None) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+def _raw_sub(scope: Scope) -> str:
+    """The path below PREFIX as the client wrote it, still percent-encoded: a URN in it may hold a '/'."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1").partition("?")[0] if raw else urllib.parse.quote(scope["path"])
+    return path[len(PREFIX) :]
+
+
 async def _read_body(receive: Receive) -> bytes | None:
     """The request body, or None when it exceeds MAX_BODY (the rest is read and dropped)."""
     chunks: list[bytes] = []
@@ -586,7 +631,8 @@ async def serve(
     """Serve `sandbox` until cancelled; report the base URL (".../linkedin") through task_status.
 
     Asyncio only (uvicorn). On cancellation it stops accepting, lets in-flight requests finish for
-    up to SHUTDOWN_GRACE seconds, then returns control by re-raising the cancellation.
+    up to SHUTDOWN_GRACE seconds, then returns control by re-raising the cancellation. With a
+    `webhook_url` configured, it also POSTs the replies' webhook events every WEBHOOK_EVERY seconds.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto must be IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on such sockets, and without
@@ -621,11 +667,20 @@ async def serve(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(run, tg.cancel_scope)
+            if sandbox.config.webhook_url:
+                tg.start_soon(_send_webhooks, sandbox)
             task_status.started(f"http://{url_host}:{bound_port}{PREFIX}")
             try:
                 await anyio.sleep_forever()
             finally:
                 server.should_exit = True
+
+
+async def _send_webhooks(sandbox: Sandbox) -> None:
+    """Flush the webhook events every WEBHOOK_EVERY seconds of real time, at the sandbox clock's now."""
+    while True:
+        await anyio.sleep(WEBHOOK_EVERY)
+        await sandbox.flush_webhooks(sandbox.clock.now())
 
 
 @contextlib.contextmanager

@@ -6,7 +6,8 @@
 them, and with everyone an account has messaged through the sandbox; and each account's health.
 It keeps the vendor's per-account budgets (members fetched, unique profiles looked up with a
 six-hour cache) over sliding windows, answering 429 when one is spent. Requests are checked
-against the OpenAPI schemas (no unknown fields, the documented types).
+against the OpenAPI schemas (no unknown fields, the documented types). The conversations
+themselves, their messages and replies, are the inbox's (`sandbox_inbox`).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class People:
         if value is None:
             return None, None
         if not isinstance(value, str) or not value:
-            return None, _invalid("accountId")
+            return None, invalid("accountId")
         return value, None
 
     def _status(self, query: dict[str, str]) -> Answer:
@@ -240,13 +241,13 @@ class People:
         statuses = body.get("membershipStatuses", list(MEMBER_STATUSES))
         query = body.get("typeaheadQuery")
         if not _integer(count) or not 1 <= count <= 100:
-            return _invalid("count")
+            return invalid("count")
         if not _integer(start) or start < 0:
-            return _invalid("start")
+            return invalid("start")
         if not isinstance(statuses, list) or not all(s in MEMBER_STATUSES for s in statuses):
-            return _invalid("membershipStatuses")
+            return invalid("membershipStatuses")
         if query is not None and not isinstance(query, str):
-            return _invalid("typeaheadQuery")
+            return invalid("typeaheadQuery")
         config, now = self.config, self._now()
         matching = [
             i
@@ -292,7 +293,8 @@ def _integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _invalid(name: str) -> Answer:
+def invalid(name: str) -> Answer:
+    """The 400 of a field or parameter of the wrong type or value, in the API's (zod) validation shape."""
     issue = {"code": "invalid_type", "path": [name], "message": f"Invalid value for {name}"}
     return Answer(400, {"success": False, "error": {"issues": [issue]}})
 

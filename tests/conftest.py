@@ -46,12 +46,12 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def serve_sandbox() -> Iterator[Callable[..., tuple[Sandbox, str]]]:
-    """Start sandboxes on 127.0.0.1 (each in its own thread); all are stopped after the test."""
+    """Start sandboxes on 127.0.0.1 (each in its own thread, on `clock` if given); all are stopped after the test."""
     with_stops: list[Any] = []
 
-    def start(**config: Any) -> tuple[Sandbox, str]:
+    def start(clock: Clock | None = None, **config: Any) -> tuple[Sandbox, str]:
         config.setdefault("api_key", API_KEY)
-        box = Sandbox(SandboxConfig(**config))
+        box = Sandbox(SandboxConfig(**config), clock)
         server = serve_in_thread(box)
         url = server.__enter__()
         with_stops.append(server)
