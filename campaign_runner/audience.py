@@ -26,7 +26,7 @@ PAGE = 100  # members per page: the most the API gives at once
 MEMBER_COLUMNS = ("profile_urn", "public_identifier", "first_name", "last_name", "headline", "membership_status")
 RETRY_AFTER = 30.0  # seconds before a page that got no answer (a 500, no connection) is asked again
 
-Render = Callable[[dict[str, Any]], tuple[str | None, str | None]]
+Render = Callable[[str, dict[str, Any]], tuple[Any, str | None]]  # see config.member_renderer
 
 
 class FetchError(CampaignRunnerError):

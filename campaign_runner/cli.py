@@ -30,7 +30,7 @@ from rich.console import Console
 
 from . import __version__, client, events, sandbox
 from .clock import SystemClock, iso
-from .config import SAMPLE_MEMBER, Campaign, load_campaign, member_renderer, renderer
+from .config import SAMPLE_MEMBER, Campaign, Messages, distinct_messages, load_campaign, member_renderer
 from .display import LiveView, LogLines, counted, describe_finish
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
 from .html_report import write_html
@@ -218,11 +218,30 @@ def validate(file: str, show: int) -> int:
         click.echo(f"columns read as: {', '.join(renamed)}")
     for line in _lookups_and_audience(campaign):
         click.echo(line)
+    if campaign.steps.count > 1 or any(count > 1 for count in distinct_messages(campaign)):
+        click.echo(_steps_line(campaign))
     for advice in campaign.advice:
         click.echo(f"warning: {file}: {advice}", err=True)
     if show:
         _print_messages(campaign, show, ())
     return EXIT_OK
+
+
+def _steps_line(campaign: Campaign) -> str:
+    """What `validate` says of the steps: each one's wait, variants and distinct texts."""
+    steps = campaign.steps
+    parts = []
+    for step, (after, variants, texts) in enumerate(
+        zip(steps.afters, steps.messages, distinct_messages(campaign), strict=True)
+    ):
+        when = "first" if step == 0 else f"{_duration(after)} later"
+        named = f", {len(variants)} variants" if len(variants) > 1 else ""
+        parts.append(f"step {step + 1} ({when}{named}): {counted(texts, 'distinct text')}")
+    tail = ""
+    if steps.count > 1:
+        stop = "stop on reply" if steps.stop_on_reply else "go on after a reply"
+        tail = f"; {stop}, replies looked at every {_duration(steps.reply_poll)}"
+    return "; ".join(parts) + tail
 
 
 def _lookups_and_audience(campaign: Campaign) -> list[str]:
@@ -270,16 +289,38 @@ def _print_messages(campaign: Campaign, count: int, urns: Sequence[str]) -> None
             continue
         wanted.discard(recipient.profile_urn)
         click.echo(f"--- {recipient.key} ({recipient.place})")
-        click.echo(recipient.message)
+        _print_steps(campaign, (recipient.message, *recipient.later), recipient.variants)
         shown += 1
         if not wanted and (urns or shown >= count):
             break
     if campaign.audience is not None and not urns and shown < count:
         sample = ", ".join(f"{name}={value!r}" for name, value in SAMPLE_MEMBER.items())
         click.echo(f"--- a member of group {campaign.group_id}, for example ({sample})")
-        click.echo(member_renderer(campaign.message_template)(SAMPLE_MEMBER)[0])
+        rendered, _ = member_renderer(campaign)("ada-lovelace", SAMPLE_MEMBER)
+        if rendered is not None:
+            _print_steps(campaign, *rendered)
     if wanted:
         raise ConfigError(f"not a recipient of {campaign.name}: {', '.join(sorted(wanted))}")
+
+
+def _print_steps(campaign: Campaign, texts: Sequence[str], variants: Sequence[str]) -> None:
+    """A recipient's messages: each step's, with its wait and variant, when there is more than one."""
+    if len(texts) == 1 and not any(variants):
+        click.echo(texts[0])
+        return
+    for step, text in enumerate(texts):
+        after = campaign.steps.afters[step]
+        when = "first" if step == 0 else f"{_duration(after)} later"
+        variant = f", variant {variants[step]}" if step < len(variants) and variants[step] else ""
+        click.echo(f"[step {step + 1}: {when}{variant}]")
+        click.echo(text)
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 # --- run / resume ----------------------------------------------------------------------------
@@ -573,7 +614,13 @@ async def _open_store(
 @click.option("--start", help="When sending would begin (ISO 8601; without an offset, the campaign's time zone).")
 @click.option("--weekly", is_flag=True, help="One row per week instead of per day.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def plan(file: str, db: str | None, start: str | None, weekly: bool, as_json: bool) -> int:
+@click.option(
+    "--reply-rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    help="Share of recipients who reply (0 to 1), ending their follow-ups; default: nobody.",
+)
+def plan(file: str, db: str | None, start: str | None, weekly: bool, as_json: bool, reply_rate: float) -> int:
     """Predict, per account and per day, what a campaign sends and when it finishes.
 
     Runs the campaign on a virtual clock against the built-in sandbox: nothing is sent, and the
@@ -586,14 +633,14 @@ def plan(file: str, db: str | None, start: str | None, weekly: bool, as_json: bo
     """
     campaign = _load([file])[0]
     begin = _parse_start(start, campaign.timezone) if start else SystemClock().now()
-    result = anyio.run(make_plan, campaign, begin, database_path(db, False))
+    result = anyio.run(make_plan, campaign, begin, database_path(db, False), True, reply_rate)
     rows = result.per_week() if weekly else result.per_day
     if as_json:
         click.echo(json.dumps(_plan_json(result, rows, weekly), indent=2))
         return EXIT_OK
     accounts = result.accounts
     click.echo(
-        f"plan for {result.campaign}: {counted(result.to_send, 'recipient')} to send over {len(accounts)}"
+        f"plan for {result.campaign}: {counted(result.to_send, 'message')} to send over {len(accounts)}"
         f" account{'s' if len(accounts) != 1 else ''}, from {result.local(result.start)} ({result.timezone})"
     )
     labels = [account_label(a) for a in accounts]
@@ -686,10 +733,16 @@ async def _status(db: str | None, use_sandbox: bool, name: str | None, as_json: 
         return EXIT_OK
     for c in found.campaigns:
         total = sum(c.counts.values())
-        tally = ", ".join(f"{c.counts[s]} {s}" for s in Status)
+        tally = ", ".join(f"{c.counts[s]} {s}" for s in Status if s is not Status.REPLIED or c.counts[s])
         click.echo(
             f"{c.settings.name}: {counted(total, 'recipient')}: {tally}{_preparing_line(c)}{_finish_line(c, found.now)}"
         )
+        if c.settings.steps.count > 1 or any(s.variant for s in c.steps):
+            for s in c.steps:
+                variant = f" variant {s.variant}" if s.variant else ""
+                click.echo(
+                    f"  step {s.step}{variant}: {s.sent} sent, {s.replied} replied ({s.reply_rate:.1%} reply rate)"
+                )
     for a in found.accounts:
         click.echo(
             f"account {account_label(a.account_id)}: {a.detail}; limits {a.found.pacing};"
@@ -789,21 +842,33 @@ async def _report(
 @click.argument("name")
 @click.option("--status", "which", type=click.Choice(RETRYABLE_NAMES), help="Every recipient with this status.")
 @click.option("--urn", "urns", multiple=True, metavar="URN", help="This recipient (failed or unknown; repeatable).")
+@click.option(
+    "--not-found",
+    is_flag=True,
+    help="With --status unknown: only those `reconcile` looked for in the conversation and did not find.",
+)
 @db_option
 @sandbox_db_option
-def retry(name: str, which: str | None, urns: tuple[str, ...], db: str | None, use_sandbox: bool) -> int:
+def retry(
+    name: str, which: str | None, urns: tuple[str, ...], not_found: bool, db: str | None, use_sandbox: bool
+) -> int:
     """Put a campaign's unknown or failed recipients back to pending, with its current message.
 
     An unknown recipient may already have received the message: retrying it risks a second one.
+    Run `reconcile` first: it confirms those the conversation shows, and `--not-found` then puts
+    back only those it looked for and did not find.
 
     \b
     Example:
         campaign-runner retry spring-meetup-invite --status failed
+        campaign-runner retry spring-meetup-invite --status unknown --not-found
         campaign-runner retry spring-meetup-invite --urn urn:li:fsd_profile:ACoAAFpqSoMB8vTqRbg4mN_wbabO8w0gjgFu-6o
     """
     if not which and not urns:
         raise click.UsageError("give --status unknown|failed, or --urn URN")
-    return anyio.run(_retry, db, use_sandbox, name, which, urns)
+    if not_found and which != Status.UNKNOWN:
+        raise click.UsageError("--not-found goes with --status unknown")
+    return anyio.run(_retry, db, use_sandbox, name, which, urns, not_found)
 
 
 def _why_not_retried(state: tuple[str, bool] | None, which: str | None) -> str:
@@ -814,7 +879,9 @@ def _why_not_retried(state: tuple[str, bool] | None, which: str | None) -> str:
     return f"it is {state[0]}" + (f", not {which}" if which else ", neither failed nor unknown")
 
 
-async def _retry(db: str | None, use_sandbox: bool, name: str, which: str | None, urns: tuple[str, ...]) -> int:
+async def _retry(
+    db: str | None, use_sandbox: bool, name: str, which: str | None, urns: tuple[str, ...], not_found: bool = False
+) -> int:
     clock = SystemClock()
     async with _open_store(db, clock, create=False, sandbox=use_sandbox) as store:
         settings = await store.campaign(name)
@@ -827,9 +894,11 @@ async def _retry(db: str | None, use_sandbox: bool, name: str, which: str | None
         ]
         if refused:
             raise ConfigError(f"not put back, so nothing was: {'; '.join(refused)}")
-        render = renderer(settings.message_template)
-        count = await store.retry(name, [which] if which else [], wanted, clock.now(), render)
+        render = Messages(name, settings.steps.messages).render_step
+        count = await store.retry(name, [which] if which else [], wanted, clock.now(), render, not_found)
     what = f"{which} " if which else ""
+    if not_found:
+        what = "unknown (not found in the conversation) "
     click.echo(f"{name}: {counted(count, what + 'recipient')} put back to pending, with the campaign's current message")
     if which != Status.FAILED and count:
         click.echo("warning: unknown recipients may already have received the message", err=True)
@@ -976,6 +1045,33 @@ def _by_account(values: tuple[str, ...], option: str) -> dict[str | None, int]:
     return found
 
 
+def _seconds(text: str, option: str) -> float:
+    """A duration (`90`, `30s`, `10m`, `3d`) in seconds, as campaign files write them."""
+    from .config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
+
+
+def _seconds_range(text: str, option: str) -> tuple[float, float]:
+    """`MIN,MAX` durations (`10m,3d`) in seconds."""
+    low, sep, high = text.partition(",")
+    if not sep:
+        raise ConfigError(f"{option}: expected MIN,MAX such as 10m,3d, got {text!r}")
+    first, second = _seconds(low, option), _seconds(high, option)
+    if second < first:
+        raise ConfigError(f"{option}: MIN is more than MAX in {text!r}")
+    return first, second
+
+
+def _webhook_url(url: str | None) -> str | None:
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--webhook-url: expected an http:// or https:// URL, got {url!r}")
+    return url
+
+
 @cli.command(name="sandbox")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
@@ -1035,6 +1131,58 @@ def _by_account(values: tuple[str, ...], option: str) -> dict[str | None, int]:
     metavar="ACCOUNT=STATUS",
     help="What /account/status says of ACCOUNT: ERROR, WARMUP... (repeatable; default AVAILABLE).",
 )
+@click.option(
+    "--reply-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share (0-1) of people who reply to an account's first message.",
+)
+@click.option(
+    "--reply-delay",
+    default="10m,3d",
+    show_default=True,
+    metavar="MIN,MAX",
+    help="When a reply arrives after that first message: uniform between MIN and MAX (90, 30s, 10m, 3d).",
+)
+@click.option(
+    "--opt-out-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help='Share (0-1) of the replies that ask to stop ("Please stop messaging me").',
+)
+@click.option(
+    "--message-lag",
+    default="0s",
+    metavar="DURATION",
+    show_default=True,
+    help="How long a sent message takes to show in /conversations (the vendor's store lags).",
+)
+@click.option("--webhook-url", metavar="URL", help="POST each reply there as a signed message.received event.")
+@click.option(
+    "--webhook-secret",
+    envvar="CONNECTSAFELY_WEBHOOK_SECRET",
+    show_envvar=True,
+    default=sandbox.WEBHOOK_SECRET,
+    show_default=True,
+    help="The secret the events' X-Webhook-Signature is made with.",
+)
+@click.option(
+    "--webhook-duplicate-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share (0-1) of the events sent twice.",
+)
+@click.option(
+    "--webhook-drop-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share (0-1) of the events never sent.",
+)
+@click.option("--webhook-shuffle", is_flag=True, help="Send the events due at once in a random order.")
 def sandbox_command(
     host: str,
     port: int,
@@ -1061,11 +1209,21 @@ def sandbox_command(
     conversation_rate: float,
     missing_profile: tuple[str, ...],
     account_status: tuple[str, ...],
+    reply_rate: float,
+    reply_delay: str,
+    opt_out_rate: float,
+    message_lag: str,
+    webhook_url: str | None,
+    webhook_secret: str,
+    webhook_duplicate_rate: float,
+    webhook_drop_rate: float,
+    webhook_shuffle: bool,
 ) -> int:
     """Serve a local emulator of the ConnectSafely API, for trying campaigns without sending.
 
     Fault options make it misbehave the ways the real API and the network can. An empty ACCOUNT
-    means the key's default account.
+    means the key's default account. Reply options make people answer: in /conversations and,
+    with --webhook-url, as the vendor's webhook events (flushed every second).
 
     \b
     Example:
@@ -1073,6 +1231,8 @@ def sandbox_command(
         CONNECTSAFELY_API_KEY=sandbox-key campaign-runner run campaigns/demo.yaml \\
             --base-url http://127.0.0.1:8765/linkedin
         campaign-runner sandbox --error-rate 0.1 --drop-rate 0.05 --forbidden-after acc_2=20
+        campaign-runner sandbox --reply-rate 0.2 --reply-delay 10s,2m --opt-out-rate 0.1 \\
+            --webhook-url http://127.0.0.1:9000/hooks
     """
     limits = {}
     for name, text in (("--quota", quota), ("--members-quota", members_quota), ("--profile-quota", profile_quota)):
@@ -1114,6 +1274,15 @@ def sandbox_command(
         conversation_rate=conversation_rate,
         missing_profiles=set(missing_profile),
         account_status=statuses,
+        reply_rate=reply_rate,
+        reply_delay=_seconds_range(reply_delay, "--reply-delay"),
+        opt_out_rate=opt_out_rate,
+        message_lag=_seconds(message_lag, "--message-lag"),
+        webhook_url=_webhook_url(webhook_url),
+        webhook_secret=webhook_secret,
+        webhook_duplicate_rate=webhook_duplicate_rate,
+        webhook_drop_rate=webhook_drop_rate,
+        webhook_shuffle=webhook_shuffle,
     )
 
     async def serve() -> int:
@@ -1122,6 +1291,8 @@ def sandbox_command(
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 url = await tg.start(sandbox.serve, sandbox.Sandbox(config), host, port)
                 click.echo(f"sandbox listening on {url} (API key {api_key!r}); Ctrl-C stops it", err=True)
+                if webhook_url:
+                    click.echo(f"sandbox POSTs replies to {webhook_url}", err=True)
                 async for _ in signals:
                     tg.cancel_scope.cancel()
                     break
@@ -1224,7 +1395,7 @@ def _catch_sigterm() -> None:
 
 
 # The commands about people and accounts live beside: registering them needs `cli` defined above.
-from . import cli_people  # noqa: E402, F401
+from . import cli_people, cli_replies  # noqa: E402, F401
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from urllib.parse import quote, unquote, urlsplit
 import anyio
 import httpx
 
-from .clock import parse_server_time
+from .clock import iso, parse_server_time
 from .errors import ConfigError
 from .outcome import Kind, Outcome, RateLimitHeaders
 from .settings import MEMBER_STATUSES
@@ -73,6 +73,7 @@ class ReadRequest:
     path: str  # under the base URL, e.g. "profile", "conversations/exists/jane-doe"
     account_id: str | None
     json: dict[str, Any] | None = None  # the body of a POST (accountId is added)
+    query: tuple[tuple[str, str], ...] = ()  # the query of a GET, besides accountId
 
     @classmethod
     def profile(cls, slug: str, account_id: str | None) -> ReadRequest:
@@ -85,6 +86,24 @@ class ReadRequest:
     @classmethod
     def account_status(cls, account_id: str | None) -> ReadRequest:
         return cls("GET", "account/status", account_id)
+
+    @classmethod
+    def conversations(cls, account_id: str | None, count: int = 50, cursor: str | None = None) -> ReadRequest:
+        """A page of the account's conversations, most recent activity first."""
+        query = (("count", str(count)),) + ((("nextCursor", cursor),) if cursor else ())
+        return cls("GET", "conversations", account_id, query=query)
+
+    @classmethod
+    def messages(
+        cls, conversation: str, account_id: str | None, since: float | None = None, cursor: str | None = None
+    ) -> ReadRequest:
+        """A page of one conversation's messages, newest first; `since`: only those after it."""
+        query = (("count", str(MESSAGES_PAGE)),)
+        if since is not None:
+            query += (("since", iso(since) or ""),)
+        if cursor:
+            query += (("cursor", cursor),)
+        return cls("GET", f"conversations/{quote(conversation, safe='')}/messages", account_id, query=query)
 
     @classmethod
     def group_members(
@@ -104,7 +123,9 @@ class ReadRequest:
         return {**self.json, "accountId": self.account_id} if self.account_id else dict(self.json)
 
     def params(self) -> dict[str, str]:
-        return {"accountId": self.account_id} if self.method == "GET" and self.account_id else {}
+        if self.method != "GET":
+            return {}
+        return {"accountId": self.account_id, **dict(self.query)} if self.account_id else dict(self.query)
 
 
 @dataclass(frozen=True)
@@ -151,6 +172,31 @@ class Health:
 
 
 @dataclass(frozen=True)
+class Conversation:
+    urn: str
+    participants: tuple[str, ...]  # profile URNs
+    last_activity: float | None
+
+
+@dataclass(frozen=True)
+class Message:
+    urn: str | None
+    text: str
+    sent_at: float | None
+    sender: str | None  # a profile URN
+    by_owner: bool  # sent by the account itself
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A page of conversations or of one conversation's messages, and where the next page starts."""
+
+    conversations: tuple[Conversation, ...] = ()
+    messages: tuple[Message, ...] = ()
+    cursor: str | None = None  # None: no more pages
+
+
+@dataclass(frozen=True)
 class ReadAnswer:
     """What a read brought: `outcome.kind` SENT means the API answered it, with what it said."""
 
@@ -159,6 +205,7 @@ class ReadAnswer:
     has_conversation: bool | None = None
     health: Health | None = None
     page: MembersPage | None = None
+    listing: Listing | None = None
 
 
 def check_base_url(base_url: str, allow_insecure: bool = False) -> str:
@@ -347,6 +394,10 @@ def classify_read(response: httpx.Response, request: ReadRequest) -> ReadAnswer:
                 payload,
             )
             return ReadAnswer(ok, health=health)
+        if request.path == "conversations":
+            return ReadAnswer(ok, listing=_conversations(payload))
+        if request.path.startswith("conversations/"):
+            return ReadAnswer(ok, listing=_messages(payload))
         items = payload["members"]
         if not isinstance(items, list):
             raise TypeError("members is not a list")
@@ -372,7 +423,8 @@ URN_PREFIX = "urn:li:fsd_profile:"
 _URN = re.compile(r"urn:li:fsd_profile:[A-Za-z0-9_-]{1,200}")
 _SLUG = re.compile(r"[^\s/:?#%\x00-\x1f]{1,200}")  # as a file's public identifier must be
 _GROUP_ID = re.compile(r"[1-9][0-9]{0,19}")
-MAX_MEMBERS = 1_000_000_000  # a larger group total is no count: ignored
+MAX_MEMBERS = 1_000_000_000
+MESSAGES_PAGE = 50  # a larger group total is no count: ignored
 
 
 def _text(value: object, limit: int = 500) -> str | None:
@@ -398,6 +450,63 @@ def _profile(data: dict[str, Any]) -> Profile:
         first, _, rest = data["fullName"].strip().partition(" ")
         first, last = first[:500] or None, rest.strip()[:500] or None
     return Profile(urn, slug.lower() if slug else None, first, last, _text(data.get("headline")))
+
+
+def _next(payload: dict[str, Any], key: str) -> str | None:
+    cursor = payload.get(key)
+    if payload.get("hasMore") is not True or not isinstance(cursor, (str, int)) or isinstance(cursor, bool):
+        return None
+    return str(cursor)[:2000] or None
+
+
+def profile_urn_of(value: object) -> str | None:
+    """A profile's URN from its id (`ACoAA...`), or from a URN given whole."""
+    if not isinstance(value, str):
+        return None
+    urn = value if value.startswith(URN_PREFIX) else URN_PREFIX + value
+    return urn if _URN.fullmatch(urn) else None
+
+
+def _conversations(payload: dict[str, Any]) -> Listing:
+    """A page of conversations; one without a URN is left out, a participant without a usable id too."""
+    items = payload["conversations"]
+    if not isinstance(items, list):
+        raise TypeError("conversations is not a list")
+    found = []
+    for item in items:
+        urn = item.get("conversationUrn") if isinstance(item, dict) else None
+        if not isinstance(urn, str) or not urn or len(urn) > 2000:
+            continue
+        people = item.get("participants")
+        ids = (p.get("profileId") for p in (people if isinstance(people, list) else []) if isinstance(p, dict))
+        urns = tuple(urn for urn in map(profile_urn_of, ids) if urn is not None)
+        found.append(Conversation(urn, urns, parse_server_time(item.get("lastActivityAt"))))
+    return Listing(conversations=tuple(found), cursor=_next(payload, "nextCursor"))
+
+
+def _messages(payload: dict[str, Any]) -> Listing:
+    """A page of messages. Whose a message is must be said (`isSentByOwner` true or false): one
+    that does not say is left out, never taken for a reply."""
+    items = payload["messages"]
+    if not isinstance(items, list):
+        raise TypeError("messages is not a list")
+    found = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("isSentByOwner"), bool):
+            continue
+        sender = profile_urn_of(item.get("senderProfileId"))
+        urn = item.get("messageUrn")
+        text = item.get("text")
+        found.append(
+            Message(
+                urn if isinstance(urn, str) and urn else None,
+                text if isinstance(text, str) else "",
+                parse_server_time(item.get("sentAt")),
+                sender,
+                item["isSentByOwner"],
+            )
+        )
+    return Listing(messages=tuple(found), cursor=_next(payload, "cursor"))
 
 
 def _member(data: dict[str, Any]) -> Member | None:

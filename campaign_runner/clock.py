@@ -99,6 +99,8 @@ class VirtualClock:
     def _jump_if_idle(self) -> None:
         if not self._sleepers or len(self._sleepers) < self._workers:
             return
+        if any(wake.is_set() for _, _, wake in self._sleepers):  # woken, about to run: not idle
+            return
         self._now = max(self._now, self._sleepers[0][0])
         while self._sleepers and self._sleepers[0][0] <= self._now:
             heapq.heappop(self._sleepers)[2].set()

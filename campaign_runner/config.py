@@ -8,6 +8,7 @@ Nothing here touches the database, the network or the clock.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import re
@@ -21,30 +22,36 @@ import jinja2.meta
 import yaml
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import CampaignFileError, Problem
+from .errors import CampaignFileError, ConfigError, Problem
 from .schedule import DAY_NAMES, Schedule, parse_hours, zone
 from .settings import (
     DEFAULT_ACCOUNT,
+    DEFAULT_OPT_OUT,
     MAX_CAP,
     MEMBER_STATUSES,
     MEMBERS_BUDGET,
     PROFILES_BUDGET,
+    REPLY_FRESH,
+    REPLY_POLL,
     UNITS,
     Account,
     Audience,
     Breaker,
     CampaignSettings,
     Limit,
+    Steps,
     Warmup,
 )
+from .variants import Variant, distinct_texts, parse_message, pick, spin
 
 ENDPOINTS = ("send-group", "send-group-with-typing", "send-group-with-ack")
 DEFAULT_ENDPOINT = "send-group-with-typing"
 DEFAULT_LIMIT = "150/day"
 DEFAULT_API_LIMITS = ("60/minute", "100/10s")  # the vendor's allowance per API key, shared by its accounts
 MAX_MESSAGE_CHARS = 8000
+MAX_STEPS = 10
 URN_PATTERN = re.compile(r"^urn:li:fsd_profile:[A-Za-z0-9_-]+$")
 URN_COLUMN = "profile_urn"
 URL_COLUMN = "profile_url"
@@ -290,6 +297,18 @@ class BudgetsSpec(_Strict):
         return value
 
 
+class StepSpec(_Strict):
+    """One message of a sequence: sent `after` the previous one was sent to the same recipient."""
+
+    after: float | None = None
+    message: Any
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _after(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value)
+
+
 class CampaignFile(_Strict):
     """Schema v1 of a campaign file."""
 
@@ -305,13 +324,42 @@ class CampaignFile(_Strict):
     schedule: ScheduleFields = Field(default_factory=ScheduleFields)
     warmup: WarmupPolicy | None = None
     api_limit: list[str] | None = None
-    message: str = Field(min_length=1)
+    message: Any = None  # a text, or a list of variants; or else `steps`
+    steps: list[StepSpec] | None = Field(default=None, min_length=1, max_length=MAX_STEPS)
+    stop_on_reply: bool = True
+    opt_out: list[str] = Field(default_factory=lambda: list(DEFAULT_OPT_OUT), max_length=100)
+    reply_poll: float = REPLY_POLL
+    reply_fresh: float = REPLY_FRESH
     recipients: list[dict[str, Any]] = Field(default_factory=list)
     recipients_file: str | None = Field(default=None, min_length=1)
     audience: AudienceSpec | None = None
     recontact: str = "never"
     precheck: Literal["conversation", "none"] = "conversation"
     budgets: BudgetsSpec = Field(default_factory=BudgetsSpec)
+
+    @field_validator("reply_poll", "reply_fresh", mode="before")
+    @classmethod
+    def _reply_times(cls, value: Any) -> float:
+        seconds = parse_duration(value)
+        if not 60 <= seconds <= 7 * 86400:
+            raise ValueError(f"{value!r}: between a minute (1m) and a week (7d)")
+        return seconds
+
+    @field_validator("opt_out")
+    @classmethod
+    def _opt_out(cls, value: list[str]) -> list[str]:
+        phrases = [" ".join(str(phrase).split()).lower() for phrase in value]
+        if not all(phrases):
+            raise ValueError("an opt-out phrase cannot be empty")
+        return phrases
+
+    @model_validator(mode="after")
+    def _one_way_to_say_it(self) -> CampaignFile:
+        if self.message is not None and self.steps is not None:
+            raise ValueError("give `message` (one message) or `steps` (a sequence), not both")
+        if self.message is None and self.steps is None:
+            raise ValueError("missing `message` (or `steps`)")
+        return self
 
     @field_validator("recontact", mode="before")
     @classmethod
@@ -384,6 +432,12 @@ class Person(NamedTuple):
         """What tells two rows of a file apart: the URN, else the public identifier."""
         return self.urn or self.slug or ""
 
+    @property
+    def seed(self) -> str:
+        """Whom a variant and spintax are drawn for: as a stored recipient is known for good (its
+        identifier, else its URN; a URN looked up later does not change it)."""
+        return self.slug or self.urn or ""
+
 
 @dataclass(frozen=True)
 class Recipient:
@@ -392,6 +446,15 @@ class Recipient:
     place: str  # where it came from, for messages
     variables: dict[str, Any] = field(default_factory=dict)  # its own values from the file
     public_identifier: str | None = None
+    later: tuple[str, ...] = ()  # the follow-ups' messages, rendered
+    variants: tuple[str, ...] = ()  # the variant drawn for each step ("" where a step has one)
+
+    def messages_json(self) -> str | None:
+        """Every step's message as stored: None for a single message."""
+        return json.dumps([self.message, *self.later], ensure_ascii=False) if self.later else None
+
+    def variants_json(self) -> str | None:
+        return json.dumps(self.variants) if any(self.variants) else None
 
     @property
     def key(self) -> str:
@@ -417,13 +480,19 @@ class Recipients:
     rolls back)."""
 
     def __init__(
-        self, source: str, items: list[dict[str, Any]], csv_path: Path | None, csv_shown: str, template: Any, count: int
+        self,
+        source: str,
+        items: list[dict[str, Any]],
+        csv_path: Path | None,
+        csv_shown: str,
+        messages: Messages,
+        count: int,
     ):
         self._source = source
         self._items = items
         self._csv = csv_path
         self._shown = csv_shown
-        self._template = template
+        self._messages = messages
         self._count = count
         self.columns: list[tuple[str, str]] = []  # the CSV's headers as written, and the variable each became
 
@@ -446,9 +515,10 @@ class Recipients:
             if person.key in seen:
                 continue
             seen.add(person.key)
-            message = _render_checked(self._template, values, place, problems)
-            if message is not None:
-                yield Recipient(person.urn, message, place, values, person.slug)
+            rendered = self._messages.render(person.seed, values, place, problems)
+            if rendered is not None:
+                texts, variants = rendered
+                yield Recipient(person.urn, texts[0], place, values, person.slug, texts[1:], variants)
         if problems:
             changed = Problem("", "the file changed while it was being loaded")
             raise CampaignFileError(self._source, [changed, *problems])
@@ -498,6 +568,44 @@ def renderer(source: str) -> Callable[[dict[str, Any]], str]:
     return lambda values: render(template, _present(values))
 
 
+class Messages:
+    """Every step's message for one recipient. Per step, its variant is drawn by weight and its
+    spintax spun, both from the campaign's name, the person and the step: the same on every load.
+    Spinning works on the template's text, so a recipient's values never pass through it."""
+
+    def __init__(self, campaign: str, steps: tuple[tuple[Variant, ...], ...]):
+        self.campaign = campaign
+        self.steps = steps
+        env = make_environment()
+        self._compile = functools.lru_cache(maxsize=1024)(env.from_string)
+
+    def choose(self, key: str, step: int) -> tuple[Variant, str]:
+        """The variant of `step` for the person `key`, and its text with the spintax spun."""
+        seed = f"{self.campaign}\x00{key}\x00{step}"
+        variants = self.steps[step]
+        chosen = variants[0] if len(variants) == 1 else pick(variants, seed)
+        return chosen, spin(chosen.text, seed)
+
+    def render_step(self, key: str, step: int, values: dict[str, Any]) -> str:
+        """One step's message from stored values (a blank value is None); raises what Jinja raises."""
+        return render(self._compile(self.choose(key, step)[1]), _present(values))
+
+    def render(
+        self, key: str, values: dict[str, Any], place: str, problems: list[Problem]
+    ) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        """Each step's message and variant id, or None with the problems said."""
+        texts, ids = [], []
+        for step in range(len(self.steps)):
+            variant, source = self.choose(key, step)
+            where = place if len(self.steps) == 1 else f"{place} (step {step + 1})".strip()
+            text = _render_checked(self._compile(source), values, where, problems)
+            if text is None:
+                return None
+            texts.append(text)
+            ids.append(variant.id)
+        return tuple(texts), tuple(ids)
+
+
 def load_campaign(path: str | Path) -> Campaign:
     path = Path(path)
     problems: list[Problem] = []
@@ -512,15 +620,20 @@ def load_campaign(path: str | Path) -> Campaign:
     api_limits = tuple(sorted({Limit.parse(text) for text in (spec.api_limit or DEFAULT_API_LIMITS)}))
 
     env = make_environment()
-    try:
-        template = env.from_string(spec.message)
-    except TemplateError as exc:
-        line = getattr(exc, "lineno", None)
-        place = f"message line {line}" if line else "message"
-        raise CampaignFileError(str(path), [Problem(place, f"template syntax: {exc}")]) from None
+    steps = _steps(spec, str(path))
+    for index, variants in enumerate(steps.messages):
+        for variant in variants:
+            try:
+                env.parse(variant.text)
+            except TemplateError as exc:
+                line = getattr(exc, "lineno", None)
+                place = _message_place(index, variant, len(steps.messages))
+                place = f"{place} line {line}" if line else place
+                raise CampaignFileError(str(path), [Problem(place, f"template syntax: {exc}")]) from None
+    messages = Messages(spec.name, steps.messages)
 
     csv_path = path.parent / spec.recipients_file if spec.recipients_file else None
-    recipients = Recipients(str(path), spec.recipients, csv_path, spec.recipients_file or "", template, 0)
+    recipients = Recipients(str(path), spec.recipients, csv_path, spec.recipients_file or "", messages, 0)
     # One pass that checks and renders every row and keeps nothing of it but the URNs seen.
     seen: set[str] = set()
     keys: dict[str, None] = {}  # every variable some recipient has (a column, an inline key), in file order
@@ -535,19 +648,20 @@ def load_campaign(path: str | Path) -> Campaign:
         seen.add(person.key)
         if person.urn is None:
             to_resolve += 1
-        if _render_checked(template, values, place, problems) is not None:
+        if messages.render(person.seed, values, place, problems) is not None:
             count += 1
     available = dict(keys)  # what a message may use: the file's columns, and a group member's
     if spec.audience is not None:
         available.update(dict.fromkeys(MEMBER_VARIABLES))
-        _check_member_template(template, problems)
+        _check_member_template(messages, problems)
     elif not rows and not problems:
         problems.append(
             Problem("recipients", "no recipients: give `recipients`, `recipients_file`, `audience`, or several")
         )
     del seen
     warnings = _repeat_warnings(recipients, repeated)
-    missing, advice = _variable_warnings(env, spec.message, available, keys, recipients) if not problems else ([], [])
+    sources = "\n".join(v.text for step in steps.messages for v in step)
+    missing, advice = _variable_warnings(env, sources, available, keys, recipients) if not problems else ([], [])
     warnings += missing  # a typo in the message: every command that reads the file says so
 
     if problems:
@@ -557,7 +671,7 @@ def load_campaign(path: str | Path) -> Campaign:
         name=spec.name,
         group_id=spec.group_id,
         endpoint=spec.endpoint,
-        message_template=spec.message,
+        message_template=steps.messages[0][0].text,
         limit=limit,
         burst=spec.burst,
         max_attempts=spec.retry.attempts,
@@ -586,7 +700,48 @@ def load_campaign(path: str | Path) -> Campaign:
         ),
         members_budget=Limit.parse(spec.budgets.members),
         profiles_budget=Limit.parse(spec.budgets.profiles),
+        steps=steps,
     )
+
+
+def _message_place(step: int, variant: Variant, steps: int) -> str:
+    place = "message" if steps == 1 else f"steps[{step}].message"
+    return f"{place} variant {variant.id!r}" if variant.id else place
+
+
+def _steps(spec: CampaignFile, source: str) -> Steps:
+    """The messages of each step (a top-level `message` is one step) and what replies do."""
+    given = spec.steps if spec.steps is not None else [StepSpec(message=spec.message)]
+    problems = []
+    afters, messages = [], []
+    for index, step in enumerate(given):
+        where = "message" if spec.steps is None else f"steps[{index}]"
+        if index == 0 and step.after:
+            problems.append(Problem(f"{where}.after", "the first step goes first: it takes no `after`"))
+        elif index > 0 and not step.after:
+            problems.append(
+                Problem(f"{where}.after", "a follow-up needs `after` (e.g. 3d): the wait since the last step")
+            )
+        try:
+            messages.append(parse_message(step.message, where if spec.steps is None else f"{where}.message"))
+        except ConfigError as exc:
+            problems.append(Problem("", str(exc)))
+        afters.append(step.after or 0.0)
+    if problems:
+        raise CampaignFileError(source, problems)
+    return Steps(
+        tuple(afters),
+        tuple(messages),
+        stop_on_reply=spec.stop_on_reply,
+        opt_out=tuple(spec.opt_out),
+        reply_poll=spec.reply_poll,
+        reply_fresh=spec.reply_fresh,
+    )
+
+
+def distinct_messages(campaign: CampaignSettings) -> list[int]:
+    """Per step, how many different texts its variants and spintax can give."""
+    return [distinct_texts(step) for step in campaign.steps.messages]
 
 
 def _report_columns(keys: dict[str, None], audience: bool) -> tuple[str, ...]:
@@ -604,22 +759,27 @@ SAMPLE_MEMBER = {
 }
 
 
-def _check_member_template(template: Any, problems: list[Problem]) -> None:
+def _check_member_template(messages: Messages, problems: list[Problem]) -> None:
     """The message must render for a group member (who brings MEMBER_VARIABLES, and nothing else)."""
-    _render_checked(template, SAMPLE_MEMBER, "message (for a group member)", problems)
+    messages.render("", SAMPLE_MEMBER, "message (for a group member)", problems)
 
 
-def member_renderer(source: str) -> Callable[[dict[str, Any]], tuple[str | None, str | None]]:
-    """A group member's message from a campaign's template (see `member_message`)."""
-    template = make_environment().from_string(source)
-    return lambda variables: member_message(template, variables)
+MemberMessages = tuple[tuple[str, ...], tuple[str, ...]]  # each step's message, each step's variant
 
 
-def member_message(template: Any, variables: dict[str, Any]) -> tuple[str | None, str | None]:
-    """A group member's message, or why it does not render (a blank name printed bare)."""
-    problems: list[Problem] = []
-    message = _render_checked(template, _present(variables), "", problems)
-    return message, (problems[0].message if problems else None)
+def member_renderer(
+    campaign: CampaignSettings,
+) -> Callable[[str, dict[str, Any]], tuple[MemberMessages | None, str | None]]:
+    """A group member's messages from a campaign's steps: (messages, None), or (None, why not)
+    when they do not render (a blank name printed bare)."""
+    messages = Messages(campaign.name, campaign.steps.messages)
+
+    def member(key: str, variables: dict[str, Any]) -> tuple[MemberMessages | None, str | None]:
+        problems: list[Problem] = []
+        rendered = messages.render(key, _present(variables), "", problems)
+        return rendered, (problems[0].message if problems else None)
+
+    return member
 
 
 def _variable_warnings(

@@ -32,6 +32,7 @@ _WAITS = {
     Wait.SERVER: "the server's remaining budget is used up until its reset",
     Wait.KEY: "the API key's own limit",
     Wait.SCHEDULE: "outside sending hours",
+    Wait.REPLIES: "follow-ups wait for a fresh look at replies",
 }
 
 
@@ -119,10 +120,16 @@ class LogLines:
                 detail = f"HTTP {e.http_status}" if e.http_status else e.outcome.value
                 if e.error and e.status is not Status.SENT:
                     detail += f": {e.error}"
+                step = f" step {e.step + 1}" if e.step else ""
                 return (
-                    f"{e.campaign} {e.status} {e.profile_urn} via {account_label(e.account_id)}"
+                    f"{e.campaign} {e.status}{step} {e.profile_urn} via {account_label(e.account_id)}"
                     f" (attempt {e.attempt}, {detail}, {e.latency:.2f}s, window {e.window_used}/{e.window_cap})"
                 )
+            case events.RepliesPolled(account_id=account, error=str(error)):
+                return f"{account_label(account)} replies not looked at: {error}"
+            case events.RepliesPolled(account_id=account, replies=replies, opted_out=opted) if replies:
+                blocked = f", {opted} asked not to be contacted (blocked)" if opted else ""
+                return f"{account_label(account)} {replies} new {'reply' if replies == 1 else 'replies'}{blocked}"
             case events.Looked() as e:
                 where = f"{e.campaign} " if e.campaign else ""
                 became = f" -> {e.status}" if e.status else ""

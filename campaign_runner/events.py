@@ -27,6 +27,17 @@ class Attempted:
     latency: float
     window_used: int
     window_cap: int
+    step: int = 0  # the step of its campaign this was (0: the first message)
+
+
+@dataclass(frozen=True)
+class RepliesPolled:
+    """An account's conversations were looked at for replies."""
+
+    account_id: str
+    replies: int  # new replies recorded
+    opted_out: int  # of which asked not to be contacted again
+    error: str | None = None  # why the look did not complete
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,7 @@ Event = (
     RunStarted
     | Attempted
     | Looked
+    | RepliesPolled
     | AccountWaiting
     | AccountHeld
     | AccountPaused

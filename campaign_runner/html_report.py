@@ -30,7 +30,7 @@ from .schedule import local_time, zone
 from .store import Store
 
 STATUSES = [status.value for status in Status]
-HEADLINE = ("sent", "failed", "unknown", "skipped", "suppressed", "pending", "in_flight")
+HEADLINE = ("sent", "replied", "failed", "unknown", "skipped", "suppressed", "pending", "in_flight")
 URN_PREFIX = "urn:li:fsd_profile:"
 
 _ENVIRONMENT = jinja2.Environment(

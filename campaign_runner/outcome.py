@@ -43,6 +43,7 @@ class Status(enum.StrEnum):
     UNKNOWN = "unknown"  # may have been delivered: never sent again by itself
     SKIPPED = "skipped"  # no longer in the campaign's file, contacted by another campaign, in a conversation
     SUPPRESSED = "suppressed"  # on the do-not-contact list: never sent while it stays there
+    REPLIED = "replied"  # the person answered: no further step
 
 
 class Wait(enum.StrEnum):
@@ -60,6 +61,7 @@ class Wait(enum.StrEnum):
     BACKOFF = "backoff"  # the only recipients left wait for their retry time
     ELSEWHERE = "elsewhere"  # the only recipients left are other workers' requests in flight
     LOOKUP = "lookup"  # the only recipients left need a profile lookup, and the account's budget is spent
+    REPLIES = "replies"  # follow-ups are due, but the account's replies must be looked at first
 
 
 class Ending(enum.StrEnum):

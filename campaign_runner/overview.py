@@ -12,7 +12,7 @@ from .display import describe_account, describe_wait
 from .outcome import Availability, Ending, Status, Wait
 from .schedule import local_time
 from .settings import CampaignSettings
-from .store import AccountStatus, Forecast, Preparing, Store
+from .store import AccountStatus, Forecast, Preparing, StepStats, Store
 
 __all__ = ["AccountView", "CampaignView", "Overview", "overview", "status_json"]
 
@@ -36,6 +36,7 @@ class CampaignView:
     able: tuple[str, ...]  # its accounts that can send (not stopped, not blocked)
     forecast: Forecast | None  # the latest a run made, while recipients are pending
     preparing: Preparing = Preparing(0)  # lookups waiting, the group's members fetched
+    steps: tuple[StepStats, ...] = ()  # per step and variant: sent, replied
 
     @property
     def finish(self) -> float | None:
@@ -80,7 +81,8 @@ async def overview(store: Store, names: Sequence[str], now: float) -> Overview:
         counts = await store.counts(c.name)
         able = tuple(a for a in c.account_ids if a in pacing and state_of.get(a) not in CANNOT_SEND)
         forecast = await store.latest_forecast(c.name) if counts[Status.PENDING] else None
-        campaigns.append(CampaignView(c, counts, able, forecast, await store.preparing(c.name)))
+        steps = tuple(await store.step_stats(c.name))
+        campaigns.append(CampaignView(c, counts, able, forecast, await store.preparing(c.name), steps))
     return Overview(now, campaigns, accounts)
 
 
@@ -105,6 +107,16 @@ def status_json(found: Overview) -> dict[str, Any]:
                 }
                 if forecast
                 else None,
+                "steps": [
+                    {
+                        "step": s.step,
+                        "variant": s.variant,
+                        "sent": s.sent,
+                        "replied": s.replied,
+                        "reply_rate": round(s.reply_rate, 4),
+                    }
+                    for s in c.steps
+                ],
                 "accounts_able": len(c.able),
                 "lookups_waiting": c.preparing.lookups,
                 "audience": {

@@ -52,7 +52,7 @@ class Plan:
     timezone: str
     start: float
     finish: float | None  # the last send; None when nothing is left to send
-    to_send: int  # recipients pending when the plan starts
+    to_send: int  # messages left when the plan starts: every step of the recipients pending (fewer, by the reply rate)
     sent: int
     per_day: dict[date, dict[str, int]] = field(default_factory=dict)  # local day -> account -> messages
     accounts: tuple[str, ...] = ()
@@ -72,12 +72,16 @@ class Plan:
         return local_time(epoch, self.timezone)
 
 
-async def make_plan(campaign: Campaign, start: float, db: Path | None = None, settle: bool = True) -> Plan:
+async def make_plan(
+    campaign: Campaign, start: float, db: Path | None = None, settle: bool = True, reply_rate: float = 0.0
+) -> Plan:
     """Simulate sending `campaign` from `start` (epoch seconds), on top of `db`'s state if given.
-    Once sending has settled into a weekly pattern (`settle`), the rest is that week repeated."""
+    Once sending has settled into a weekly pattern (`settle`), the rest is that week repeated.
+    Follow-ups assume nobody replies, unless `reply_rate` (0 to 1) of the recipients do (each at a
+    random moment in the sandbox's reply delay), ending their sequence."""
     async with _scratch(db, start) as store:
         await store.load([campaign], start, accept_changes=True)
-        plans = await _simulate(store, VirtualClock(start), [campaign.name], settle)
+        plans = await _simulate(store, VirtualClock(start), [campaign.name], settle, reply_rate=reply_rate)
     return plans[campaign.name]
 
 
@@ -125,6 +129,7 @@ async def _simulate(
     settle: bool = True,
     give_up: threading.Event | None = None,
     leave_out: Collection[str] = (),
+    reply_rate: float = 0.0,
 ) -> dict[str, Plan]:
     """Send `names` together on the virtual clock; one plan per campaign. Once every campaign with
     recipients left has settled into a weekly pattern, the simulation stops and the rest of each
@@ -137,7 +142,8 @@ async def _simulate(
     for name in names:
         found = await store.campaign(name)
         found = replace(found, accounts=tuple(a for a in found.accounts if a.id not in leave_out))
-        pending = (await store.counts(name))[Status.PENDING]
+        first, later = await store.messages_left(name)
+        pending = first + round(later * (1 - reply_rate))
         plans[name] = Plan(name, found.timezone, start, None, pending, 0, accounts=found.account_ids)
         if found.accounts:
             settings.append(found)
@@ -179,7 +185,7 @@ async def _simulate(
             plan.finish = now
 
     key = secrets.token_urlsafe(16)
-    box = Sandbox(SandboxConfig(api_key=key, quota=10**9, quota_window=1.0), clock)
+    box = Sandbox(SandboxConfig(api_key=key, quota=10**9, quota_window=1.0, seed=0, reply_rate=reply_rate), clock)
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(
         transport=_InProcess(box), base_url="http://sandbox/linkedin/", headers=headers

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from .clock import iso
 from .schedule import zone
-from .store import REPORT_FIELDS, ReportRow, Store
+from .store import REPORT_FIELDS, ReportRow, StepStats, Store
 
 FORMATS = ("csv", "json")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -32,6 +32,7 @@ def neutralise(value: Any) -> Any:
 def as_dict(row: ReportRow) -> dict[str, Any]:
     values = {name: getattr(row, name) for name in REPORT_FIELDS}
     values["sent_at"] = iso(row.sent_at)
+    values["replied_at"] = iso(row.replied_at)
     return values
 
 
@@ -51,7 +52,7 @@ async def write_report(
         async with contextlib.aclosing(store.report_rows(name, status)) as rows:
             if fmt == "csv":
                 return await _csv(rows, out, columns, settings.timezone if excel else None)
-            return await _json(name, counts, rows, out)
+            return await _json(name, counts, await store.step_stats(name), rows, out)
 
 
 async def _csv(rows: AsyncIterator[ReportRow], out: TextIO, columns: list[str], excel: str | None) -> int:
@@ -67,14 +68,28 @@ async def _csv(rows: AsyncIterator[ReportRow], out: TextIO, columns: list[str], 
         values = as_dict(row)
         if excel:
             values["sent_at"] = spreadsheet_time(row.sent_at, excel)
+            values["replied_at"] = spreadsheet_time(row.replied_at, excel)
         values |= {own[key]: value for key, value in row.variables.items() if key in own}
         writer.writerow({key: neutralise(value) for key, value in values.items()})
         written += 1
     return written
 
 
-async def _json(name: str, counts: dict[str, int], rows: AsyncIterator[ReportRow], out: TextIO) -> int:
-    out.write(f'{{"campaign": {json.dumps(name)}, "counts": {json.dumps(counts)}, "recipients": [')
+async def _json(
+    name: str, counts: dict[str, int], steps: list[StepStats], rows: AsyncIterator[ReportRow], out: TextIO
+) -> int:
+    per_step = [
+        {
+            "step": s.step,
+            "variant": s.variant,
+            "sent": s.sent,
+            "replied": s.replied,
+            "reply_rate": round(s.reply_rate, 4),
+        }
+        for s in steps
+    ]
+    out.write(f'{{"campaign": {json.dumps(name)}, "counts": {json.dumps(counts)}, "steps": {json.dumps(per_step)},')
+    out.write(' "recipients": [')
     written = 0
     async for row in rows:
         values = as_dict(row) | {"variables": row.variables}

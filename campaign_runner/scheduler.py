@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import events
+from . import events, replies
 from .audience import described, fetch_pages
 from .client import ApiClient, ReadAnswer, ReadRequest, SendRequest
 from .clock import Clock
@@ -41,6 +41,8 @@ HEALTH_AT_ONCE = 16  # accounts whose health is checked together before any work
 FEED_AHEAD = 100  # recipients of a campaign waiting to be sent: below this, its group's next page is fetched
 FEED_LOOK = 60.0  # seconds between looks at whether a campaign needs its group's next page
 KEY_LINE_RECHECK = 60.0  # seconds an account waits in line for the API key's limit before it looks again
+REPLIES_WAIT = 60.0  # seconds a follow-up waits for a look at replies before it asks again
+POLL_RETRY = 60.0  # seconds after a look at replies that did not complete before the next
 ANNOUNCED_WAIT = 3.0  # seconds: a pause between two sends at least this long is reported as a wait
 INTERRUPTED = "the request was interrupted in flight; it may have been delivered"
 STOPPING = "stopping: no new sends; waiting for requests in flight"
@@ -92,6 +94,11 @@ class Scheduler:
         self._feeding = {c.name for c in campaigns if c.audience is not None}
         self._audience_deferred = False  # --no-wait: a group's next page must wait for a budget
         self._healthy: set[str] = set()  # accounts whose health the API confirmed (or could not tell) this run
+        # Each account's look at replies: woken when a follow-up waits for it, or its worker ends.
+        self._poll_wakes: dict[str, anyio.Event] = {}
+        self._polls_failed: set[str] = set()  # accounts whose last look at replies did not complete
+        self._finished: set[str] = set()  # accounts whose worker has ended
+        self._polled_at: dict[str, float] = {}  # when each account's last look at replies began
 
     @classmethod
     @asynccontextmanager
@@ -164,6 +171,8 @@ class Scheduler:
                         workers.start_soon(self._feeder, self._campaigns[name])
                     for account, names in accounts.items():
                         workers.start_soon(self._worker, account, names)
+                        if any(self._campaigns[name].steps.watches_replies for name in names):
+                            workers.start_soon(self._poller, account, names)
             outer.cancel_scope.cancel()
         if self._errors:
             raise self._errors[0]
@@ -222,6 +231,53 @@ class Scheduler:
                 self.stop(Ending.FATAL, f"{account_label(account)} stopped: {exc}")
             finally:
                 self._leave_key_line(account)
+                self._finished.add(account)
+                self._wake_poller(account)
+
+    def _wake_poller(self, account: str) -> None:
+        wake = self._poll_wakes.get(account)
+        if wake is not None:
+            wake.set()
+
+    async def _poller(self, account: str, names: list[str]) -> None:
+        """Look at the account's conversations for replies every `reply_poll` (the shortest of its
+        campaigns'), and at once when a follow-up waits for a fresh look, until its worker ends."""
+        interval = min(self._campaigns[name].steps.reply_poll for name in names)
+        with self._clock.worker():
+            try:
+                while not self._stop.is_set() and account not in self._finished:
+                    wake = self._poll_wakes[account] = anyio.Event()
+                    last = await self._store.replies_polled(account)
+                    due = last + interval if last is not None else self._clock.now()
+                    if account in self._polls_failed:
+                        due = min(due, self._polled_at.get(account, 0.0) + POLL_RETRY)
+                    if due > self._clock.now():
+                        await self._sleep(due, wake)
+                        if account in self._finished or self._stop.is_set():
+                            return
+                        if not wake.is_set() and self._clock.now() < due:
+                            continue
+                    await self._poll(account)
+            except Exception as exc:  # noqa: BLE001 - stop the others gently; run() raises it
+                self._errors.append(exc)
+                self.stop(Ending.FATAL, f"{account_label(account)} replies: {exc}")
+
+    async def _poll(self, account: str) -> None:
+        self._polled_at[account] = self._clock.now()
+
+        async def sleep(until: float) -> None:
+            wake = anyio.Event()
+            self._on_drained.add(wake)
+            await self._sleep(until, wake)
+
+        result = await replies.poll(self._store, self._api, self._clock, account, sleep)
+        if result.error is not None:
+            self._polls_failed.add(account)
+        else:
+            self._polls_failed.discard(account)
+        opted = sum(1 for r in result.replied if r.opt_out)
+        self._emit(events.RepliesPolled(account, len(result.replied), opted, result.error))
+        self._set_progress()  # follow-ups waiting for this look may go now, or never
 
     async def _work(self, account: str, names: list[str]) -> None:
         order = deque(names)
@@ -257,6 +313,13 @@ class Scheduler:
                 self._emit(events.AccountFinished(account, AccountEnd.DRAINED))
                 self._set_drained()  # others waiting on their own quota may have nothing left either
                 return
+            if isinstance(decision, Waiting) and decision.reason is Wait.REPLIES and account not in self._polls_failed:
+                # Due follow-ups wait for a look at replies: ask for one now, and go on once it is done
+                # (with --no-wait too: it is work to do now, not a wait).
+                self._wake_poller(account)
+                self._on_drained.discard(wake)
+                await self._sleep(now + REPLIES_WAIT, wake)
+                continue
             if isinstance(decision, Waiting):
                 if self._no_wait:
                     self._forget(wake)
@@ -326,7 +389,7 @@ class Scheduler:
         fetch = await self._store.member_fetch(
             campaign.group_id, audience.statuses, None, audience.max, campaign.name, self._clock.now()
         )
-        render = member_renderer(campaign.message_template)
+        render = member_renderer(campaign)
 
         async def sleep(until: float) -> None:
             wake = anyio.Event()
@@ -542,6 +605,8 @@ class Scheduler:
                 f"{exc}; the answer for {claim.profile_urn} ({outcome.kind.value}, HTTP {outcome.http_status})"
                 " could not be recorded"
             ) from exc
+        if status is Status.PENDING and settled.status is Status.SENT:
+            status = Status.SENT  # this step was sent; the recipient waits for its next one
         self._emit(
             events.Attempted(
                 campaign=claim.campaign,
@@ -555,6 +620,7 @@ class Scheduler:
                 latency=settled.latency,
                 window_used=claim.window_used,
                 window_cap=claim.window_cap,
+                step=claim.step,
             )
         )
         if settled.held is not None:

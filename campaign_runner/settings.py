@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .schedule import Schedule
+from .variants import Variant
 
 __all__ = [
     "DEFAULT_ACCOUNT",
@@ -149,6 +150,68 @@ class Audience:
         return cls(tuple(data["statuses"]), data.get("max"))
 
 
+DEFAULT_OPT_OUT = ("stop", "unsubscribe", "not interested")  # replies with one of these block the person
+REPLY_POLL = 900.0  # seconds between two looks at an account's conversations for replies
+REPLY_FRESH = 1800.0  # a follow-up goes only if the account's replies were looked at this recently
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What happens after the first message: follow-ups `after` seconds each (index 0 is the first
+    message, after 0), stopped by a reply; a reply with an opt-out phrase also blocks the person."""
+
+    afters: tuple[float, ...] = (0.0,)
+    # Each step's message: one variant (id "") or several, drawn by weight per recipient.
+    messages: tuple[tuple[Variant, ...], ...] = ()
+    stop_on_reply: bool = True
+    opt_out: tuple[str, ...] = DEFAULT_OPT_OUT
+    reply_poll: float = REPLY_POLL
+    reply_fresh: float = REPLY_FRESH
+
+    @property
+    def count(self) -> int:
+        return len(self.afters)
+
+    @property
+    def watches_replies(self) -> bool:
+        """Whether a run looks at replies: for follow-ups to stop on, or variants to compare."""
+        return self.count > 1 or any(len(variants) > 1 for variants in self.messages)
+
+    def opted_out(self, text: str) -> str | None:
+        """The opt-out phrase a reply says, as whole words in any case and spacing; else None."""
+        for phrase in self.opt_out:
+            words = r"\s+".join(re.escape(word) for word in phrase.split())
+            if re.search(rf"(?<!\w){words}(?!\w)", text, re.IGNORECASE):
+                return phrase
+        return None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "afters": list(self.afters),
+                "messages": [[[v.id, v.text, v.weight] for v in step] for step in self.messages],
+                "stop_on_reply": self.stop_on_reply,
+                "opt_out": list(self.opt_out),
+                "reply_poll": self.reply_poll,
+                "reply_fresh": self.reply_fresh,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Steps:
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(
+            tuple(data["afters"]),
+            tuple(tuple(Variant(*v) for v in step) for step in data["messages"]),
+            data["stop_on_reply"],
+            tuple(data["opt_out"]),
+            data["reply_poll"],
+            data["reply_fresh"],
+        )
+
+
 @dataclass(frozen=True)
 class CampaignSettings:
     """What a campaign is, whether read from its file or from the database."""
@@ -173,6 +236,7 @@ class CampaignSettings:
     audience: Audience | None = field(default=None, kw_only=True)  # the group's members
     members_budget: Limit = field(default_factory=lambda: MEMBERS_BUDGET, kw_only=True)  # members fetched per account
     profiles_budget: Limit = field(default_factory=lambda: PROFILES_BUDGET, kw_only=True)  # profiles looked up
+    steps: Steps = field(default_factory=Steps, kw_only=True)  # follow-ups, and what a reply does
 
     @property
     def account_ids(self) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -64,8 +64,10 @@ from .settings import (
     Breaker,
     CampaignSettings,
     Limit,
+    Steps,
     Warmup,
 )
+from .variants import Variant
 
 if TYPE_CHECKING:
     from . import config
@@ -88,6 +90,9 @@ LOOKUP_REFUSALS = 3  # a profile lookup refused this often (not "not found") fai
 PRECHECK_FRESH = 3600.0  # seconds a pre-check's "no conversation" stands for a send by the same account
 READ_RETRY = 300.0  # seconds before a recipient whose lookup or pre-check went unanswered is tried again
 IN_CONVERSATION = "already in a conversation with the account"
+CONFIRMED = "confirmed from the conversation"
+CLOCK_SKEW = 120.0  # seconds a reply's time (the server's clock) may seem to precede our first message
+REPLY_KEPT = 200  # characters of a reply kept
 SAME_PERSON = "the same person as {urn}, listed twice in this campaign"
 DEFAULT_API_LIMITS = "60/minute,100/10s"  # the vendor's allowance per key (as campaigns store it)
 # The reads LinkedIn itself serves, which count against the account's rate of reads (inbox reads
@@ -152,6 +157,7 @@ class Claimed:
     next_at: float = 0.0  # the account's own pacing allows no other request before then
     next_reason: Wait = Wait.READY  # what holds it back until then (pace, delay, schedule...)
     more: bool = True  # other recipients of its campaigns were still pending when it was claimed
+    step: int = 0  # which step of its campaign this is (0: the first message)
 
 
 class ReadAction(enum.StrEnum):
@@ -161,6 +167,8 @@ class ReadAction(enum.StrEnum):
     PRECHECK = "precheck"  # GET /conversations/exists: already in a conversation?
     MEMBERS = "members"  # POST /groups/members: a page of a group's members (the members budget)
     STATUS = "status"  # GET /account/status: the account's health
+    CONVERSATIONS = "conversations"  # GET /conversations: a page of the account's conversations
+    MESSAGES = "messages"  # GET /conversations/{urn}/messages: a page of one conversation
 
 
 @dataclass(frozen=True)
@@ -174,6 +182,51 @@ class Read:
     recipient_id: int | None = None  # the recipient it is for (a pre-check, a lookup)
     campaign: str | None = None
     units: int = 1  # what it may spend of its budget (the members a page asks for)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A message from the other person of a conversation."""
+
+    message_urn: str
+    sender: str  # their profile URN
+    text: str
+    sent_at: float
+
+
+@dataclass(frozen=True)
+class Replied:
+    """A recipient whose reply was recorded; `opt_out`: the phrase that put them on the list."""
+
+    campaign: str
+    profile_urn: str
+    opt_out: str | None
+    status: Status
+
+
+@dataclass(frozen=True)
+class StepStats:
+    step: int  # 1: the first message
+    variant: str  # "" where the step has one message
+    sent: int
+    replied: int
+
+    @property
+    def reply_rate(self) -> float:
+        return self.replied / self.sent if self.sent else 0.0
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """A delivery whose outcome nobody knows, to look for in the account's conversation."""
+
+    recipient_id: int
+    campaign: str
+    account_id: str
+    profile_urn: str
+    message: str
+    step: int
+    claimed_at: float
 
 
 @dataclass(frozen=True)
@@ -297,6 +350,9 @@ class ReportRow:
     message: str
     variables: dict[str, Any] = field(default_factory=dict)  # the recipient's own values from the file
     public_identifier: str | None = None  # from its profile URL, or the group member's
+    step: int = 1  # the step it is on (1: the first message)
+    replied_at: float | None = None
+    reply: str | None = None  # the reply's first 200 characters
 
 
 REPORT_FIELDS = (
@@ -309,10 +365,23 @@ REPORT_FIELDS = (
     "sent_at",
     "message",
     "public_identifier",
+    "step",
+    "replied_at",
+    "reply",
 )
 
 
 @functools.lru_cache(maxsize=64)
+def _steps_of(template: str, stored: str | None) -> Steps:
+    """A campaign's steps as stored; one loaded before steps were kept has its one message."""
+    steps = Steps.from_json(stored)
+    return steps if steps.messages else replace(steps, messages=((Variant("", template),),))
+
+
+def _messages_of(template: str, stored: str | None) -> tuple[tuple[Variant, ...], ...]:
+    return _steps_of(template, stored).messages
+
+
 def _limits(text: str) -> tuple[Limit, ...]:
     """Limits as the database stores them: `60/minute,100/10s`."""
     return tuple(Limit.parse(part) for part in text.split(",") if part.strip())
@@ -583,7 +652,7 @@ class Store:
     def _load_one(self, campaign: config.Campaign, now: float, accept_changes: bool) -> LoadSummary:
         db = self._conn
         existing = self._one(
-            "SELECT group_id, endpoint, message_template FROM campaigns WHERE name = ?", (campaign.name,)
+            "SELECT group_id, endpoint, message_template, steps FROM campaigns WHERE name = ?", (campaign.name,)
         )
         started = existing is not None and self._has_started(campaign.name)
         changed: tuple[str, ...] = ()
@@ -591,7 +660,7 @@ class Store:
             changed = tuple(
                 name
                 for name, old, new in (
-                    ("message", existing[2], campaign.message_template),
+                    ("message", _messages_of(existing[2], existing[3]), campaign.steps.messages),
                     ("group_id", existing[0], campaign.group_id),
                     ("endpoint", existing[1], campaign.endpoint),
                 )
@@ -607,8 +676,8 @@ class Store:
             "INSERT INTO campaigns (name, group_id, endpoint, message_template, limit_cap, limit_window,"
             " burst, max_attempts, backoff, breaker_failures, breaker_cooldown, breaker_pauses,"
             " breaker_forbidden, warmup_start, warmup_increase, api_limits, source, columns, timezone,"
-            " recontact_after, precheck, audience, members_budget, profiles_budget, created_at,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " recontact_after, precheck, audience, members_budget, profiles_budget, steps, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET group_id = excluded.group_id, endpoint = excluded.endpoint,"
             " message_template = excluded.message_template, limit_cap = excluded.limit_cap,"
             " limit_window = excluded.limit_window, burst = excluded.burst,"
@@ -620,7 +689,7 @@ class Store:
             " timezone = excluded.timezone, recontact_after = excluded.recontact_after,"
             " precheck = excluded.precheck, audience = excluded.audience,"
             " members_budget = excluded.members_budget, profiles_budget = excluded.profiles_budget,"
-            " updated_at = excluded.updated_at",
+            " steps = excluded.steps, updated_at = excluded.updated_at",
             (
                 campaign.name,
                 campaign.group_id,
@@ -646,6 +715,7 @@ class Store:
                 campaign.audience.to_json() if campaign.audience else None,
                 str(campaign.members_budget),
                 str(campaign.profiles_budget),
+                campaign.steps.to_json(),
                 now,
                 now,
             ),
@@ -665,13 +735,13 @@ class Store:
                 for a in campaign.accounts
             ],
         )
-        # Stored recipients by id: (status, message, removed, variables, origin); and each one's id
-        # by its URN and by its public identifier (one given by profile URL may be looked up since).
-        known: dict[int, tuple[str, str, int, str, str]] = {}
+        # Stored recipients by id: (status, messages, removed, variables, origin, step); and each
+        # one's id by its URN and by its public identifier (one given by profile URL may be looked up since).
+        known: dict[int, tuple[str, str, int, str, str, int]] = {}
         by_key: dict[str, int] = {}
         for rid, urn, slug, *rest in self._all(
-            "SELECT id, profile_urn, public_identifier, status, message, removed, variables, origin FROM recipients"
-            " WHERE campaign = ?",
+            "SELECT id, profile_urn, public_identifier, status, coalesce(messages, json_array(message)), removed,"
+            " variables, origin, step FROM recipients WHERE campaign = ?",
             (campaign.name,),
         ):
             known[rid] = tuple(rest)  # type: ignore[assignment]
@@ -682,7 +752,7 @@ class Store:
         # in as they come; what is known is compared with the file.
         added = in_file_known = 0
         in_file: set[int] = set()
-        differing: list[tuple[str, str, float, int]] = []
+        differing: list[tuple[str, str | None, str, float, int]] = []
         values_only: list[tuple[str, float, int]] = []
         source = f"campaign {campaign.name}"
         both: list[tuple[str, str]] = []  # (URN, identifier) of rows that give both: one contact
@@ -696,7 +766,16 @@ class Store:
                     added += 1
                     if r.profile_urn and r.public_identifier:
                         both.append((r.profile_urn, r.public_identifier))
-                    yield (campaign.name, r.profile_urn, r.public_identifier, r.message, variables, now)
+                    yield (
+                        campaign.name,
+                        r.profile_urn,
+                        r.public_identifier,
+                        r.message,
+                        r.messages_json(),
+                        r.variants_json(),
+                        variables,
+                        now,
+                    )
                     continue
                 in_file_known += 1
                 in_file.add(rid)
@@ -705,15 +784,17 @@ class Store:
                 # new template, or an edited CSV cell). Before anything was sent, or with
                 # --accept-changes, the file wins; otherwise the stored message stays and the
                 # summary says how many differ.
-                if found[0] in (Status.PENDING, Status.SKIPPED) and found[1] != r.message:
-                    differing.append((r.message, variables, now, rid))
+                texts = [r.message, *r.later]
+                if found[0] in (Status.PENDING, Status.SKIPPED) and json.loads(found[1]) != texts:
+                    current = texts[found[5]] if found[5] < len(texts) else texts[-1]
+                    differing.append((current, r.messages_json(), variables, now, rid))
                 elif found[3] != variables:  # values the message does not show (or a first load's)
                     values_only.append((variables, now, rid))
 
         (last_id,) = self._one("SELECT coalesce(max(id), 0) FROM recipients")
         db.executemany(
-            "INSERT INTO recipients (campaign, profile_urn, public_identifier, message, variables, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO recipients (campaign, profile_urn, public_identifier, message, messages, variants, variables,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             fresh(),
         )
         # Every person new to the campaign is a contact, shared by all campaigns (the others are already).
@@ -731,7 +812,7 @@ class Store:
         # from the group's members was never in the file: it stays.
         gone = [
             rid
-            for rid, (_, _, removed, _, origin) in known.items()
+            for rid, (_, _, removed, _, origin, _) in known.items()
             if not removed and rid not in in_file and origin == "file"
         ]
         db.executemany(
@@ -739,7 +820,7 @@ class Store:
             " error = CASE status WHEN 'pending' THEN ? ELSE error END, updated_at = ? WHERE id = ?",
             [(REMOVED_FROM_FILE, now, rid) for rid in gone],
         )
-        back = [rid for rid, (_, _, removed, _, _) in known.items() if removed and rid in in_file]
+        back = [rid for rid, (_, _, removed, _, _, _) in known.items() if removed and rid in in_file]
         db.executemany(
             "UPDATE recipients SET removed = 0, status = CASE status WHEN 'skipped' THEN 'pending' ELSE status END,"
             " error = CASE status WHEN 'skipped' THEN NULL ELSE error END, updated_at = ? WHERE id = ?",
@@ -748,7 +829,8 @@ class Store:
         rewrite = accept_changes or not started
         if rewrite:
             db.executemany(
-                "UPDATE recipients SET message = ?, variables = ?, updated_at = ? WHERE id = ? AND status = 'pending'",
+                "UPDATE recipients SET message = ?, messages = ?, variables = ?, updated_at = ? WHERE id = ?"
+                " AND status = 'pending'",
                 differing,
             )
         db.executemany("UPDATE recipients SET variables = ?, updated_at = ? WHERE id = ?", values_only)
@@ -779,7 +861,7 @@ class Store:
                 "SELECT name, group_id, endpoint, message_template, limit_cap, limit_window, burst,"
                 " max_attempts, backoff, breaker_failures, breaker_cooldown, breaker_pauses, breaker_forbidden,"
                 " warmup_start, warmup_increase, api_limits, timezone, recontact_after, precheck, audience,"
-                " members_budget, profiles_budget FROM campaigns WHERE name = ?",
+                " members_budget, profiles_budget, steps FROM campaigns WHERE name = ?",
                 (name,),
             )
             if row is None:
@@ -812,6 +894,7 @@ class Store:
             audience=Audience.from_json(row[19]) if row[19] else None,
             members_budget=Limit.parse(row[20]),
             profiles_budget=Limit.parse(row[21]),
+            steps=_steps_of(row[3], row[22]),
         )
 
     def _states(self, name: str, urns: Sequence[str]) -> dict[str, tuple[str, bool]]:
@@ -1284,7 +1367,7 @@ class Store:
         start: int,
         answer: ReadAnswer,
         now: float,
-        render: Callable[[dict[str, Any]], tuple[str | None, str | None]] | None = None,
+        render: Callable[[str, dict[str, Any]], tuple[Any, str | None]] | None = None,
     ) -> MemberFetch | None:
         """Record a page of members (each a contact, and for a campaign a recipient with its
         message) and where the next page starts, in one transaction with the read's answer: a
@@ -1321,18 +1404,22 @@ class Store:
                     "public_identifier": profile.slug,
                     "membership_status": member.membership_status,
                 }
-                message, problem = render(variables)
+                rendered, problem = render(profile.slug or profile.urn, variables)
+                texts, ids = rendered or (("",), ())
                 db.execute(
-                    "INSERT INTO recipients (campaign, profile_urn, public_identifier, message, variables, status,"
-                    " error, updated_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'group') ON CONFLICT DO NOTHING",
+                    "INSERT INTO recipients (campaign, profile_urn, public_identifier, message, messages, variants,"
+                    " variables, status, error, updated_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'group')"
+                    " ON CONFLICT DO NOTHING",
                     (
                         campaign,
                         profile.urn,
                         profile.slug,
-                        message or "",
+                        texts[0],
+                        json.dumps(texts, ensure_ascii=False) if len(texts) > 1 else None,
+                        json.dumps(ids) if any(ids) else None,
                         json.dumps(variables, ensure_ascii=False),
-                        "pending" if message else "failed",
-                        None if message else f"message does not render for this member: {problem}",
+                        "pending" if rendered else "failed",
+                        None if rendered else f"message does not render for this member: {problem}",
                         now,
                     ),
                 )
@@ -1515,20 +1602,23 @@ class Store:
     def _block(self, people: Sequence[tuple[str | None, str | None]], reason: str | None, now: float) -> Blocked:
         """Put people on the do-not-contact list: no campaign sends them, now or later. Their
         pending recipients become `suppressed` at once; every claim checks the list too."""
-        with self._transaction() as db:
-            added = 0
-            for urn, slug in people:
-                contact = self._remember(urn, slug, "block", now)
-                added += db.execute(
-                    "UPDATE contacts SET blocked_at = ?, blocked_reason = ?, updated_at = ? WHERE id = ?"
-                    " AND blocked_at IS NULL",
-                    (now, reason, now, contact),
-                ).rowcount
-            (unresolved,) = self._one(
-                "SELECT count(*) FROM contacts WHERE blocked_at IS NOT NULL AND profile_urn IS NULL"
-                " AND not_found IS NULL"
-            )
-            return Blocked(added, len(people) - added, self._suppress_blocked(now), unresolved)
+        with self._transaction():
+            return self._put_on_list(people, reason, now)
+
+    def _put_on_list(self, people: Sequence[tuple[str | None, str | None]], reason: str | None, now: float) -> Blocked:
+        """`_block`, inside the caller's transaction."""
+        added = 0
+        for urn, slug in people:
+            contact = self._remember(urn, slug, "block", now)
+            added += self._conn.execute(
+                "UPDATE contacts SET blocked_at = ?, blocked_reason = ?, updated_at = ? WHERE id = ?"
+                " AND blocked_at IS NULL",
+                (now, reason, now, contact),
+            ).rowcount
+        (unresolved,) = self._one(
+            "SELECT count(*) FROM contacts WHERE blocked_at IS NOT NULL AND profile_urn IS NULL AND not_found IS NULL"
+        )
+        return Blocked(added, len(people) - added, self._suppress_blocked(now), unresolved)
 
     def _unblock(self, people: Sequence[tuple[str | None, str | None]], now: float) -> Blocked:
         """Take people off the list; their suppressed recipients are pending again (skipped if
@@ -1599,8 +1689,8 @@ class Store:
             settings = {
                 row[0]: row[1:]
                 for row in self._all(
-                    "SELECT c.name, c.group_id, c.endpoint, c.max_attempts, c.backoff, c.recontact_after, c.precheck"
-                    " FROM campaigns c JOIN campaign_accounts ca ON ca.campaign = c.name"
+                    "SELECT c.name, c.group_id, c.endpoint, c.max_attempts, c.backoff, c.recontact_after, c.precheck,"
+                    " c.steps FROM campaigns c JOIN campaign_accounts ca ON ca.campaign = c.name"
                     f" WHERE ca.account_id = ? AND c.name IN ({marks})",
                     (account_id, *campaigns),
                 )
@@ -1624,9 +1714,10 @@ class Store:
                 unsure_at = lookup
             state = self._account_state(account_id, pacing, now, key_limits)
             verdict = decide(pacing, state, now)
+            fresh = self._replies_fresh(account_id, settings, now)
             found: Any = None
             if verdict.go(now):
-                found = self._next_to_send(account_id, campaigns, settings, now, deadline, unsure is not None)
+                found = self._next_to_send(account_id, campaigns, settings, now, deadline, unsure is not None, fresh)
                 if isinstance(found, Read):
                     return found
                 if isinstance(found, float):  # its pre-check must wait (a 429 held the account's pre-checks)
@@ -1635,8 +1726,8 @@ class Store:
                 lookup = self._next_lookup(account_id, campaigns, key_limits, now, deadline)
                 if isinstance(lookup, Read):
                     return lookup
-                return self._why_not(campaigns, verdict, lookup, now, unsure is not None, unsure_at)
-            name, recipient_id, urn, message, attempts, retries, requeued = found
+                return self._why_not(account_id, campaigns, verdict, lookup, now, unsure is not None, unsure_at, fresh)
+            name, recipient_id, urn, message, attempts, retries, requeued, step = found
             group_id, endpoint, max_attempts, backoff, *_ = settings[name]
             db.execute(
                 "UPDATE recipients SET status = 'in_flight', account_id = ?, attempts = attempts + 1,"
@@ -1657,8 +1748,8 @@ class Store:
             )
             more = self._one(
                 f"SELECT 1 FROM recipients WHERE campaign IN ({','.join('?' * len(campaigns))})"
-                " AND status = 'pending' AND removed = 0 LIMIT 1",
-                tuple(campaigns),
+                " AND status = 'pending' AND removed = 0 AND (step = 0 OR account_id = ?) LIMIT 1",
+                (*campaigns, account_id),
             )
             upcoming = next_after_send(pacing, state, tat, gap_until, now)
             return Claimed(
@@ -1676,6 +1767,7 @@ class Store:
                 attempt=attempts + 1,
                 retries=retries,
                 requeued=requeued,
+                step=step,
                 window_used=self._window_used(account_id, pacing.slowest, now),
                 window_cap=pacing.slowest.cap,
                 next_at=upcoming.at,
@@ -1696,6 +1788,18 @@ class Store:
             rows = self._all("SELECT DISTINCT api_limits FROM campaigns") or [(DEFAULT_API_LIMITS,)]
         return tuple(sorted({limit for (text,) in rows for limit in _limits(text)}))
 
+    def _replies_fresh(self, account_id: str, settings: dict[str, Any], now: float) -> set[str]:
+        """The campaigns whose follow-ups `account_id` may send now: those that do not stop on a
+        reply, and those whose `reply_fresh` the account's last complete look at replies is within."""
+        row = self._one("SELECT replies_polled_at FROM accounts WHERE id = ?", (account_id,))
+        polled = row[0] if row and row[0] is not None else None
+        fresh = set()
+        for name, values in settings.items():
+            steps = Steps.from_json(values[-1])
+            if not steps.stop_on_reply or (polled is not None and polled > now - steps.reply_fresh):
+                fresh.add(name)
+        return fresh
+
     def _next_to_send(
         self,
         account_id: str,
@@ -1704,18 +1808,35 @@ class Store:
         now: float,
         deadline: float,
         unsure: bool = False,
+        fresh: set[str] | frozenset[str] = frozenset(),
     ) -> tuple[Any, ...] | Read | float | None:
-        """The next recipient `account_id` may send now, in campaign order; or the pre-check it needs
-        first. On the way, whoever is on the do-not-contact list is `suppressed`, and whoever
-        another campaign contacted is skipped (`recontact: never`) or waits (a duration).
+        """The next recipient `account_id` may send now, in campaign order: a follow-up that is due
+        first (from the account that sent the steps before it, and only while its replies were
+        looked at within `reply_fresh`: `fresh`), else a first message; or the pre-check a first
+        message needs. On the way, whoever is on the do-not-contact list is `suppressed`, and
+        whoever another campaign contacted is skipped (`recontact: never`) or waits (a duration).
         `unsure`: a block by URL is not looked up yet, so recipients known by URN alone wait."""
         for name in campaigns:
-            *_, recontact_after, precheck = settings[name]
+            while name in fresh:
+                row = self._one(
+                    "SELECT id, profile_urn, public_identifier, message, attempts, retries, requeued, step"
+                    " FROM recipients WHERE campaign = ? AND status = 'pending' AND step > 0 AND account_id = ?"
+                    " AND not_before <= ? AND removed = 0 ORDER BY not_before LIMIT 1",
+                    (name, account_id, now),
+                )
+                if row is None:
+                    break
+                rid, urn, slug, *rest = row
+                if self._is_blocked(rid, urn, slug, now):
+                    continue
+                return (name, rid, urn, *rest)
+        for name in campaigns:
+            recontact_after, precheck = settings[name][4:6]
             while True:
                 row = self._one(
                     "SELECT id, profile_urn, public_identifier, message, attempts, retries, requeued, checked_by,"
-                    " checked_at FROM recipients WHERE campaign = ? AND status = 'pending' AND removed = 0"
-                    " AND not_before <= ? AND profile_urn IS NOT NULL AND reading_until <= ?"
+                    " checked_at FROM recipients WHERE campaign = ? AND status = 'pending' AND step = 0"
+                    " AND removed = 0 AND not_before <= ? AND profile_urn IS NOT NULL AND reading_until <= ?"
                     " AND (public_identifier IS NOT NULL OR NOT ?) ORDER BY id LIMIT 1",
                     (name, now, now, unsure),
                 )
@@ -1727,15 +1848,30 @@ class Store:
                     continue
                 # Someone messaged before, whom `recontact` lets us message again, is in a
                 # conversation with us: the pre-check is for people in a conversation with others.
-                fresh = checked_by == account_id and checked_at is not None and checked_at > now - PRECHECK_FRESH
-                if precheck == "conversation" and slug and not fresh and not contacted:
+                fresh_check = checked_by == account_id and checked_at is not None and checked_at > now - PRECHECK_FRESH
+                if precheck == "conversation" and slug and not fresh_check and not contacted:
                     at = self._read_allowed(account_id, ReadAction.PRECHECK, 1, (), now)
                     if at > now:
                         return at
                     self._conn.execute("UPDATE recipients SET reading_until = ? WHERE id = ?", (now + deadline, rid))
                     return self._reserve_read(account_id, ReadAction.PRECHECK, slug, now, deadline, rid, name)
-                return (name, rid, urn, message, attempts, retries, requeued)
+                return (name, rid, urn, message, attempts, retries, requeued, 0)
         return None
+
+    def _is_blocked(self, rid: int, urn: str, slug: str | None, now: float) -> bool:
+        """Whether the person is on the do-not-contact list; if so the recipient is `suppressed`."""
+        blocked = self._one(
+            "SELECT blocked_reason FROM contacts WHERE blocked_at IS NOT NULL AND (profile_urn = ?"
+            " OR public_identifier = ?) LIMIT 1",
+            (urn, slug),
+        )
+        if blocked is None:
+            return False
+        self._conn.execute(
+            "UPDATE recipients SET status = 'suppressed', error = ?, updated_at = ? WHERE id = ?",
+            (_blocked_error(blocked[0]), now, rid),
+        )
+        return True
 
     def _may_contact(
         self, rid: int, campaign: str, urn: str, slug: str | None, recontact_after: float | None, now: float
@@ -1743,21 +1879,12 @@ class Store:
         """None when this recipient may not be sent now: on the do-not-contact list (`suppressed`),
         contacted by another campaign (`skipped`, or for `recontact: <duration>` a wait). Else
         whether another campaign contacted the person before."""
-        blocked = self._one(
-            "SELECT blocked_reason FROM contacts WHERE blocked_at IS NOT NULL AND (profile_urn = ?"
-            " OR public_identifier = ?) LIMIT 1",
-            (urn, slug),
-        )
-        if blocked is not None:
-            self._conn.execute(
-                "UPDATE recipients SET status = 'suppressed', error = ?, updated_at = ? WHERE id = ?",
-                (_blocked_error(blocked[0]), now, rid),
-            )
+        if self._is_blocked(rid, urn, slug, now):
             return None
         other = self._one(
             "SELECT campaign, status, coalesce(sent_at, updated_at) AS at FROM recipients WHERE profile_urn = ?"
-            " AND campaign <> ? AND status IN ('sent', 'unknown', 'in_flight') ORDER BY status = 'in_flight' DESC,"
-            " at DESC LIMIT 1",
+            " AND campaign <> ? AND (status IN ('sent', 'unknown', 'in_flight', 'replied') OR sent_at IS NOT NULL)"
+            " ORDER BY status = 'in_flight' DESC, at DESC LIMIT 1",
             (urn, campaign),
         )
         if other is None:
@@ -1825,20 +1952,39 @@ class Store:
 
     def _why_not(
         self,
+        account_id: str,
         campaigns: Sequence[str],
         verdict: Verdict,
         lookup_at: float | None,
         now: float,
         unsure: bool = False,
         unsure_at: float | None = None,
+        fresh: set[str] | frozenset[str] = frozenset(),
     ) -> Waiting | Drained:
+        """Why `account_id` sends nothing now, and until when; or that it has nothing left. Another
+        account's follow-ups are its own (the conversation is on that account)."""
         marks = ",".join("?" * len(campaigns))
+        mine = f"campaign IN ({marks}) AND status = 'pending' AND (step = 0 OR account_id = ?)"
         ready = self._one(
-            f"SELECT 1 FROM recipients WHERE campaign IN ({marks}) AND status = 'pending' AND not_before <= ?"
-            " AND profile_urn IS NOT NULL AND reading_until <= ? AND (public_identifier IS NOT NULL OR NOT ?) LIMIT 1",
+            f"SELECT 1 FROM recipients WHERE campaign IN ({marks}) AND status = 'pending' AND step = 0"
+            " AND not_before <= ? AND profile_urn IS NOT NULL AND reading_until <= ?"
+            " AND (public_identifier IS NOT NULL OR NOT ?) LIMIT 1",
             (*campaigns, now, now, unsure),
         )
+        stale = [name for name in campaigns if name not in fresh]
+        follow_ups = self._one(
+            f"SELECT 1 FROM recipients WHERE campaign IN ({','.join('?' * len(campaigns))}) AND status = 'pending'"
+            " AND step > 0 AND account_id = ? AND not_before <= ? LIMIT 1",
+            (*campaigns, account_id, now),
+        )
         waits = [(verdict.at, verdict.reason)] if ready else []
+        if follow_ups:
+            due_stale = stale and self._one(
+                f"SELECT 1 FROM recipients WHERE campaign IN ({','.join('?' * len(stale))}) AND status = 'pending'"
+                " AND step > 0 AND account_id = ? AND not_before <= ? LIMIT 1",
+                (*stale, account_id, now),
+            )
+            waits.append((now + ELSEWHERE_POLL, Wait.REPLIES) if due_stale else (verdict.at, verdict.reason))
         if unsure and not ready:  # recipients known by URN alone wait for a block's lookup
             waiting = self._one(
                 f"SELECT 1 FROM recipients WHERE campaign IN ({marks}) AND status = 'pending'"
@@ -1852,9 +1998,7 @@ class Store:
         if waits:
             return Waiting(*min(waits, key=lambda wait: wait[0]))
         (next_work,) = self._one(
-            f"SELECT min(max(not_before, reading_until)) FROM recipients WHERE campaign IN ({marks})"
-            " AND status = 'pending'",
-            tuple(campaigns),
+            f"SELECT min(max(not_before, reading_until)) FROM recipients WHERE {mine}", (*campaigns, account_id)
         )
         if next_work is not None:
             return Waiting(max(next_work, verdict.at), Wait.BACKOFF if next_work > verdict.at else verdict.reason)
@@ -1920,6 +2064,8 @@ class Store:
             if row is None:
                 row = self._one("SELECT status FROM recipients WHERE id = ?", (claim.recipient_id,))
             status = Status(row[0])
+            if status is Status.SENT and settled.sent_at is not None:
+                status = self._step_sent(claim.recipient_id, claim.account_id, settled.sent_at, now)
             db.execute(
                 "UPDATE attempts SET finished_at = ?, slot_at = ?, outcome = ?, http_status = ?, error = ?,"
                 " response_body = ?, latency = ?, rl_action = ?, rl_limit = ?, rl_used = ?, rl_remaining = ?,"
@@ -1975,6 +2121,35 @@ class Store:
                     status = Status(found)
         return status
 
+    def _step_sent(self, rid: int, account_id: str, sent_at: float, now: float, confirmed: bool = False) -> Status:
+        """Keep the step a recipient was just sent, and move it on: to its next step (not before
+        that step's `after`, from the same account), to `replied` if the person answered while it
+        was on its way, or leave it `sent` after its last step. Returns its status."""
+        campaign, step, messages, variants, replied_at = self._one(
+            "SELECT campaign, step, messages, variants, replied_at FROM recipients WHERE id = ?", (rid,)
+        )
+        variant = json.loads(variants)[step] if variants else ""
+        self._conn.execute(
+            "INSERT INTO step_sends (recipient_id, step, variant, account_id, sent_at, confirmed)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (rid, step, variant, account_id, sent_at, confirmed),
+        )
+        (stored,) = self._one("SELECT steps FROM campaigns WHERE name = ?", (campaign,))
+        steps = Steps.from_json(stored)
+        if replied_at is not None and steps.stop_on_reply:
+            self._conn.execute("UPDATE recipients SET status = 'replied' WHERE id = ?", (rid,))
+            return Status.REPLIED
+        if messages is None or step + 1 >= steps.count:
+            return Status.SENT
+        texts = json.loads(messages)
+        following = step + 1
+        self._conn.execute(
+            "UPDATE recipients SET status = 'pending', step = ?, message = ?, not_before = ?, retries = 0,"
+            " http_status = NULL, error = NULL, updated_at = ? WHERE id = ?",
+            (following, texts[min(following, len(texts) - 1)], sent_at + steps.afters[following], now, rid),
+        )
+        return Status.PENDING
+
     def _settle_in_flight(self, now: float) -> int:
         """Take every request still in flight as answered now, outcome unknown. Only for a scratch
         copy (`plan`): the process that sent them may still be alive."""
@@ -2019,7 +2194,7 @@ class Store:
         """Rows in load order, streamed in batches. Inside `snapshot()` they pair with `counts`."""
         sql = (
             "SELECT profile_urn, status, account_id, http_status, error, attempts, sent_at, message, variables,"
-            " public_identifier FROM recipients WHERE campaign = ?"
+            " public_identifier, step, replied_at, reply FROM recipients WHERE campaign = ?"
         )
         params: tuple[Any, ...] = (name,)
         if status:
@@ -2042,6 +2217,9 @@ class Store:
                             message=row[7],
                             variables=json.loads(row[8]) if row[8] else {},
                             public_identifier=row[9],
+                            step=row[10] + 1,
+                            replied_at=row[11],
+                            reply=row[12],
                         )
             finally:
                 with anyio.CancelScope(shield=True):
@@ -2053,12 +2231,14 @@ class Store:
         statuses: Sequence[str],
         urns: Sequence[str],
         now: float,
-        render: Callable[[dict[str, Any]], str] | None = None,
+        render: Callable[[str, int, dict[str, Any]], str] | None = None,
+        not_found: bool = False,
     ) -> int:
         """Put recipients back to pending with a fresh retry budget: those `unknown` or `failed`
-        with one of `statuses`, and (or) those of `urns` (failed or unknown). `render` gives each
-        the campaign's current message from its own values; one loaded before values were kept
-        keeps its message. Whoever left the campaign's file stays as it is."""
+        with one of `statuses`, and (or) those of `urns` (failed or unknown); with `not_found`, only
+        unknown ones `reconcile` looked for in their conversation and did not find. `render` gives
+        each the message of its step from its own values (its variant and spintax as drawn); one
+        loaded before values were kept keeps its message. Whoever left the file stays as it is."""
         if not set(statuses) <= {Status.UNKNOWN, Status.FAILED}:
             raise ValueError(statuses)
         self._campaign(name)
@@ -2070,14 +2250,24 @@ class Store:
         if urns:
             where += f" AND profile_urn IN ({','.join('?' * len(urns))})"
             params += urns
+        if not_found:
+            where += " AND status = 'unknown' AND looked_at IS NOT NULL"
         with self._transaction() as db:
-            rows = self._all(f"SELECT id, message, variables FROM recipients WHERE {where}", params)
+            rows = self._all(
+                "SELECT id, message, variables, step, coalesce(public_identifier, profile_urn)"
+                f" FROM recipients WHERE {where}",
+                params,
+            )
             db.executemany(
                 "UPDATE recipients SET status = 'pending', retries = 0, not_before = 0, http_status = NULL,"
-                " error = NULL, message = ?, updated_at = ? WHERE id = ?",
+                " error = NULL, looked_at = NULL, message = ?, updated_at = ? WHERE id = ?",
                 [
-                    (render(json.loads(variables)) if render and variables is not None else message, now, rid)
-                    for rid, message, variables in rows
+                    (
+                        render(seed, step, json.loads(variables)) if render and variables is not None else message,
+                        now,
+                        rid,
+                    )
+                    for rid, message, variables, step, seed in rows
                 ],
             )
             return len(rows)
@@ -2136,6 +2326,129 @@ class Store:
                 (account_id, now, now),
             )
             return cursor.rowcount > 0
+
+    # --- replies, and unknown outcomes looked for in the conversation ------------------------------
+
+    def _awaiting_replies(self, account_id: str) -> dict[str, float]:
+        """The people `account_id` messaged whose reply is not recorded yet: URN -> our first message."""
+        with self._snapshot():
+            rows = self._all(
+                "SELECT r.profile_urn, min(s.sent_at) FROM step_sends s JOIN recipients r ON r.id = s.recipient_id"
+                " WHERE s.account_id = ? AND r.replied_at IS NULL GROUP BY r.profile_urn",
+                (account_id,),
+            )
+        return {urn: first for urn, first in rows if urn}
+
+    def _replies_polled(self, account_id: str) -> float | None:
+        with self._snapshot():
+            row = self._one("SELECT replies_polled_at FROM accounts WHERE id = ?", (account_id,))
+        return row[0] if row else None
+
+    def _polled(self, account_id: str, started_at: float) -> None:
+        """An account's conversations were read in full, as they stood at `started_at`."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO accounts (id, replies_polled_at) VALUES (?, ?) ON CONFLICT (id) DO UPDATE"
+                " SET replies_polled_at = max(coalesce(replies_polled_at, 0), excluded.replies_polled_at)",
+                (account_id, started_at),
+            )
+
+    def _record_replies(self, account_id: str | None, replies: Sequence[Reply], via: str, now: float) -> list[Replied]:
+        """Record replies, each message once however often it comes. The person's recipients that
+        the account messaged before the reply (any account when `account_id` is None, as for an
+        event that names an account this database does not know) become `replied`: a pending
+        follow-up is not sent when its campaign stops on reply. A reply with an opt-out phrase of
+        such a campaign also puts the person on the do-not-contact list."""
+        found: list[Replied] = []
+        with self._transaction() as db:
+            for reply in replies:
+                added = db.execute(
+                    "INSERT INTO replies (message_urn, account_id, sender_urn, body, sent_at, seen_at, via)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (reply.message_urn, account_id or "", reply.sender, reply.text, reply.sent_at, now, via),
+                ).rowcount
+                if not added:
+                    continue
+                rows = self._all(
+                    "SELECT r.id, r.campaign, r.status, c.steps FROM recipients r"
+                    " JOIN campaigns c ON c.name = r.campaign WHERE r.profile_urn = ? AND r.replied_at IS NULL"
+                    " AND (? IS NULL OR r.account_id = ?)"
+                    " AND EXISTS (SELECT 1 FROM step_sends s WHERE s.recipient_id = r.id AND s.sent_at <= ?)",
+                    (reply.sender, account_id, account_id, reply.sent_at + CLOCK_SKEW),
+                )
+                opt_out = None
+                for rid, campaign, status, stored in rows:
+                    steps = Steps.from_json(stored)
+                    ends = status == Status.SENT or (status == Status.PENDING and steps.stop_on_reply)
+                    db.execute(
+                        "UPDATE recipients SET replied_at = ?, reply = ?, status = ?, updated_at = ? WHERE id = ?",
+                        (reply.sent_at, reply.text[:REPLY_KEPT], Status.REPLIED if ends else status, now, rid),
+                    )
+                    phrase = steps.opted_out(reply.text)
+                    opt_out = opt_out or phrase
+                    found.append(Replied(campaign, reply.sender, phrase, Status.REPLIED if ends else Status(status)))
+                if opt_out:
+                    self._put_on_list([(reply.sender, None)], f"replied {reply.text[:REPLY_KEPT]!r}", now)
+        return found
+
+    def _messages_left(self, name: str) -> tuple[int, int]:
+        """A campaign's pending recipients, and the later steps they have left after this one."""
+        with self._snapshot():
+            (stored,) = self._one("SELECT steps FROM campaigns WHERE name = ?", (name,))
+            count = Steps.from_json(stored).count
+            row = self._one(
+                "SELECT count(*), coalesce(sum(max(? - 1 - step, 0)), 0) FROM recipients"
+                " WHERE campaign = ? AND status = 'pending'",
+                (count, name),
+            )
+        return int(row[0]), int(row[1])
+
+    def _step_stats(self, name: str) -> list[StepStats]:
+        """Per step and variant of a campaign: how many were sent it, and how many replied to it (a
+        reply counts for the last step sent before it)."""
+        with self._snapshot():
+            rows = self._all(
+                "SELECT s.step, s.variant, count(*), sum(r.replied_at IS NOT NULL AND r.replied_at >= s.sent_at - ?"
+                " AND NOT EXISTS (SELECT 1 FROM step_sends n WHERE n.recipient_id = s.recipient_id AND n.step > s.step"
+                "  AND n.sent_at <= r.replied_at))"
+                " FROM step_sends s JOIN recipients r ON r.id = s.recipient_id WHERE r.campaign = ?"
+                " GROUP BY s.step, s.variant ORDER BY s.step, s.variant",
+                (CLOCK_SKEW, name),
+            )
+        return [StepStats(step + 1, variant, sent, replied or 0) for step, variant, sent, replied in rows]
+
+    def _unknowns(self, campaign: str | None) -> list[Unknown]:
+        """Every `unknown` delivery (of `campaign`), with what it sent and when it was claimed."""
+        with self._snapshot():
+            rows = self._all(
+                "SELECT r.id, r.campaign, coalesce(r.account_id, ''), r.profile_urn, r.message, r.step,"
+                " (SELECT max(a.started_at) FROM attempts a WHERE a.recipient_id = r.id)"
+                " FROM recipients r WHERE r.status = 'unknown' AND r.profile_urn IS NOT NULL"
+                " AND (? IS NULL OR r.campaign = ?) ORDER BY r.id",
+                (campaign, campaign),
+            )
+        return [Unknown(*row[:6], claimed_at=row[6] or 0.0) for row in rows]
+
+    def _confirm(self, unknown: Unknown, sent_at: float, now: float) -> Status:
+        """An unknown delivery found in the conversation: `sent`, and on to its next step."""
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE recipients SET status = 'sent', sent_at = ?, error = ?, looked_at = NULL, updated_at = ?"
+                " WHERE id = ? AND status = 'unknown' AND step = ?",
+                (sent_at, CONFIRMED, now, unknown.recipient_id, unknown.step),
+            ).rowcount
+            if not changed:
+                (status,) = self._one("SELECT status FROM recipients WHERE id = ?", (unknown.recipient_id,))
+                return Status(status)
+            return self._step_sent(unknown.recipient_id, unknown.account_id, sent_at, now, confirmed=True)
+
+    def _not_found(self, unknown: Unknown, now: float) -> None:
+        """An unknown delivery looked for in the conversation, and not there at `now`."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE recipients SET looked_at = ?, updated_at = ? WHERE id = ? AND status = 'unknown' AND step = ?",
+                (now, now, unknown.recipient_id, unknown.step),
+            )
 
     # --- the async face: one trip to the worker thread each ------------------------------------
 
@@ -2223,6 +2536,36 @@ class Store:
         with anyio.CancelScope(shield=True):
             return await self._run(self._finish_read, read, answer, now)
 
+    async def awaiting_replies(self, account_id: str) -> dict[str, float]:
+        return await self._run(self._awaiting_replies, account_id)
+
+    async def replies_polled(self, account_id: str) -> float | None:
+        return await self._run(self._replies_polled, account_id)
+
+    async def polled(self, account_id: str, started_at: float) -> None:
+        await self._run(self._polled, account_id, started_at)
+
+    async def record_replies(
+        self, account_id: str | None, replies: Sequence[Reply], via: str, now: float
+    ) -> list[Replied]:
+        with anyio.CancelScope(shield=True):
+            return await self._run(self._record_replies, account_id, replies, via, now)
+
+    async def messages_left(self, name: str) -> tuple[int, int]:
+        return await self._run(self._messages_left, name)
+
+    async def step_stats(self, name: str) -> list[StepStats]:
+        return await self._run(self._step_stats, name)
+
+    async def unknowns(self, campaign: str | None) -> list[Unknown]:
+        return await self._run(self._unknowns, campaign)
+
+    async def confirm(self, unknown: Unknown, sent_at: float, now: float) -> Status:
+        return await self._run(self._confirm, unknown, sent_at, now)
+
+    async def not_found(self, unknown: Unknown, now: float) -> None:
+        await self._run(self._not_found, unknown, now)
+
     async def known_accounts(self) -> list[str]:
         return await self._run(self._known_accounts)
 
@@ -2247,7 +2590,7 @@ class Store:
         start: int,
         answer: ReadAnswer,
         now: float,
-        render: Callable[[dict[str, Any]], tuple[str | None, str | None]] | None = None,
+        render: Callable[[str, dict[str, Any]], tuple[Any, str | None]] | None = None,
     ) -> MemberFetch | None:
         with anyio.CancelScope(shield=True):
             return await self._run(self._save_members, read, fetch, start, answer, now, render)
@@ -2323,10 +2666,11 @@ class Store:
         statuses: Sequence[str],
         urns: Sequence[str],
         now: float,
-        render: Callable[[dict[str, Any]], str] | None = None,
+        render: Callable[[str, int, dict[str, Any]], str] | None = None,
+        not_found: bool = False,
     ) -> int:
         """Put recipients back to pending, with a fresh retry budget (see `_retry`)."""
-        return await self._run(self._retry, name, statuses, urns, now, render)
+        return await self._run(self._retry, name, statuses, urns, now, render, not_found)
 
 
 def _create_private(path: Path) -> None:

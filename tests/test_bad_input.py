@@ -98,7 +98,7 @@ CASES = [
          "error: {file}: recipients[0].profile_urn: invalid profile_urn 'urn:li:person:123':"
          " expected urn:li:fsd_profile:<id>",
          fields(recipients=[{"profile_urn": "urn:li:person:123"}])),
-    Case("empty-message", ["run", FILE], "error: {file}: message: String should have at least 1 character",
+    Case("empty-message", ["run", FILE], "error: {file}: message: the text is empty",
          fields(message="")),
     Case("message-renders-empty", ["run", FILE], "error: {file}: recipients[0]: message renders empty",
          fields(message="{{ ' ' }}", recipients=[{"profile_urn": urn(1)}])),

@@ -108,6 +108,9 @@ def test_report_csv_neutralises_formulas(capsys, finished_db: Path) -> None:
         "sent_at",
         "message",
         "public_identifier",  # from a profile URL or a group member: empty for a recipient given by URN
+        "step",  # the step it is on (1 for a single message)
+        "replied_at",
+        "reply",
     ]
     assert [(r["profile_urn"], r["status"], r["http_status"]) for r in rows] == [
         (urn(0), "sent", "200"), (urn(1), "failed", "403"), (urn(2), "sent", "200"),
@@ -158,10 +161,12 @@ def test_status_text_and_json(capsys, finished_db: Path) -> None:
                 "unknown": 0,
                 "skipped": 0,
                 "suppressed": 0,
+                "replied": 0,
             },
             "projected_finish": None,
             "projected_finish_local": None,
             "forecast": None,
+            "steps": [{"step": 1, "variant": "", "sent": 2, "replied": 0, "reply_rate": 0.0}],
             "accounts_able": 1,
             "lookups_waiting": 0,
             "audience": None,

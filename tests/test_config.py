@@ -159,7 +159,7 @@ def test_unknown_keys_are_errors(tmp_path: Path) -> None:
         ({"accounts": ["a", "a"]}, "accounts[1]: account 'a' is listed twice"),
         ({"accounts": [{"id": "a", "limt": "1/day"}]}, "accounts[0].limt: unknown key"),
         ({"accounts": [""]}, "accounts[0].id: String should have at least 1 character"),
-        ({"message": "   "}, "message: String should have at least 1 character"),
+        ({"message": "   "}, "message: the text is empty"),
         (
             {"message": "{% if false %}x{% endif %}"},
             "recipients[0], recipients[1], recipients[2] and 2 more: message renders empty",

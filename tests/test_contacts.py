@@ -266,8 +266,9 @@ async def test_two_processes_fetching_one_group_skip_no_member(tmp_path: Path) -
     path = write_campaign(tmp_path, recipients=None, message="Hi {{ first_name }}", audience={"group_members": {}})
     one, two = await Store.open(tmp_path / "c.db", START), await Store.open(tmp_path / "c.db", START)
     try:
-        await one.load([load_campaign(path)], START)
-        render = member_renderer("Hi {{ first_name }}")
+        campaign = load_campaign(path)
+        await one.load([campaign], START)
+        render = member_renderer(campaign)
         first = await one.member_fetch("12345678", ["member"], None, None, "test-campaign", START)
         second = await two.member_fetch("12345678", ["member"], None, None, "test-campaign", START)
         reads = [

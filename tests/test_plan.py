@@ -49,7 +49,7 @@ def test_plan_writes_nothing_and_starts_from_the_databases_state(cli, serve_sand
     code, out, err = cli("plan", str(path), "--start", "2027-03-01T09:00")
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0] == "plan for test-campaign: 3 recipients to send over 1 account, from 2027-03-01 09:00 UTC (UTC)"
+    assert lines[0] == "plan for test-campaign: 3 messages to send over 1 account, from 2027-03-01 09:00 UTC (UTC)"
     assert lines[1:] == [
         "date        day  acc_1  total",
         "2027-03-01  Mon      3      3",

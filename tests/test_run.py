@@ -34,6 +34,7 @@ def test_full_campaign_is_sent_once_and_a_second_run_sends_nothing(cli, serve_sa
         "unknown": 0,
         "skipped": 0,
         "suppressed": 0,
+        "replied": 0,
     }
     for row in data["recipients"]:
         assert (row["status"], row["http_status"], row["attempts"], row["error"]) == ("sent", 200, 1, None)
