@@ -199,11 +199,16 @@ class Scheduler:
             async for _ in signals:
                 if not self._stop.is_set():
                     self.stop()
-                elif self._workers_scope is not None:
-                    self._emit(
-                        events.Stopping(Ending.INTERRUPTED, "stopping now: requests in flight are recorded as unknown")
-                    )
-                    self._workers_scope.cancel()
+                else:
+                    self.halt()
+
+    def halt(self) -> None:
+        """Stop now, as a second Ctrl-C does: the requests in flight are cut off and recorded as
+        `unknown` (they may have been delivered)."""
+        self.stop()
+        if self._workers_scope is not None:
+            self._emit(events.Stopping(Ending.INTERRUPTED, "stopping now: requests in flight are recorded as unknown"))
+            self._workers_scope.cancel()
 
     async def _recover(self) -> None:
         with anyio.CancelScope(shield=True):

@@ -1819,14 +1819,18 @@ class Store:
         for name in campaigns:
             while name in fresh:
                 row = self._one(
-                    "SELECT id, profile_urn, public_identifier, message, attempts, retries, requeued, step"
+                    "SELECT id, profile_urn, public_identifier, message, attempts, retries, requeued, step, replied_at"
                     " FROM recipients WHERE campaign = ? AND status = 'pending' AND step > 0 AND account_id = ?"
                     " AND not_before <= ? AND removed = 0 ORDER BY not_before LIMIT 1",
                     (name, account_id, now),
                 )
                 if row is None:
                     break
-                rid, urn, slug, *rest = row
+                rid, urn, slug, *rest, replied_at = row
+                if replied_at is not None and Steps.from_json(settings[name][-1]).stop_on_reply:
+                    # It replied while its follow-up was in flight, and that request was handed back.
+                    self._conn.execute("UPDATE recipients SET status = 'replied' WHERE id = ?", (rid,))
+                    continue
                 if self._is_blocked(rid, urn, slug, now):
                     continue
                 return (name, rid, urn, *rest)

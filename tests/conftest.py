@@ -163,10 +163,12 @@ async def run_campaigns(
     stop_after: int | None = None,
     emit: Callable[[events.Event], None] | None = None,
     stop_when: Callable[[list[events.Event]], bool] | None = None,
+    halt_when: Callable[[list[events.Event]], bool] | None = None,
 ) -> tuple[RunResult, list[events.Event]]:
     """Run campaigns of `store` with the real scheduler and client against `app` (the sandbox, or a
     wrapper of it) reached in process, as `run` would; stop after `stop_after` answers, or once
-    `stop_when(events so far)`, if given. Returns how the run ended and every event it reported."""
+    `stop_when(events so far)`, if given; or cut it off at once when `halt_when(events so far)`.
+    Returns how the run ended and every event it reported."""
     campaigns = [await store.campaign(name) for name in names]
     seen: list[events.Event] = []
 
@@ -178,6 +180,8 @@ async def run_campaigns(
             scheduler.stop()
         if stop_when is not None and stop_when(seen):
             scheduler.stop()
+        if halt_when is not None and halt_when(seen):
+            scheduler.halt()  # as a second Ctrl-C: what is in flight is cut off, `unknown`
 
     headers = {"Authorization": f"Bearer {API_KEY}"}
     transport = httpx.ASGITransport(app=app)

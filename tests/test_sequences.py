@@ -268,3 +268,49 @@ async def test_variants_split_by_weight_and_spintax_survives_a_reload(tmp_path: 
     follow_ups = {json.loads(messages)[1] for _, _, messages, _ in after}
     assert follow_ups == {"Still me", "Just me"}
     assert all("{" not in message and "|" not in message for _, message, _, _ in after)
+
+
+@pytest.mark.anyio
+async def test_cut_off_runs_then_reconcile_still_give_each_step_once(tmp_path: Path) -> None:
+    """Runs cut off mid-request (as a second Ctrl-C, or a kill, leaves them): what was in flight is
+    `unknown`; `reconcile` and `retry --not-found` then complete every sequence, each step once."""
+    clock = VirtualClock(START)
+    config = SandboxConfig(api_key=API_KEY, seed=11, reply_rate=0.2, reply_delay=(600.0, 8 * DAY), typing_delay=0.02)
+    box = Sandbox(config, clock)
+    # Both accounts send back to back, so when one's answer comes the other's request is on the wire.
+    path = _campaign(tmp_path, 200, accounts=["acc_1", "acc_2"], endpoint="send-group-with-typing", limit="1000/1s")
+    store = await Store.open(tmp_path / "c.db", START)
+    try:
+        await store.load([load_campaign(path)], START)
+        for cut in (60, 180, 330):
+            await run_campaigns(
+                store,
+                clock,
+                box,
+                halt_when=lambda seen, cut=cut: sum(isinstance(e, events.Attempted) for e in seen) >= cut,
+            )
+        cut_off = 0
+        async with _api(box) as api:
+            for _ in range(10):
+                result, _ = await run_campaigns(store, clock, box)
+                unknowns = await store.unknowns("test-campaign")
+                if not unknowns and result.reason.value == "done":
+                    break
+                cut_off += len(unknowns)
+                clock._now += 3600  # the conversations show what was sent by then
+                await reconcile(store, api, clock, unknowns)
+                await store.retry("test-campaign", ["unknown"], [], clock.now(), None, not_found=True)
+            await poll(store, api, clock, "acc_1")
+            await poll(store, api, clock, "acc_2")
+        counts = await store.counts("test-campaign")
+    finally:
+        await store.close()
+    assert cut_off > 0  # the cuts did leave requests in flight
+    replies = {r.recipient for r in box.replies(clock.now())}
+    sends = _sends(box)
+    for i in range(200):
+        got = [text for _, text in sends[urn(i)]]
+        assert len(set(got)) == len(got), f"{urn(i)} got a step twice: {got}"
+        if urn(i) not in replies:
+            assert len(got) == 3, f"{urn(i)} never replied and got {got}"
+    assert counts["sent"] + counts["replied"] == 200
