@@ -1030,8 +1030,8 @@ async def _hold_clear(db: str | None, use_sandbox: bool, account: str) -> int:
 # --- sandbox ---------------------------------------------------------------------------------
 
 
-def _share(name: str, what: str) -> Callable[[F], F]:
-    return click.option(name, type=click.FloatRange(0, 1), default=0.0, help=f"Share (0-1) of requests {what}.")
+def _share(name: str, what: str, of: str = "requests") -> Callable[[F], F]:
+    return click.option(name, type=click.FloatRange(0, 1), default=0.0, help=f"Share (0-1) of {of} {what}.")
 
 
 def _by_account(values: tuple[str, ...], option: str) -> dict[str | None, int]:
@@ -1131,13 +1131,7 @@ def _webhook_url(url: str | None) -> str | None:
     metavar="ACCOUNT=STATUS",
     help="What /account/status says of ACCOUNT: ERROR, WARMUP... (repeatable; default AVAILABLE).",
 )
-@click.option(
-    "--reply-rate",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Share (0-1) of people who reply to an account's first message.",
-)
+@_share("--reply-rate", "who reply to an account's first message", of="people")
 @click.option(
     "--reply-delay",
     default="10m,3d",
@@ -1145,13 +1139,7 @@ def _webhook_url(url: str | None) -> str | None:
     metavar="MIN,MAX",
     help="When a reply arrives after that first message: uniform between MIN and MAX (90, 30s, 10m, 3d).",
 )
-@click.option(
-    "--opt-out-rate",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help='Share (0-1) of the replies that ask to stop ("Please stop messaging me").',
-)
+@_share("--opt-out-rate", 'that ask to stop ("Please stop messaging me")', of="the replies")
 @click.option(
     "--message-lag",
     default="0s",
@@ -1168,20 +1156,8 @@ def _webhook_url(url: str | None) -> str | None:
     show_default=True,
     help="The secret the events' X-Webhook-Signature is made with.",
 )
-@click.option(
-    "--webhook-duplicate-rate",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Share (0-1) of the events sent twice.",
-)
-@click.option(
-    "--webhook-drop-rate",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Share (0-1) of the events never sent.",
-)
+@_share("--webhook-duplicate-rate", "sent twice", of="the events")
+@_share("--webhook-drop-rate", "never sent", of="the events")
 @click.option("--webhook-shuffle", is_flag=True, help="Send the events due at once in a random order.")
 def sandbox_command(
     host: str,

@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
-from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import jinja2
 
+from .asgi import Receive, Scope, Send, lifespan
 from .clock import Clock
 from .errors import StoreError, UnknownCampaignError
 from .html_report import gather, render
 from .overview import overview, status_json
 from .store import Store
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 COOKIE = "campaign_runner_token"
 
 _ENVIRONMENT = jinja2.Environment(
@@ -48,10 +44,7 @@ class Dashboard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return

@@ -30,7 +30,7 @@ import socket
 import threading
 import urllib.parse
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ import anyio.abc
 import anyio.from_thread
 import uvicorn
 
+from campaign_runner.asgi import Receive, Scope, Send, lifespan
 from campaign_runner.clock import Clock, SystemClock, iso
 from campaign_runner.sandbox_inbox import Inbox, SandboxReply, is_inbox_path
 from campaign_runner.sandbox_reads import EXISTS_PREFIX, READ_PATHS, People
@@ -72,10 +73,6 @@ LOG_PATH = f"{PREFIX}/_sandbox/log"
 SEND_PATHS = {
     f"{PREFIX}/messaging/{name}": name for name in ("send-group", "send-group-with-typing", "send-group-with-ack")
 }
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def _is_text(value: object) -> bool:
@@ -253,7 +250,7 @@ class Sandbox:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -603,16 +600,6 @@ async def _hang_up(send: Send) -> None:
         await anyio.sleep(0)  # let the server see the connection is gone before the app returns
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 class _Server(uvicorn.Server):

@@ -13,17 +13,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .asgi import Receive, Scope, Send, lifespan
 from .client import profile_urn_of
 from .clock import Clock, parse_server_time
 from .errors import StoreError
 from .store import Reply, Store
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_EVENT = 256 * 1024  # bytes: a larger body is refused unread
 SIGNATURE = b"x-webhook-signature"
 DEFAULT_ACCOUNT_NAMES = ("", "default")  # what an event may call the key's default account
@@ -47,10 +44,7 @@ class WebhookReceiver:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
