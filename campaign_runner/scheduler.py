@@ -136,7 +136,7 @@ class Scheduler:
         if first:
             self._result = RunResult(reason, message)
         self._stop.set()
-        self._wake(self._on_progress | self._on_drained)
+        self._wake(self._on_progress | self._on_drained | set(self._poll_wakes.values()))
         if first:
             self._emit(events.Stopping(reason, message))
 

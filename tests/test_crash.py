@@ -95,3 +95,33 @@ def test_a_killed_runner_nobody_has_reaped_is_dead(serve_sandbox, processes, tmp
     final = statuses(db)
     assert list(final.values()).count("unknown") == 1 and list(final.values()).count("sent") == 4
     doomed.wait(10)
+
+
+def test_a_sequence_stops_promptly_and_a_killed_one_never_sends_a_step_twice(
+    serve_sandbox, processes, tmp_path: Path
+) -> None:
+    """A campaign with follow-ups (so a look at replies runs beside the sends): SIGTERM ends it at
+    once, not at the next look; SIGKILL mid-request, then resume, sends no step twice."""
+    box, url = serve_sandbox(typing_delay=0.5)
+    steps = [{"message": "Hello {{ first_name }}"}, {"after": "1s", "message": "Following up"}]
+    path = write_campaign(tmp_path, endpoint="send-group-with-typing", limit="100/1s", message=None, steps=steps,
+                          precheck="none")  # fmt: skip
+    db, log = tmp_path / "seq.db", tmp_path / "runner.log"
+    first = start(processes, ["run", str(path)], db, url, log)
+    wait_for(lambda: "in_flight" in statuses(db).values(), 30)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(20) == 130, log.read_text()
+    second = start(processes, ["resume"], db, url, log)
+    wait_for(lambda: "in_flight" in statuses(db).values(), 30)
+    second.send_signal(signal.SIGKILL)
+    second.wait(10)
+    box.config.typing_delay = 0.0
+    third = start(processes, ["resume"], db, url, log)
+    assert third.wait(60) == 0, log.read_text()
+    final = statuses(db)
+    assert list(final.values()).count("unknown") <= 1 and "pending" not in final.values()
+    per_person: dict[str, list[str]] = {}
+    for delivery in box.log:
+        per_person.setdefault(delivery.recipient, []).append(delivery.message)
+    assert all(len(set(got)) == len(got) for got in per_person.values()), per_person
+    assert sum(len(got) == 2 for got in per_person.values()) >= 4
