@@ -59,6 +59,8 @@ def replies(
 async def _replies(db: str | None, sending: _Sending, timeout: float, name: str | None) -> int:
     clock = SystemClock()
     async with _open_store(db, clock, create=False, sandbox=sending.use_sandbox) as store:
+        names = [name] if name else await store.campaign_names()
+        await store.bind_api(names, sending.api, False, clock.now())  # the conversations of the API it sent to
         accounts = await _accounts_of(store, name)
         async with _api(sending, clock, timeout) as http:
             api = client.ApiClient(http, client.deadline_for(timeout))
@@ -112,6 +114,8 @@ async def _reconcile(db: str | None, sending: _Sending, timeout: float, name: st
         if name:
             await store.campaign(name)  # an unknown name says so
         unknowns = await store.unknowns(name)
+        # Only the API a campaign sent to can say what it delivered: asked elsewhere, all would be "not found".
+        await store.bind_api(sorted({u.campaign for u in unknowns}), sending.api, False, clock.now())
         if not unknowns:
             click.echo("no unknown outcome to look for")
             return EXIT_OK

@@ -1796,7 +1796,10 @@ class Store:
         fresh = set()
         for name, values in settings.items():
             steps = Steps.from_json(values[-1])
-            if not steps.stop_on_reply or (polled is not None and polled > now - steps.reply_fresh):
+            # A look that is due comes first: a follow-up never goes out just before it.
+            if not steps.stop_on_reply or (
+                polled is not None and polled > now - min(steps.reply_fresh, steps.reply_poll)
+            ):
                 fresh.add(name)
         return fresh
 
@@ -1830,6 +1833,7 @@ class Store:
                 if replied_at is not None and Steps.from_json(settings[name][-1]).stop_on_reply:
                     # It replied while its follow-up was in flight, and that request was handed back.
                     self._conn.execute("UPDATE recipients SET status = 'replied' WHERE id = ?", (rid,))
+                    self._back_to_last_sent(rid)
                     continue
                 if self._is_blocked(rid, urn, slug, now):
                     continue
@@ -2388,6 +2392,8 @@ class Store:
                         "UPDATE recipients SET replied_at = ?, reply = ?, status = ?, updated_at = ? WHERE id = ?",
                         (reply.sent_at, reply.text[:REPLY_KEPT], Status.REPLIED if ends else status, now, rid),
                     )
+                    if ends and status == Status.PENDING:
+                        self._back_to_last_sent(rid)
                     phrase = steps.opted_out(reply.text)
                     opt_out = opt_out or phrase
                     found.append(Replied(campaign, reply.sender, phrase, Status.REPLIED if ends else Status(status)))
@@ -2412,14 +2418,22 @@ class Store:
         reply counts for the last step sent before it)."""
         with self._snapshot():
             rows = self._all(
-                "SELECT s.step, s.variant, count(*), sum(r.replied_at IS NOT NULL AND r.replied_at >= s.sent_at - ?"
+                "SELECT s.step, s.variant, count(*), sum(r.replied_at IS NOT NULL AND r.replied_at >= s.sent_at"
                 " AND NOT EXISTS (SELECT 1 FROM step_sends n WHERE n.recipient_id = s.recipient_id AND n.step > s.step"
                 "  AND n.sent_at <= r.replied_at))"
                 " FROM step_sends s JOIN recipients r ON r.id = s.recipient_id WHERE r.campaign = ?"
                 " GROUP BY s.step, s.variant ORDER BY s.step, s.variant",
-                (CLOCK_SKEW, name),
+                (name,),
             )
         return [StepStats(step + 1, variant, sent, replied or 0) for step, variant, sent, replied in rows]
+
+    def _back_to_last_sent(self, rid: int) -> None:
+        """A sequence ended by a reply before its next step: it shows the step it was last sent."""
+        self._conn.execute(
+            "UPDATE recipients SET step = step - 1, not_before = 0,"
+            " message = coalesce(json_extract(messages, '$[' || (step - 1) || ']'), message) WHERE id = ? AND step > 0",
+            (rid,),
+        )
 
     def _unknowns(self, campaign: str | None) -> list[Unknown]:
         """Every `unknown` delivery (of `campaign`), with what it sent and when it was claimed."""

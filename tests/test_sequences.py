@@ -135,9 +135,13 @@ async def test_opt_out_reply_blocks_the_person(tmp_path: Path) -> None:
         await run_campaigns(store, clock, box)
         blocked = await store.contacts(blocked_only=True)
         counts = await store.counts("test-campaign")
+        stats = await store.step_stats("test-campaign")
+        rows = [row async for row in store.report_rows("test-campaign")]
     finally:
         await store.close()
     assert counts["replied"] == 5
+    assert [(s.step, s.sent, s.replied) for s in stats] == [(1, 5, 5)]
+    assert all(row.step == 1 and row.message.startswith("Hi ") for row in rows)  # the step they were sent
     assert {c.profile_urn for c in blocked} == {urn(i) for i in range(5)}
     assert all(c.blocked_reason and c.blocked_reason.startswith("replied") for c in blocked)
     assert all(len(got) == 1 for got in _sends(box).values())
