@@ -10,6 +10,14 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+async def is_http(scope: Scope, receive: Receive, send: Send) -> bool:
+    """Whether `scope` is an HTTP request for the app to answer; the server's lifespan messages
+    are answered here."""
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+    return scope["type"] == "http"
+
+
 async def lifespan(receive: Receive, send: Send) -> None:
     """Answer the server's startup and shutdown: these apps have nothing to set up."""
     while True:

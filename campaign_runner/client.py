@@ -423,8 +423,10 @@ URN_PREFIX = "urn:li:fsd_profile:"
 _URN = re.compile(r"urn:li:fsd_profile:[A-Za-z0-9_-]{1,200}")
 _SLUG = re.compile(r"[^\s/:?#%\x00-\x1f]{1,200}")  # as a file's public identifier must be
 _GROUP_ID = re.compile(r"[1-9][0-9]{0,19}")
-MAX_MEMBERS = 1_000_000_000
-MESSAGES_PAGE = 50  # a larger group total is no count: ignored
+MAX_MEMBERS = 1_000_000_000  # a larger group total is no count: ignored
+MESSAGES_PAGE = 50  # messages asked for per page
+MAX_URN = 2000  # characters: a conversation's or message's URN (or a cursor) longer is no such thing
+MAX_TEXT = 8000  # characters of a message's text kept (a LinkedIn message is far shorter)
 
 
 def _text(value: object, limit: int = 500) -> str | None:
@@ -456,7 +458,7 @@ def _next(payload: dict[str, Any], key: str) -> str | None:
     cursor = payload.get(key)
     if payload.get("hasMore") is not True or not isinstance(cursor, (str, int)) or isinstance(cursor, bool):
         return None
-    return str(cursor)[:2000] or None
+    return str(cursor)[:MAX_URN] or None
 
 
 def profile_urn_of(value: object) -> str | None:
@@ -475,7 +477,7 @@ def _conversations(payload: dict[str, Any]) -> Listing:
     found = []
     for item in items:
         urn = item.get("conversationUrn") if isinstance(item, dict) else None
-        if not isinstance(urn, str) or not urn or len(urn) > 2000:
+        if not isinstance(urn, str) or not urn or len(urn) > MAX_URN:
             continue
         people = item.get("participants")
         ids = (p.get("profileId") for p in (people if isinstance(people, list) else []) if isinstance(p, dict))
@@ -499,8 +501,8 @@ def _messages(payload: dict[str, Any]) -> Listing:
         text = item.get("text")
         found.append(
             Message(
-                urn if isinstance(urn, str) and urn else None,
-                text if isinstance(text, str) else "",
+                urn if isinstance(urn, str) and 0 < len(urn) <= MAX_URN else None,
+                text[:MAX_TEXT] if isinstance(text, str) else "",
                 parse_server_time(item.get("sentAt")),
                 sender,
                 item["isSentByOwner"],

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, unquote
 
 import jinja2
 
-from .asgi import Receive, Scope, Send, lifespan
+from .asgi import Receive, Scope, Send, is_http
 from .clock import Clock
 from .errors import StoreError, UnknownCampaignError
 from .html_report import gather, render
@@ -43,10 +43,7 @@ class Dashboard:
         return f"Dashboard(store={self._store!r}, token={'set' if self._token else 'none'})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if not await is_http(scope, receive, send):
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         given = self._given_token(scope, query)

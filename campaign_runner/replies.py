@@ -13,7 +13,8 @@ Every request is reserved against the API key's limit first, like any other read
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from .client import ApiClient, Conversation, Listing, Message, ReadAnswer, ReadRequest
@@ -23,6 +24,7 @@ from .store import Read, ReadAction, Replied, Reply, Store, Unknown
 
 POLL_OVERLAP = 300.0  # seconds a look reaches back before the last one began (clocks, the vendor's store)
 PAGE = 50  # conversations per page
+MAX_PAGES = 200  # pages of one listing read in one look: a server that never stops paging is not followed
 SETTLE = 600.0  # seconds after its claim before a message missing from the conversation counts as not sent
 INTERRUPTED = "the request was interrupted in flight"
 TOO_RECENT = "claimed less than 10 minutes ago, the conversation may not show it yet: look again later"
@@ -72,30 +74,47 @@ class Reader:
         """The account's conversations active since `since`, newest activity first (one whose time
         the API does not say is read too)."""
         found: list[Conversation] = []
-        cursor = None
         account = self.account_id or None
-        while True:
-            page = await self.ask(ReadAction.CONVERSATIONS, ReadRequest.conversations(account, PAGE, cursor), "inbox")
-            for conversation in page.conversations:
-                if conversation.last_activity is not None and conversation.last_activity < since:
-                    return found
-                found.append(conversation)
-            cursor = page.cursor
-            if cursor is None:
-                return found
+        pages = self._pages(ReadAction.CONVERSATIONS, "inbox", lambda c: ReadRequest.conversations(account, PAGE, c))
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                for conversation in page.conversations:
+                    if conversation.last_activity is not None and conversation.last_activity < since:
+                        return found
+                    found.append(conversation)
+        return found
 
     async def messages(self, conversation: str, since: float) -> list[Message]:
         """A conversation's messages sent after `since` (a little before: clocks differ)."""
-        found = []
-        cursor = None
         account = self.account_id or None
-        while True:
-            request = ReadRequest.messages(conversation, account, since - POLL_OVERLAP, cursor)
-            page = await self.ask(ReadAction.MESSAGES, request, conversation)
-            found.extend(page.messages)
+        found: list[Message] = []
+        pages = self._pages(
+            ReadAction.MESSAGES,
+            conversation,
+            lambda c: ReadRequest.messages(conversation, account, since - POLL_OVERLAP, c),
+        )
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                found.extend(page.messages)
+        return found
+
+    async def _pages(
+        self, action: ReadAction, subject: str, request: Callable[[str | None], ReadRequest]
+    ) -> AsyncIterator[Listing]:
+        """Each page of a listing, while the API gives a cursor. An answer that would page for ever
+        (a cursor given twice, more than MAX_PAGES pages) is not followed: the look is incomplete."""
+        cursor: str | None = None
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            page = await self.ask(action, request(cursor), subject)
+            yield page
             cursor = page.cursor
             if cursor is None:
-                return found
+                return
+            if cursor in seen:
+                raise _Unanswered(Outcome(Kind.UNKNOWN, error="the API gave the same page twice"))
+            seen.add(cursor)
+        raise _Unanswered(Outcome(Kind.UNKNOWN, error=f"more than {MAX_PAGES} pages; the rest is read next time"))
 
 
 async def poll(store: Store, api: ApiClient, clock: Clock, account_id: str, sleep: Sleep | None = None) -> PollResult:

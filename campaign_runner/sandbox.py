@@ -39,7 +39,7 @@ import anyio.abc
 import anyio.from_thread
 import uvicorn
 
-from campaign_runner.asgi import Receive, Scope, Send, lifespan
+from campaign_runner.asgi import Receive, Scope, Send, is_http
 from campaign_runner.clock import Clock, SystemClock, iso
 from campaign_runner.sandbox_inbox import Inbox, SandboxReply, is_inbox_path
 from campaign_runner.sandbox_reads import EXISTS_PREFIX, READ_PATHS, People
@@ -249,10 +249,7 @@ class Sandbox:
             return f"Sandbox(requests={len(self._requests)}, delivered={len(self._log)}, config={self.config!r})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if not await is_http(scope, receive, send):
             return
         at = self.clock.now()
         path, method = scope["path"], scope["method"]

@@ -92,7 +92,8 @@ READ_RETRY = 300.0  # seconds before a recipient whose lookup or pre-check went 
 IN_CONVERSATION = "already in a conversation with the account"
 CONFIRMED = "confirmed from the conversation"
 CLOCK_SKEW = 120.0  # seconds a reply's time (the server's clock) may seem to precede our first message
-REPLY_KEPT = 200  # characters of a reply kept
+REPLY_KEPT = 200  # characters of a reply kept with its recipient
+REPLY_STORED = 4000  # characters of a reply kept in the log of replies
 SAME_PERSON = "the same person as {urn}, listed twice in this campaign"
 DEFAULT_API_LIMITS = "60/minute,100/10s"  # the vendor's allowance per key (as campaigns store it)
 # The reads LinkedIn itself serves, which count against the account's rate of reads (inbox reads
@@ -372,9 +373,14 @@ REPORT_FIELDS = (
 
 
 @functools.lru_cache(maxsize=64)
+def _steps(stored: str | None) -> Steps:
+    """A campaign's steps as stored (parsed once per text: claims read them every time)."""
+    return Steps.from_json(stored)
+
+
 def _steps_of(template: str, stored: str | None) -> Steps:
     """A campaign's steps as stored; one loaded before steps were kept has its one message."""
-    steps = Steps.from_json(stored)
+    steps = _steps(stored)
     return steps if steps.messages else replace(steps, messages=((Variant("", template),),))
 
 
@@ -1791,11 +1797,13 @@ class Store:
     def _replies_fresh(self, account_id: str, settings: dict[str, Any], now: float) -> set[str]:
         """The campaigns whose follow-ups `account_id` may send now: those that do not stop on a
         reply, and those whose `reply_fresh` the account's last complete look at replies is within."""
+        sequences = {name: _steps(values[-1]) for name, values in settings.items()}
+        if all(steps.count == 1 for steps in sequences.values()):
+            return set()  # no follow-ups: nothing to look at
         row = self._one("SELECT replies_polled_at FROM accounts WHERE id = ?", (account_id,))
         polled = row[0] if row and row[0] is not None else None
         fresh = set()
-        for name, values in settings.items():
-            steps = Steps.from_json(values[-1])
+        for name, steps in sequences.items():
             # A look that is due comes first: a follow-up never goes out just before it.
             if not steps.stop_on_reply or (
                 polled is not None and polled > now - min(steps.reply_fresh, steps.reply_poll)
@@ -1830,7 +1838,7 @@ class Store:
                 if row is None:
                     break
                 rid, urn, slug, *rest, replied_at = row
-                if replied_at is not None and Steps.from_json(settings[name][-1]).stop_on_reply:
+                if replied_at is not None and _steps(settings[name][-1]).stop_on_reply:
                     # It replied while its follow-up was in flight, and that request was handed back.
                     self._conn.execute("UPDATE recipients SET status = 'replied' WHERE id = ?", (rid,))
                     self._back_to_last_sent(rid)
@@ -1979,20 +1987,15 @@ class Store:
             " AND (public_identifier IS NOT NULL OR NOT ?) LIMIT 1",
             (*campaigns, now, now, unsure),
         )
-        stale = [name for name in campaigns if name not in fresh]
-        follow_ups = self._one(
-            f"SELECT 1 FROM recipients WHERE campaign IN ({','.join('?' * len(campaigns))}) AND status = 'pending'"
-            " AND step > 0 AND account_id = ? AND not_before <= ? LIMIT 1",
+        due = self._all(
+            f"SELECT DISTINCT campaign FROM recipients WHERE campaign IN ({marks}) AND status = 'pending'"
+            " AND step > 0 AND account_id = ? AND not_before <= ?",
             (*campaigns, account_id, now),
-        )
+        )  # the campaigns with follow-ups of this account due now
         waits = [(verdict.at, verdict.reason)] if ready else []
-        if follow_ups:
-            due_stale = stale and self._one(
-                f"SELECT 1 FROM recipients WHERE campaign IN ({','.join('?' * len(stale))}) AND status = 'pending'"
-                " AND step > 0 AND account_id = ? AND not_before <= ? LIMIT 1",
-                (*stale, account_id, now),
-            )
-            waits.append((now + ELSEWHERE_POLL, Wait.REPLIES) if due_stale else (verdict.at, verdict.reason))
+        if due:
+            stale = any(name not in fresh for (name,) in due)
+            waits.append((now + ELSEWHERE_POLL, Wait.REPLIES) if stale else (verdict.at, verdict.reason))
         if unsure and not ready:  # recipients known by URN alone wait for a block's lookup
             waiting = self._one(
                 f"SELECT 1 FROM recipients WHERE campaign IN ({marks}) AND status = 'pending'"
@@ -2069,10 +2072,11 @@ class Store:
                     "attempt_id": claim.attempt_id,
                 },
             ).fetchone()
+            ours = row is not None  # the claim held: this answer decides the recipient
             if row is None:
                 row = self._one("SELECT status FROM recipients WHERE id = ?", (claim.recipient_id,))
             status = Status(row[0])
-            if status is Status.SENT and settled.sent_at is not None:
+            if ours and status is Status.SENT and settled.sent_at is not None:
                 status = self._step_sent(claim.recipient_id, claim.account_id, settled.sent_at, now)
             db.execute(
                 "UPDATE attempts SET finished_at = ?, slot_at = ?, outcome = ?, http_status = ?, error = ?,"
@@ -2143,7 +2147,7 @@ class Store:
             (rid, step, variant, account_id, sent_at, confirmed),
         )
         (stored,) = self._one("SELECT steps FROM campaigns WHERE name = ?", (campaign,))
-        steps = Steps.from_json(stored)
+        steps = _steps(stored)
         if replied_at is not None and steps.stop_on_reply:
             self._conn.execute("UPDATE recipients SET status = 'replied' WHERE id = ?", (rid,))
             return Status.REPLIED
@@ -2370,13 +2374,15 @@ class Store:
         found: list[Replied] = []
         with self._transaction() as db:
             for reply in replies:
+                sent_at = min(reply.sent_at, now)  # a time from the future is no time a reply was sent
                 added = db.execute(
                     "INSERT INTO replies (message_urn, account_id, sender_urn, body, sent_at, seen_at, via)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (reply.message_urn, account_id or "", reply.sender, reply.text, reply.sent_at, now, via),
+                    (reply.message_urn, account_id or "", reply.sender, reply.text[:REPLY_STORED], sent_at, now, via),
                 ).rowcount
                 if not added:
                     continue
+                reply = replace(reply, sent_at=sent_at)
                 rows = self._all(
                     "SELECT r.id, r.campaign, r.status, c.steps FROM recipients r"
                     " JOIN campaigns c ON c.name = r.campaign WHERE r.profile_urn = ? AND r.replied_at IS NULL"
@@ -2386,7 +2392,7 @@ class Store:
                 )
                 opt_out = None
                 for rid, campaign, status, stored in rows:
-                    steps = Steps.from_json(stored)
+                    steps = _steps(stored)
                     ends = status == Status.SENT or (status == Status.PENDING and steps.stop_on_reply)
                     db.execute(
                         "UPDATE recipients SET replied_at = ?, reply = ?, status = ?, updated_at = ? WHERE id = ?",
@@ -2405,7 +2411,7 @@ class Store:
         """A campaign's pending recipients, and the later steps they have left after this one."""
         with self._snapshot():
             (stored,) = self._one("SELECT steps FROM campaigns WHERE name = ?", (name,))
-            count = Steps.from_json(stored).count
+            count = _steps(stored).count
             row = self._one(
                 "SELECT count(*), coalesce(sum(max(? - 1 - step, 0)), 0) FROM recipients"
                 " WHERE campaign = ? AND status = 'pending'",
@@ -2449,6 +2455,7 @@ class Store:
 
     def _confirm(self, unknown: Unknown, sent_at: float, now: float) -> Status:
         """An unknown delivery found in the conversation: `sent`, and on to its next step."""
+        sent_at = min(sent_at, now)  # a time from the future is no time it was sent
         with self._transaction() as db:
             changed = db.execute(
                 "UPDATE recipients SET status = 'sent', sent_at = ?, error = ?, looked_at = NULL, updated_at = ?"

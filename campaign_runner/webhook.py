@@ -15,7 +15,7 @@ import hmac
 import json
 from typing import Any
 
-from .asgi import Receive, Scope, Send, lifespan
+from .asgi import Receive, Scope, Send, is_http
 from .client import profile_urn_of
 from .clock import Clock, parse_server_time
 from .errors import StoreError
@@ -43,10 +43,7 @@ class WebhookReceiver:
         return f"WebhookReceiver(store={self._store!r}, recorded={self.recorded})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if not await is_http(scope, receive, send):
             return
         if scope["method"] != "POST":
             await _answer(send, 405, {"error": "POST the vendor's events here"})

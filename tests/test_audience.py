@@ -97,13 +97,19 @@ def check_against_contract(requests: list[dict[str, Any]]) -> set[str]:
         path = request["path"].removeprefix("/linkedin")
         if "/exists/" in path:
             path = path.split("/exists/")[0] + "/exists/{profileId}"
+        elif path.startswith("/conversations/") and path.endswith("/messages"):
+            path = "/conversations/{conversationUrn}/messages"
         seen.add(f"{request['method']} {path}")
     return seen
 
 
 async def test_every_request_the_client_makes_is_valid_against_the_openapi_file(tmp_path: Path) -> None:
     clock = VirtualClock(START)
-    box = Sandbox(SandboxConfig(api_key=API_KEY, group_size=150, conversations={"member-000007"}), clock)
+    box = Sandbox(
+        SandboxConfig(api_key=API_KEY, group_size=150, conversations={"member-000007"}, reply_rate=0.5,
+                      reply_delay=(60.0, 7200.0), seed=2),
+        clock,
+    )  # fmt: skip
     app = Recording(box)
     write_text(tmp_path / "urls.csv", "profile_url,first_name\nhttps://www.linkedin.com/in/jane-doe-1/,Jane\n"
                "https://www.linkedin.com/in/member-000009/,Alan\n")  # fmt: skip
@@ -112,10 +118,13 @@ async def test_every_request_the_client_makes_is_valid_against_the_openapi_file(
     group = write_campaign(tmp_path, "group.yaml", name="group", recipients=None, endpoint="send-group-with-typing",
                            message="Hi {{ first_name }}", audience={"group_members": {"max": 120}},
                            accounts=["acc_1"])  # fmt: skip
+    # A sequence: its replies are looked for in the conversations and their messages.
+    sequence = write_campaign(tmp_path, "seq.yaml", name="seq", message=None, accounts=["acc_3"], precheck="none",
+                              steps=[{"message": "Hi"}, {"after": "3h", "message": "Again"}])  # fmt: skip
     store = await Store.open(tmp_path / "c.db", START)
     try:
-        await store.load([load_campaign(urls), load_campaign(group)], START)
-        result, seen = await run_campaigns(store, clock, app, ["urls", "group"])
+        await store.load([load_campaign(urls), load_campaign(group), load_campaign(sequence)], START)
+        result, seen = await run_campaigns(store, clock, app, ["urls", "group", "seq"])
         assert result.reason == "done"
         counts = await store.counts("group")
         # Member 7 is in a conversation already; member 9 was sent by `urns` (as a profile URL).
@@ -130,6 +139,8 @@ async def test_every_request_the_client_makes_is_valid_against_the_openapi_file(
         "POST /groups/members",
         "POST /messaging/send-group",
         "POST /messaging/send-group-with-typing",
+        "GET /conversations",
+        "GET /conversations/{conversationUrn}/messages",
     }
     # A group given by URL goes to /groups/members-by-url, and is as valid.
     by_url = Recording(Sandbox(SandboxConfig(api_key=API_KEY, group_size=30), clock))

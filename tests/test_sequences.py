@@ -330,3 +330,58 @@ async def test_cut_off_runs_then_reconcile_still_give_each_step_once(tmp_path: P
         if urn(i) not in replies:
             assert len(got) == 3, f"{urn(i)} never replied and got {got}"
     assert counts["sent"] + counts["replied"] == 200
+
+
+def test_odd_conversation_answers_are_read_safely_never_taken_for_replies() -> None:
+    from campaign_runner.client import ReadRequest, classify_read
+
+    listing = ReadRequest.conversations("acc_1")
+    conversations = [
+        {"conversationUrn": "x" * 5000, "participants": [{"profileId": "ACoAAa"}]},  # no such URN
+        {"conversationUrn": "c1", "participants": [{"profileId": "bad id!"}, "nonsense", {"profileId": 7}],
+         "lastActivityAt": "garbage"},
+        "not a conversation",
+    ]  # fmt: skip
+    answer = classify_read(httpx.Response(200, json={"conversations": conversations, "hasMore": True}), listing)
+    assert answer.listing is not None and answer.listing.cursor is None  # more, but no cursor: the end
+    assert [(c.urn, c.participants, c.last_activity) for c in answer.listing.conversations] == [("c1", (), None)]
+    odd = classify_read(httpx.Response(200, json={"conversations": {"a": 1}, "hasMore": False}), listing)
+    assert odd.outcome.kind == "unknown" and odd.listing is None
+
+    request = ReadRequest.messages("urn:li:msg_conversation:(x,2-1)", "acc_1", START)
+    messages = [
+        {"messageUrn": "m1", "text": "hello", "sentAt": "2026-01-02T00:00:00Z"},  # whose? not said: left out
+        {"messageUrn": "m2", "text": None, "sentAt": 10**30, "isSentByOwner": False, "senderProfileId": "x y"},
+        {"messageUrn": "m" * 3000, "text": "t" * 100_000, "sentAt": "2026-01-02T00:00:00Z", "isSentByOwner": False},
+    ]
+    found = classify_read(httpx.Response(200, json={"messages": messages, "hasMore": False}), request).listing
+    assert found is not None
+    assert [(m.urn, m.text, m.sender) for m in found.messages[:1]] == [("m2", "", None)]  # its time: the store's care
+    assert found.messages[1].urn is None and len(found.messages[1].text) == 8000
+
+
+@pytest.mark.anyio
+async def test_a_listing_that_pages_for_ever_is_an_incomplete_look(tmp_path: Path) -> None:
+    """A server that gives the same cursor again: the look stops and does not count as complete."""
+    clock = VirtualClock(START)
+    store = await Store.open(tmp_path / "c.db", START)
+    page = {"conversations": [], "hasMore": True, "nextCursor": "again"}
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        body = json.dumps(page).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    try:
+        await store.load([load_campaign(_campaign(tmp_path, 2))], START)
+        box = Sandbox(SandboxConfig(api_key=API_KEY), clock)
+        await run_campaigns(store, clock, box, stop_after=2)
+        before = await store.replies_polled("acc_1")
+        clock._now += 60
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://x/linkedin/") as http:
+            result = await poll(store, ApiClient(http, 60.0), clock, "acc_1")
+        assert result.error is not None and "same page" in result.error
+        assert await store.replies_polled("acc_1") == before  # not a complete look: follow-ups still wait
+    finally:
+        await store.close()
