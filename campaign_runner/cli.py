@@ -32,6 +32,7 @@ from . import __version__, client, events, sandbox
 from .clock import SystemClock, iso
 from .config import SAMPLE_MEMBER, Campaign, Messages, distinct_messages, load_campaign, member_renderer
 from .display import LiveView, LogLines, counted, describe_finish
+from .engines import Target, target
 from .errors import CampaignFileError, CampaignRunnerError, ConfigError, StoreError
 from .html_report import write_html
 from .outcome import Ending, Status
@@ -41,7 +42,7 @@ from .report import FORMATS, write_report
 from .schedule import local_time
 from .scheduler import RunResult, Scheduler
 from .settings import CampaignSettings, Limit, account_label
-from .store import DEFAULT_DB, SANDBOX_API, SANDBOX_DB, Store, data_folder
+from .store import DEFAULT_DB, HEARTBEAT, SANDBOX_API, SANDBOX_DB, Store, data_folder
 
 EXIT_OK, EXIT_FATAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 STATUS_NAMES = [status.value for status in Status]
@@ -62,8 +63,10 @@ def db_option(f: F) -> F:
     return click.option(
         "--db",
         "db",
-        type=click.Path(dir_okay=False),
-        help="SQLite database file (env CAMPAIGN_RUNNER_DB; default: one file in your data folder, see README).",
+        help=(
+            "SQLite database file, or postgresql://user:password@host:5432/dbname (env CAMPAIGN_RUNNER_DB;"
+            " default: one file in your data folder, see README)."
+        ),
     )(f)
 
 
@@ -73,17 +76,18 @@ def sandbox_db_option(f: F) -> F:
     )(f)
 
 
-def database_path(db: str | None, use_sandbox: bool) -> Path:
+def database_target(db: str | None, use_sandbox: bool) -> Target:
     """Which database a command uses: --db; else, for a sandbox rehearsal, the sandbox's own (so a
     rehearsal never uses up the real campaign); else CAMPAIGN_RUNNER_DB; else a
     ./campaign-runner.db that already exists here (said in a line, so no history silently
-    disappears); else the one database in the user's data folder, wherever the command runs."""
+    disappears); else the one database in the user's data folder, wherever the command runs.
+    A postgresql:// URL names a PostgreSQL database instead of a file."""
     if db:
-        return Path(db)
+        return target(db)
     if use_sandbox:
-        return data_folder() / SANDBOX_DB
+        return target(data_folder() / SANDBOX_DB)
     if os.environ.get("CAMPAIGN_RUNNER_DB"):
-        return Path(os.environ["CAMPAIGN_RUNNER_DB"])
+        return target(os.environ["CAMPAIGN_RUNNER_DB"])
     here, default = Path(DEFAULT_DB), data_folder() / DEFAULT_DB
     if here.is_file():
         if default.exists() and here.resolve() != default.resolve():
@@ -93,8 +97,8 @@ def database_path(db: str | None, use_sandbox: bool) -> Path:
                 f" --db (or move {here.resolve()} to {default} if it is the one to keep)"
             )
         click.echo(f"using the database in this folder, {here.resolve()} (without it: {default})", err=True)
-        return here
-    return default
+        return target(here)
+    return target(default)
 
 
 MAX_TIMEOUT = 3600  # seconds to wait for one answer, at most
@@ -474,7 +478,7 @@ async def _send(
                 show(event)
 
             api = client.ApiClient(http, deadline)
-            options = {"emit": emit, "no_wait": no_wait, "handle_signals": True}
+            options = {"emit": emit, "no_wait": no_wait, "handle_signals": True, "heartbeat": _heartbeat()}
             forecasting.start_soon(forecaster.run)
             try:
                 async with Scheduler.begun(
@@ -527,10 +531,10 @@ def _resume_command(store: Store, sending: _Sending) -> str:
     words = ["campaign-runner", "resume"]
     if sending.use_sandbox:
         words.append("--sandbox")
-    default = data_folder() / (SANDBOX_DB if sending.use_sandbox else DEFAULT_DB)
+    default = target(data_folder() / (SANDBOX_DB if sending.use_sandbox else DEFAULT_DB))
     chosen = None if sending.use_sandbox else os.environ.get("CAMPAIGN_RUNNER_DB")
-    if store.path != default and str(store.path) != chosen:
-        words += ["--db", shlex.quote(str(store.path))]
+    if store.target != default and store.target.text != chosen:
+        words += ["--db", shlex.quote(store.label)]  # a URL's password stays out of it
     return " ".join(words)
 
 
@@ -580,7 +584,19 @@ async def _open_store(
 ) -> AsyncIterator[Store]:
     """The database (see `database_path`); `err`: say that it was created on standard error,
     for a command whose standard output is data."""
-    path = database_path(db, sandbox)
+    where = database_target(db, sandbox)
+    if where.is_postgres:
+        store = await Store.open(where, clock.now())
+        if store.created:
+            click.echo(f"created the campaign-runner tables in {where.label}", err=err)
+        await _follow_database_clock(store, clock)
+        try:
+            yield store
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.close()
+        return
+    path = where.path
     new = not path.exists()
     if new and not create:
         rehearsals = data_folder() / SANDBOX_DB
@@ -603,6 +619,27 @@ async def _open_store(
     finally:
         with anyio.CancelScope(shield=True):
             await store.close()
+
+
+def _heartbeat() -> float:
+    """Seconds between renewals of a run's lease (CAMPAIGN_RUNNER_HEARTBEAT, for tests that kill runners)."""
+    text = os.environ.get("CAMPAIGN_RUNNER_HEARTBEAT", "")
+    try:
+        every = float(text) if text else HEARTBEAT
+    except ValueError:
+        raise ConfigError(f"CAMPAIGN_RUNNER_HEARTBEAT: a number of seconds, not {text!r}") from None
+    if not 0.1 <= every <= 3600:
+        raise ConfigError("CAMPAIGN_RUNNER_HEARTBEAT: between 0.1 and 3600 seconds")
+    return every
+
+
+async def _follow_database_clock(store: Store, clock: SystemClock) -> None:
+    """On PostgreSQL every host tells the time by the database's clock, so that one host's clock,
+    however wrong, never stretches or shrinks a window that runners on other hosts share."""
+    database_now = await store.database_now()
+    if database_now is not None:
+        clock.follow(database_now)
+        store.database_clock = True
 
 
 # --- plan ------------------------------------------------------------------------------------
@@ -633,7 +670,7 @@ def plan(file: str, db: str | None, start: str | None, weekly: bool, as_json: bo
     """
     campaign = _load([file])[0]
     begin = _parse_start(start, campaign.timezone) if start else SystemClock().now()
-    result = anyio.run(make_plan, campaign, begin, database_path(db, False), True, reply_rate)
+    result = anyio.run(make_plan, campaign, begin, database_target(db, False), True, reply_rate)
     rows = result.per_week() if weekly else result.per_day
     if as_json:
         click.echo(json.dumps(_plan_json(result, rows, weekly), indent=2))
@@ -936,10 +973,10 @@ def dashboard(db: str | None, use_sandbox: bool, host: str, port: int, token: st
     if token is not None and (len(token) < 16 or not token.isprintable() or any(c.isspace() for c in token)):
         raise ConfigError("--token: at least 16 printable characters, no spaces")
     _check_listen(host, port, "the dashboard")
-    return anyio.run(_dashboard, database_path(db, use_sandbox), host, port, token)
+    return anyio.run(_dashboard, database_target(db, use_sandbox), host, port, token)
 
 
-async def _dashboard(path: Path, host: str, port: int, token: str | None) -> int:
+async def _dashboard(path: Target, host: str, port: int, token: str | None) -> int:
     from .dashboard import Dashboard
 
     store = await Store.open_read_only(path)

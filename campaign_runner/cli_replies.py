@@ -8,15 +8,15 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Sequence
-from pathlib import Path
 
 import anyio
 import click
 
 from . import client, sandbox
-from .cli import EXIT_OK, _api, _check_listen, _open_store, _Sending, _sending, cli, database_path, db_option
+from .cli import EXIT_OK, _api, _check_listen, _open_store, _Sending, _sending, cli, database_target, db_option
 from .cli_people import _api_options, _flags
 from .clock import SystemClock, iso
+from .engines import Target
 from .errors import ConfigError
 from .outcome import Status
 from .replies import poll, reconcile
@@ -158,14 +158,14 @@ def webhook(host: str, port: int, db: str | None) -> int:
     if not secret.strip():
         raise ConfigError(f"{SECRET_ENV} is not set: export the secret the vendor showed when the webhook was made")
     _check_listen(host, port, "the webhook receiver")
-    return anyio.run(_webhook, database_path(db, False), host, port, secret.encode())
+    return anyio.run(_webhook, database_target(db, False), host, port, secret.encode())
 
 
-async def _webhook(path: Path, host: str, port: int, secret: bytes) -> int:
+async def _webhook(path: Target, host: str, port: int, secret: bytes) -> int:
     from .webhook import WebhookReceiver
 
     clock = SystemClock()
-    async with _open_store(str(path), clock, create=False) as store:
+    async with _open_store(path.text, clock, create=False) as store:
         known = set(await store.known_accounts())
         app = WebhookReceiver(store, clock, secret, known)
         async with anyio.create_task_group() as tg:

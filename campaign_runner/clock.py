@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -31,9 +32,26 @@ class Clock(Protocol):
         """Mark the calling task as one whose sleeps the clock may skip (see VirtualClock)."""
 
 
+SKEW = "CAMPAIGN_RUNNER_CLOCK_SKEW"  # seconds this host's clock is off by: set by tests of hosts whose clocks differ
+
+
 class SystemClock:
+    """The host's clock; or, once it `follow`s one, another's: the database's, carried forward by
+    this host's monotonic clock, which no setting of the wall clock moves."""
+
+    def __init__(self) -> None:
+        self._skew = float(os.environ.get(SKEW) or 0)
+        self._anchor: tuple[float, float] | None = None  # (the other clock's time, our monotonic time then)
+
     def now(self) -> float:
-        return time.time()
+        if self._anchor is not None:
+            then, at = self._anchor
+            return then + (time.monotonic() - at)
+        return time.time() + self._skew
+
+    def follow(self, reference_now: float) -> None:
+        """Tell the time by a clock that read `reference_now` a moment ago (a round trip at most)."""
+        self._anchor = (reference_now, time.monotonic())
 
     def worker(self) -> AbstractContextManager[None]:
         return nullcontext()
@@ -41,7 +59,7 @@ class SystemClock:
     async def sleep_until(self, deadline: float, wake: anyio.Event | None = None) -> None:
         # Sleep in bounded steps so a wall-clock jump (NTP, a laptop waking up) is noticed
         # within a minute instead of after the whole originally computed delay.
-        while (delay := deadline - time.time()) > 0:
+        while (delay := deadline - self.now()) > 0:
             if wake is None:
                 await anyio.sleep(min(delay, 60.0))
                 continue

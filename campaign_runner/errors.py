@@ -4,7 +4,8 @@
     ├── ConfigError                   a bad flag, environment variable or base URL
     │   └── CampaignFileError         a campaign file that does not validate (carries every problem)
     ├── StoreError                    the database cannot be used (unwritable, corrupt)
-    │   └── SchemaTooNewError         the database was written by a newer campaign-runner
+    │   ├── SchemaTooNewError         the database was written by a newer campaign-runner
+    │   └── RunTakenError             another runner took this run's claims (its lease had lapsed)
     ├── UnknownCampaignError          no campaign of that name in the database
     └── ChangeRefusedError            message/group/endpoint changed after sending began
 
@@ -52,6 +53,10 @@ class StoreError(CampaignRunnerError):
 
 
 class SchemaTooNewError(StoreError):
+    pass
+
+
+class RunTakenError(StoreError):
     pass
 
 

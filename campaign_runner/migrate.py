@@ -1,4 +1,4 @@
-"""Schema migrations: `migrations/NNN_name.sql`, applied in order, each exactly once.
+"""Schema migrations: `migrations/<engine>/NNN_name.sql`, applied in order, each exactly once.
 
 Strict on purpose: a stray file, a duplicate or missing version, or a database that has seen a
 newer version than this code knows is an error, never something to skip past.
@@ -24,8 +24,9 @@ class Migration:
     sql: str
 
 
-def discover(folder: Traversable | None = None) -> list[Migration]:
-    folder = folder or resources.files("campaign_runner").joinpath("migrations")
+def discover(folder: Traversable | None = None, engine: str = "sqlite") -> list[Migration]:
+    """The migrations of `engine` (its folder: sqlite, postgres), or of `folder`."""
+    folder = folder or resources.files("campaign_runner").joinpath("migrations", engine)
     found: dict[int, Migration] = {}
     for entry in folder.iterdir():
         if entry.name.startswith(("__", ".")) or entry.name.endswith(".py"):
@@ -59,7 +60,8 @@ def statements(sql: str) -> list[str]:
 
 
 def migrate(db: sqlite3.Connection, now: float, migrations: list[Migration] | None = None) -> list[int]:
-    """Apply what is missing; return the versions applied. `db` must be in autocommit mode."""
+    """Apply what is missing to a SQLite database; return the versions applied. `db` must be in
+    autocommit mode. (PostgreSQL's are applied by `engines.postgres`, by the same rules.)"""
     migrations = discover() if migrations is None else migrations
     known = migrations[-1].version if migrations else 0
     db.execute(
@@ -69,7 +71,7 @@ def migrate(db: sqlite3.Connection, now: float, migrations: list[Migration] | No
     applied: list[int] = []
     newest = _newest(db)
     if newest > known:
-        raise _too_new(newest, known)
+        raise too_new(newest, known)
     pending = [migration for migration in migrations if migration.version > newest]
     if not pending:
         return applied  # up to date: no write lock taken, so a read-only database can be read
@@ -84,7 +86,7 @@ def migrate(db: sqlite3.Connection, now: float, migrations: list[Migration] | No
         db.execute(f"PRAGMA foreign_keys = {'ON' if enforced else 'OFF'}")
     newest = _newest(db)
     if newest > known:
-        raise _too_new(newest, known)
+        raise too_new(newest, known)
     return applied
 
 
@@ -97,7 +99,7 @@ def _apply(db: sqlite3.Connection, migrations: list[Migration], known: int, now:
         try:
             newest = _newest(db)
             if newest > known:
-                raise _too_new(newest, known)
+                raise too_new(newest, known)
             if migration.version > newest:
                 # A reference left dangling before (by hand, by an old bug) is not this migration's.
                 dangling_before = set(db.execute("PRAGMA foreign_key_check").fetchall())
@@ -119,7 +121,7 @@ def _apply(db: sqlite3.Connection, migrations: list[Migration], known: int, now:
     return applied
 
 
-def _too_new(newest: int, known: int) -> SchemaTooNewError:
+def too_new(newest: int, known: int) -> SchemaTooNewError:
     return SchemaTooNewError(
         f"the database has schema version {newest}, newer than this campaign-runner knows ({known});"
         " upgrade campaign-runner to use it"

@@ -30,12 +30,14 @@ from . import events
 from .client import ApiClient
 from .clock import Clock, VirtualClock
 from .config import Campaign
+from .engines import Target
+from .engines.sqlite import copy_database
 from .errors import CampaignRunnerError
 from .outcome import Ending, Status
 from .sandbox import Sandbox, SandboxConfig
 from .schedule import local_time, zone
 from .scheduler import Scheduler
-from .store import Forecast, Store, copy_database, process_alive
+from .store import Forecast, Store, process_alive
 
 __all__ = ["Plan", "as_forecast", "forecast", "make_plan"]
 
@@ -73,7 +75,7 @@ class Plan:
 
 
 async def make_plan(
-    campaign: Campaign, start: float, db: Path | None = None, settle: bool = True, reply_rate: float = 0.0
+    campaign: Campaign, start: float, db: Target | None = None, settle: bool = True, reply_rate: float = 0.0
 ) -> Plan:
     """Simulate sending `campaign` from `start` (epoch seconds), on top of `db`'s state if given.
     Once sending has settled into a weekly pattern (`settle`), the rest is that week repeated.
@@ -86,7 +88,7 @@ async def make_plan(
 
 
 async def forecast(
-    db: Path,
+    db: Target,
     names: Sequence[str],
     start: float,
     give_up: threading.Event | None = None,
@@ -107,13 +109,17 @@ def as_forecast(plan: Plan, made_at: float) -> Forecast:
 
 
 @contextlib.asynccontextmanager
-async def _scratch(db: Path | None, start: float) -> AsyncIterator[Store]:
-    """A throwaway copy of `db` (an empty database without one) that the simulation may change."""
+async def _scratch(db: Target | None, start: float) -> AsyncIterator[Store]:
+    """A throwaway SQLite copy of `db` (an empty database without one) that the simulation may change."""
     await anyio.to_thread.run_sync(_sweep_scratch)
     with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as folder:
         scratch = Path(folder) / "plan.db"
-        if db is not None and db.exists():
-            await anyio.to_thread.run_sync(copy_database, db, scratch)
+        if db is not None and db.is_postgres:
+            from .engines.postgres import copy_to_sqlite
+
+            await anyio.to_thread.run_sync(copy_to_sqlite, db, scratch, start)
+        elif db is not None and db.path.exists():
+            await anyio.to_thread.run_sync(copy_database, db.path, scratch)
         store = await Store.open(scratch, start, scratch=True)
         try:
             await store.settle_in_flight(start)
@@ -299,7 +305,7 @@ class Forecaster:
             names = [name for name in self._names if (await self._store.counts(name))[Status.PENDING]]
             plans: dict[str, Plan] = {}
             if names:
-                args = (self._store.path, names, made_at, self._give_up, frozenset(self._stopped))
+                args = (self._store.target, names, made_at, self._give_up, frozenset(self._stopped))
                 plans = await anyio.to_thread.run_sync(_forecast_in_thread, *args)
             if any(plan.result is Ending.GIVEN_UP for plan in plans.values()):
                 return
@@ -323,7 +329,7 @@ class Forecaster:
 
 
 def _forecast_in_thread(
-    db: Path, names: list[str], start: float, give_up: threading.Event, leave_out: frozenset[str]
+    db: Target, names: list[str], start: float, give_up: threading.Event, leave_out: frozenset[str]
 ) -> dict[str, Plan]:
     return anyio.run(forecast, db, names, start, give_up, leave_out)
 

@@ -27,15 +27,15 @@ import anyio.abc
 from . import events, replies
 from .audience import described, fetch_pages
 from .client import ApiClient, ReadAnswer, ReadRequest, SendRequest
-from .clock import Clock
+from .clock import Clock, SystemClock
 from .config import member_renderer
-from .errors import StoreError
+from .errors import RunTakenError, StoreError
 from .guard import AccountGuard, Judgement
 from .limiter import KeyLine
 from .outcome import AccountEnd, Ending, Kind, Outcome, Status, Wait
 from .policy import Settlement, settle
 from .settings import Breaker, CampaignSettings, account_label
-from .store import ELSEWHERE_POLL, Claimed, Drained, MemberFetch, Read, ReadAction, Store, Waiting
+from .store import ELSEWHERE_POLL, HEARTBEAT, RUN_TAKEN, Claimed, Drained, MemberFetch, Read, ReadAction, Store, Waiting
 
 HEALTH_AT_ONCE = 16  # accounts whose health is checked together before any worker starts; the rest check in theirs
 FEED_AHEAD = 100  # recipients of a campaign waiting to be sent: below this, its group's next page is fetched
@@ -68,8 +68,10 @@ class Scheduler:
         no_wait: bool = False,
         handle_signals: bool = False,
         rng: random.Random | None = None,
+        heartbeat: float | None = None,
     ):
         self._store = store
+        self._heartbeat_every = heartbeat  # renew the run's lease this often (None: a simulation, no lease)
         self._api = api
         self._clock = clock
         self._run_id = run_id
@@ -116,7 +118,8 @@ class Scheduler:
         """A scheduler for one run of `command`: the run is recorded as begun before anything is
         sent (so that a later run can recover its claims if this process dies), and as ended
         afterwards, whatever happens in between. `options` are the constructor's."""
-        run_id = await store.begin_run(command, clock.now(), deadline)
+        heartbeat = options.get("heartbeat") or HEARTBEAT
+        run_id = await store.begin_run(command, clock.now(), deadline, heartbeat)
         try:
             yield cls(store, api, clock, run_id=run_id, campaigns=campaigns, **options)
         finally:
@@ -164,6 +167,8 @@ class Scheduler:
         async with anyio.create_task_group() as outer:
             if self._handle_signals:
                 await outer.start(self._watch_signals)
+            if self._heartbeat_every:
+                outer.start_soon(self._heartbeat, self._heartbeat_every)
             with anyio.CancelScope() as scope:
                 self._workers_scope = scope
                 async with anyio.create_task_group() as workers:
@@ -209,6 +214,22 @@ class Scheduler:
         if self._workers_scope is not None:
             self._emit(events.Stopping(Ending.INTERRUPTED, "stopping now: requests in flight are recorded as unknown"))
             self._workers_scope.cancel()
+
+    async def _heartbeat(self, every: float) -> None:
+        """Renew the run's lease, so runners on other hosts leave its claims alone. A run whose
+        lease another runner took (it lapsed: this process was paused, or cut off from the
+        database) stops at once: its requests in flight are someone else's `unknown` already."""
+        while True:
+            await anyio.sleep(every)
+            if self._store.database_clock and isinstance(self._clock, SystemClock):
+                database_now = await self._store.database_now()
+                if database_now is not None:
+                    self._clock.follow(database_now)  # keep step with the database's clock
+            if not await self._store.renew(self._run_id, self._clock.now()):
+                self._errors.append(RunTakenError(RUN_TAKEN))
+                self.halt()
+                return
+            await self._recover()  # a dead runner's claims hold its accounts' windows until then
 
     async def _recover(self) -> None:
         with anyio.CancelScope(shield=True):

@@ -1,15 +1,17 @@
-"""All SQL but the migrations: one SQLite connection, one transaction per decision, one thread trip each.
+"""All SQL but the migrations: one connection, one transaction per decision, one thread trip each.
 
+The SQL is written once, for both engines (SQLite's spelling; `engines.postgres` translates it).
 The two transactions that carry the guarantees:
 
-* `claim`: under `BEGIN IMMEDIATE` (one writer at a time, across processes), reads the account's
+* `claim`: with the database's write turn (SQLite's `BEGIN IMMEDIATE`; on PostgreSQL the account's
+  row, then the API key's, `FOR UPDATE`), across processes and hosts, reads the account's
   limiter state, and only if a request may start now marks one pending recipient `in_flight`,
   inserts its attempt (the limiter's window slot) and advances the token bucket, then commits.
   Nothing leaves for the API before that commit.
 * `record`: writes the outcome, the attempt's headers and any hold the server asked for.
 
-Durability: WAL with `synchronous=FULL`, so a committed claim survives even a power loss. A claim
-that is lost would let a recipient be messaged twice.
+Durability: SQLite runs WAL with `synchronous=FULL`, PostgreSQL commits durably, so a committed
+claim survives even a power loss. A claim that is lost would let a recipient be messaged twice.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import os
 import random
 import re
 import socket
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -35,7 +36,8 @@ import anyio.to_thread
 import platformdirs
 
 from .clock import iso
-from .errors import ChangeRefusedError, StoreError, UnknownCampaignError
+from .engines import Engine, Target, target
+from .errors import ChangeRefusedError, RunTakenError, StoreError, UnknownCampaignError
 from .events import Recovered
 from .limiter import (
     EPSILON,
@@ -51,7 +53,6 @@ from .limiter import (
     next_after_send,
     server_until,
 )
-from .migrate import discover, migrate
 from .outcome import Ending, Kind, Status, Wait
 from .policy import Settlement
 from .schedule import Schedule
@@ -78,14 +79,18 @@ DEFAULT_DB = "campaign-runner.db"
 SANDBOX_DB = "sandbox.db"  # the sandbox rehearsals' own database, beside the default one
 REPORT_BATCH = 1000  # report rows fetched per trip to the worker thread
 RECORD_PATIENCE = 600.0  # seconds an outcome keeps waiting for a database another process holds
-BUSY_TIMEOUT_MS = 15_000
+RETRIES = 8  # times a transaction the engine gave up (a deadlock) is run again
 REMOVED_FROM_FILE = "removed from the campaign file"
 # A recipient handed back to the queue goes back only while its file still lists it.
-_PENDING_UNLESS_REMOVED = "CASE WHEN removed THEN 'skipped' ELSE 'pending' END"
-_ERROR_IF_REMOVED = f"CASE WHEN removed THEN '{REMOVED_FROM_FILE}' ELSE {{}} END"  # {}: the error otherwise
+_PENDING_UNLESS_REMOVED = "CASE WHEN removed = 1 THEN 'skipped' ELSE 'pending' END"
+_ERROR_IF_REMOVED = f"CASE WHEN removed = 1 THEN '{REMOVED_FROM_FILE}' ELSE {{}} END"  # {}: the error otherwise
 DIED_IN_FLIGHT = "the process stopped while the request was in flight; it may have been delivered"
 ELSEWHERE_POLL = 5.0  # seconds between looks when only other workers' requests remain
-STALE_MARGIN = 60.0  # past a run's request deadline, a claim it never recorded belongs to a process that is gone
+RUN_TAKEN = (
+    "another runner took this run's claims: its lease lapsed (was this process paused, or cut off from the"
+    " database?); it stops sending"
+)
+HEARTBEAT = 10.0  # seconds between renewals of a run's lease, which lasts three of them and a request's deadline
 LOOKUP_REFUSALS = 3  # a profile lookup refused this often (not "not found") fails its recipients
 PRECHECK_FRESH = 3600.0  # seconds a pre-check's "no conversation" stands for a send by the same account
 READ_RETRY = 300.0  # seconds before a recipient whose lookup or pre-check went unanswered is tried again
@@ -114,7 +119,7 @@ def _health_kept(raw: dict[str, Any]) -> dict[str, Any]:
 
 # SQL: campaign `c` takes its recipients from its group, and their fetch is not done yet.
 _AUDIENCE_LEFT = (
-    "(c.audience IS NOT NULL AND NOT EXISTS (SELECT 1 FROM member_fetches f WHERE f.campaign = c.name AND f.done))"
+    "(c.audience IS NOT NULL AND NOT EXISTS (SELECT 1 FROM member_fetches f WHERE f.campaign = c.name AND f.done = 1))"
 )
 
 
@@ -400,6 +405,16 @@ def _api_label(api: str) -> str:
     return "the built-in sandbox" if api == SANDBOX_API else api
 
 
+def _engine(where: Target) -> Engine:
+    if where.is_postgres:
+        from .engines.postgres import PostgresEngine
+
+        return PostgresEngine(where.text, where.label)
+    from .engines.sqlite import SqliteEngine
+
+    return SqliteEngine(where.path)
+
+
 def data_folder() -> Path:
     """Where the default databases live: the user's data folder (on Linux $XDG_DATA_HOME, else
     ~/.local/share), so every run of a user shares one memory of recipients and one set of caps."""
@@ -407,17 +422,26 @@ def data_folder() -> Path:
 
 
 class Store:
-    """The database, for async callers. Every operation is one plain `sqlite3` function run in a
-    worker thread, in one trip: a claim or a record is a single hop, not a dozen round trips.
+    """The database, for async callers. Every operation is one plain function run in a worker
+    thread, in one trip: a claim or a record is a single hop, not a dozen round trips. What differs
+    between SQLite and PostgreSQL is the engine's (`engines`); what each operation decides is here.
 
     A trip is never abandoned: a cancelled caller waits for its thread to finish, so a
     transaction always ends in its COMMIT or ROLLBACK (the shield the guarantees need).
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, scratch: bool = False):
+    def __init__(self, conn: Any, engine: Engine, where: Target, scratch: bool = False):
         self._conn = conn
-        self.path = path
+        self._engine = engine
+        self.target = where  # prints without its password
+        self.label = where.label  # where the data is, fit to print: a path, or a URL without its password
+        self.path: Path | None = getattr(engine, "path", None)  # the SQLite file, if it is one
+        self.engine = engine.name
+        self.created = getattr(engine, "created", False)  # PostgreSQL: this open made the tables
         self._scratch = scratch
+        self._errors = engine.errors
+        # On PostgreSQL with several hosts, a claim's moment is the database's clock (`database_clock`).
+        self.database_clock = False
         # Tasks share the one connection: their operations take turns, and a read must not run
         # inside another task's open transaction. `snapshot()` holds the turn across several.
         self._lock = anyio.Lock()
@@ -427,84 +451,32 @@ class Store:
     # --- opening ---------------------------------------------------------------------------
 
     @classmethod
-    async def open_read_only(cls, path: str | os.PathLike[str]) -> Store:
+    async def open_read_only(cls, where: str | os.PathLike[str] | Target) -> Store:
         """Open an existing database to read only (the dashboard): it takes no write lock, so the
-        runners writing to it are never held up, and it reads their commits as WAL readers do."""
-        return await anyio.to_thread.run_sync(cls._open_read_only, Path(path))
+        runners writing to it are never held up."""
+        where = target(where)
+        engine = _engine(where)
+        return cls(await anyio.to_thread.run_sync(engine.connect_read_only), engine, where)
 
     @classmethod
-    def _open_read_only(cls, path: Path) -> Store:
-        if not path.is_file():
-            raise StoreError(f"no database at {path}")
-        try:
-            uri = f"{path.resolve().as_uri()}?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            (version,) = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the database {path}: {exc}") from None
-        known = discover()[-1].version
-        if version != known:
-            conn.close()
-            raise StoreError(
-                f"the database {path} has schema version {version}, this campaign-runner {known}: run any"
-                " other command on it first (it upgrades the database), or upgrade campaign-runner"
-            )
-        return cls(conn, path)
+    async def open(cls, where: str | os.PathLike[str] | Target, now: float, *, scratch: bool = False) -> Store:
+        """Open (creating and migrating) the database: a path is a SQLite file, a postgresql:// URL
+        a PostgreSQL database. `scratch` is for a throwaway SQLite copy that one task uses alone
+        (`plan`): commits skip the fsync that makes them survive a power cut, and operations run on
+        the event loop's own thread, which is faster when nothing else waits."""
+        return await anyio.to_thread.run_sync(cls._open, where, now, scratch)
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str], now: float, *, scratch: bool = False) -> Store:
-        """Open (creating and migrating) the database. `scratch` is for a throwaway copy that one
-        task uses alone (`plan`): commits skip the fsync that makes them survive a power cut, and
-        operations run on the event loop's own thread, which is faster when nothing else waits."""
-        path = Path(path)
-        _create_private(path)
-        return await anyio.to_thread.run_sync(cls._open, path, now, scratch)
-
-    @classmethod
-    def _open(cls, path: Path, now: float, scratch: bool) -> Store:
-        try:
-            # check_same_thread: the connection moves between worker threads, one at a time.
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the database {path}: {exc}") from None
-        store = cls(conn, path, scratch)
-        try:
-            store._configure(durable=not scratch)
-            migrate(conn, now)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise StoreError(f"cannot use the database {path}: {exc} (is it a campaign-runner database?)") from None
-        except BaseException:
-            conn.close()
-            raise
-        return store
-
-    def _configure(self, durable: bool) -> None:
-        self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        # Turning a new file to WAL needs it alone, and SQLite may answer "locked" at once instead
-        # of waiting when another process opens it at the same moment: try again for a while.
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        while True:
-            try:
-                (mode,) = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        if mode != "wal":
-            raise StoreError(f"the database {self.path} cannot use WAL mode (got {mode})")
-        self._conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'OFF'}")
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        # Reading the schema is what makes a file that is not a database fail here, clearly.
-        self._conn.execute("SELECT count(*) FROM sqlite_master")
+    def _open(cls, where: str | os.PathLike[str] | Target, now: float, scratch: bool = False) -> Store:
+        where = target(where)
+        engine = _engine(where)
+        return cls(engine.connect(now, not scratch), engine, where, scratch and engine.name == "sqlite")
 
     async def close(self) -> None:
         await self._run(self._conn.close)
 
     def __repr__(self) -> str:
-        return f"Store(path={str(self.path)!r})"
+        return f"Store({self.label!r})"
 
     # --- taking turns ----------------------------------------------------------------------
 
@@ -523,32 +495,51 @@ class Store:
                 self._owner = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(*args)` in the worker thread (inline for a scratch store), in this task's turn."""
+        """Run `fn(*args)` in the worker thread (inline for a scratch store), in this task's turn.
+        A transaction the engine gave up to break a deadlock is run again, whole."""
         async with self._locked():
-            if self._scratch:
-                return fn(*args)
-            return await anyio.to_thread.run_sync(fn, *args, limiter=self._thread)
+            for attempt in range(RETRIES):
+                try:
+                    if self._scratch:
+                        return fn(*args)
+                    return await anyio.to_thread.run_sync(fn, *args, limiter=self._thread)
+                except StoreError as exc:
+                    if exc.__cause__ is None or not self._engine.retryable(exc.__cause__) or attempt == RETRIES - 1:
+                        raise
+                await anyio.sleep(random.uniform(0, 0.01 * 2**attempt))
+            raise AssertionError("unreachable")
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that takes the lock up front (no upgrade deadlocks between processes)."""
+    def _transaction(self, account_id: str | None = None) -> Iterator[Any]:
+        """A write transaction that takes its turn up front (no upgrade deadlocks between
+        processes). `account_id`: a claim's, whose account row it locks first."""
         if self._conn.in_transaction:
             raise RuntimeError("transactions do not nest")
-        self._execute_or_fail("BEGIN IMMEDIATE")
+        try:
+            self._engine.begin_write(self._conn, account_id)
+        except self._errors as exc:
+            self._rollback()
+            raise self._failed(exc) from exc
         try:
             yield self._conn
         except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
-                self._conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"database error in {self.path}: {exc}") from exc
+            self._rollback()
+            if isinstance(exc, self._errors):
+                raise self._failed(exc) from exc
             raise
         try:
-            self._execute_or_fail("COMMIT")
-        except StoreError:
-            with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("COMMIT")
+        except self._errors as exc:
+            self._rollback()
+            raise self._failed(exc) from exc
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(*self._errors):  # the engine may have rolled back already
+            if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
-            raise
+
+    def _failed(self, exc: BaseException) -> StoreError:
+        return StoreError(f"database error in {self.label}: {self._engine.said(exc)}")
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[None]:
@@ -556,11 +547,11 @@ class Store:
         if self._conn.in_transaction:
             yield
             return
-        self._execute_or_fail("BEGIN")
+        self._begin_read()
         try:
             yield
-        except sqlite3.Error as exc:
-            raise StoreError(f"database error in {self.path}: {exc}") from exc
+        except self._errors as exc:
+            raise self._failed(exc) from exc
         finally:
             self._end_read()
 
@@ -571,25 +562,24 @@ class Store:
             if not outermost:
                 yield
                 return
-            await self._run(self._execute_or_fail, "BEGIN")
+            await self._run(self._begin_read)
             try:
                 yield
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._run(self._end_read)
 
+    def _begin_read(self) -> None:
+        try:
+            self._engine.begin_read(self._conn)
+        except self._errors as exc:
+            raise self._failed(exc) from exc
+
     def _end_read(self) -> None:
         try:
             self._conn.execute("COMMIT")
-        except sqlite3.Error:
-            with contextlib.suppress(sqlite3.Error):  # never leave a read open: it would pin old data
-                self._conn.execute("ROLLBACK")
-
-    def _execute_or_fail(self, sql: str) -> None:
-        try:
-            self._conn.execute(sql)
-        except sqlite3.Error as exc:
-            raise StoreError(f"database error in {self.path}: {exc}") from exc
+        except self._errors:
+            self._rollback()  # never leave a read open: it would pin old data
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return self._conn.execute(sql, params).fetchall()
@@ -599,14 +589,27 @@ class Store:
 
     # --- runs and recovery -----------------------------------------------------------------
 
-    def _begin_run(self, command: str, now: float, deadline: float) -> int:
-        """Record this process as a run; `deadline`: the longest one of its requests can take."""
-        with self._transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO runs (pid, pid_start, host, command, stale_after, started_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (os.getpid(), _process_start(os.getpid()), socket.gethostname(), command, deadline + STALE_MARGIN, now),
+    def _begin_run(self, command: str, now: float, lease: float) -> int:
+        """Record this process as a run, holding a lease of `lease` seconds (three heartbeats and
+        the longest a request can take) that `renew` extends while the run lives."""
+        with self._transaction():
+            (run_id,) = self._one(
+                "INSERT INTO runs (pid, pid_start, host, command, stale_after, started_at, lease_until)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (os.getpid(), _process_start(os.getpid()), host_name(), command, lease, now, now + lease),
             )
-            return int(cursor.lastrowid)
+            return int(run_id)
+
+    def _renew(self, run_id: int, now: float) -> bool:
+        """Extend the run's lease; False when another runner has taken the run (its lease had
+        lapsed: this process was stopped, or cut off from the database, for too long)."""
+        with self._transaction():
+            row = self._one(
+                "UPDATE runs SET lease_until = ? + stale_after WHERE id = ? AND taken_at IS NULL AND ended_at IS NULL"
+                " RETURNING id",
+                (now, run_id),
+            )
+            return row is not None
 
     def _end_run(self, run_id: int, now: float) -> None:
         with self._transaction() as db:
@@ -617,22 +620,28 @@ class Store:
 
         On this host a run is gone when it ended, when its pid is free, or when the pid now
         belongs to a process that started later; a live run's claims are never touched. A run on
-        another host cannot be checked: its claim is given up once older than that run's own
-        request deadline plus a margin, by when a live process would have recorded it.
+        another host is gone once its lease has lapsed: it is marked taken, so that, should it
+        still be alive, it stops sending at its next heartbeat or claim.
         """
         with self._transaction() as db:
             rows = self._all(
                 "SELECT r.id, r.campaign, r.profile_urn, r.account_id, r.run_id, runs.pid, runs.pid_start,"
-                " runs.host, runs.ended_at, runs.stale_after, a.started_at FROM recipients r"
+                " runs.host, runs.ended_at, coalesce(runs.lease_until, a.started_at + runs.stale_after), a.started_at"
+                " FROM recipients r"
                 " LEFT JOIN runs ON runs.id = r.run_id"
                 " LEFT JOIN attempts a ON a.recipient_id = r.id AND a.run_id = r.run_id AND a.slot_at >= ?"
                 " WHERE r.status = 'in_flight' AND r.run_id IS NOT ?",
                 (IN_FLIGHT, run_id),
             )
             recovered: list[Recovered] = []
-            for rid, campaign, urn, account, owner, pid, pid_start, host, ended_at, stale_after, started in rows:
-                if _claim_may_be_live(pid, pid_start, host, ended_at, stale_after, started, now):
+            for rid, campaign, urn, account, owner, pid, pid_start, host, ended_at, lease_until, started in rows:
+                if _claim_may_be_live(pid, pid_start, host, ended_at, lease_until, started, now):
                     continue
+                if owner is not None:
+                    db.execute(
+                        "UPDATE runs SET taken_at = ?, taken_by = ? WHERE id = ? AND ended_at IS NULL",
+                        (now, host_name(), owner),
+                    )
                 recovered.append(Recovered(campaign, account or "", urn))
                 db.execute(
                     "UPDATE recipients SET status = 'unknown', error = ?, run_id = NULL, updated_at = ? WHERE id = ?",
@@ -746,7 +755,8 @@ class Store:
         known: dict[int, tuple[str, str, int, str, str, int]] = {}
         by_key: dict[str, int] = {}
         for rid, urn, slug, *rest in self._all(
-            "SELECT id, profile_urn, public_identifier, status, coalesce(messages, json_array(message)), removed,"
+            "SELECT id, profile_urn, public_identifier, status,"
+            f" coalesce(messages, {self._engine.json_array('message')}), removed,"
             " variables, origin, step FROM recipients WHERE campaign = ?",
             (campaign.name,),
         ):
@@ -873,7 +883,7 @@ class Store:
             if row is None:
                 known = [found for (found,) in self._all("SELECT name FROM campaigns ORDER BY created_at, name")]
                 there = f" (its campaigns: {', '.join(known)})" if known else " (it has no campaign yet)"
-                raise UnknownCampaignError(f"no campaign named {name!r} in {self.path}{there}")
+                raise UnknownCampaignError(f"no campaign named {name!r} in {self.label}{there}")
             accounts = self._all(
                 "SELECT account_id, limit_cap, limit_window, schedule FROM campaign_accounts WHERE campaign = ?"
                 " ORDER BY rowid",
@@ -922,8 +932,9 @@ class Store:
     def _save_forecast(self, forecast: Forecast) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO forecasts (campaign, made_at, finish, result, pending, per_day)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO forecasts (campaign, made_at, finish, result, pending, per_day) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (campaign, made_at) DO UPDATE SET finish = excluded.finish, result = excluded.result,"
+                " pending = excluded.pending, per_day = excluded.per_day",
                 (
                     forecast.campaign,
                     forecast.made_at,
@@ -1061,7 +1072,7 @@ class Store:
             since = now - limit.window - EPSILON
             found = self._one(
                 "SELECT slot_at FROM (SELECT slot_at FROM attempts WHERE slot_at > ? UNION ALL"
-                " SELECT slot_at FROM reads WHERE slot_at > ?) ORDER BY slot_at DESC LIMIT 1 OFFSET ?",
+                " SELECT slot_at FROM reads WHERE slot_at > ?) AS requests ORDER BY slot_at DESC LIMIT 1 OFFSET ?",
                 (since, since, limit.cap - 1),
             )
             # A read not answered yet counts until the latest it can be answered; like a send in
@@ -1154,11 +1165,12 @@ class Store:
         """Count a read before it leaves (in the caller's transaction). Until it is answered its
         slot is the latest moment the server can receive it, so a read lost with its process still
         counts for the API key's windows, without anyone having to recover it."""
-        cursor = self._conn.execute(
-            "INSERT INTO reads (account_id, action, units, subject, started_at, slot_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (read_id,) = self._one(
+            "INSERT INTO reads (account_id, action, units, subject, started_at, slot_at) VALUES (?, ?, ?, ?, ?, ?)"
+            " RETURNING id",
             (account_id, action, units, subject, now, now + deadline),
         )
-        return Read(int(cursor.lastrowid), action, account_id, subject, recipient_id, campaign, units)
+        return Read(int(read_id), action, account_id, subject, recipient_id, campaign, units)
 
     def _reserve_many(self, accounts: Sequence[str], action: ReadAction, now: float, deadline: float) -> list[Read]:
         """One read of `action` for each account, as many as the limits allow now, in order, in one
@@ -1349,7 +1361,8 @@ class Store:
             db.execute(
                 "INSERT INTO member_fetches (key, campaign, group_ref, statuses, query, max_members, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET max_members = excluded.max_members,"
-                " done = CASE WHEN excluded.max_members IS NOT max_members THEN 0 ELSE done END",
+                " done = CASE WHEN excluded.max_members IS NOT member_fetches.max_members THEN 0"
+                " ELSE member_fetches.done END",
                 (key, campaign, group, json.dumps(list(statuses)), query, max_members, now),
             )
             return self._fetch_state(key)
@@ -1435,7 +1448,7 @@ class Store:
             )
             db.execute(
                 "UPDATE member_fetches SET next_start = max(next_start, ?), total = coalesce(?, total),"
-                " done = done OR ?, updated_at = ? WHERE id = ?",
+                " done = CASE WHEN ? = 1 THEN 1 ELSE done END, updated_at = ? WHERE id = ?",
                 (start + page.size, page.total, done, now, fetch.id),
             )
             self._fill_known_urns(None, now)  # recipients known by identifier that a member here is
@@ -1513,11 +1526,11 @@ class Store:
                 db.execute("UPDATE contacts SET profile_urn = ? WHERE id = ?", (urn, contact))
         else:
             contact = int(
-                db.execute(
+                self._one(
                     "INSERT INTO contacts (profile_urn, public_identifier, source, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?, ?) RETURNING id",
                     (urn, slug, source, now, now),
-                ).lastrowid
+                )[0]
             )
         if names is not None:
             db.execute(
@@ -1532,7 +1545,11 @@ class Store:
         old = self._one(
             "SELECT first_name, last_name, headline, blocked_at, blocked_reason FROM contacts WHERE id = ?", (gone,)
         )
-        db.execute("UPDATE OR IGNORE group_members SET contact_id = ? WHERE contact_id = ?", (keep, gone))
+        db.execute(
+            "UPDATE group_members SET contact_id = ? WHERE contact_id = ? AND NOT EXISTS (SELECT 1 FROM group_members"
+            " g WHERE g.fetch_id = group_members.fetch_id AND g.contact_id = ?)",
+            (keep, gone, keep),
+        )
         db.execute("DELETE FROM contacts WHERE id = ?", (gone,))
         db.execute(
             "UPDATE contacts SET first_name = coalesce(first_name, ?), last_name = coalesce(last_name, ?),"
@@ -1653,10 +1670,11 @@ class Store:
             return Blocked(changed, len(people) - changed, restored)
 
     def _contacts(self, blocked_only: bool) -> list[Contact]:
+        campaigns = self._engine.joined("r.campaign || ':' || r.status", "' '")
         with self._snapshot():
             rows = self._all(
                 "SELECT c.profile_urn, c.public_identifier, c.first_name, c.last_name, c.headline, c.source,"
-                " c.blocked_at, c.blocked_reason, c.not_found, (SELECT group_concat(r.campaign || ':' || r.status, ' ')"
+                f" c.blocked_at, c.blocked_reason, c.not_found, (SELECT {campaigns}"
                 "  FROM recipients r WHERE r.profile_urn = c.profile_urn OR (r.profile_urn IS NULL"
                 "  AND r.public_identifier = c.public_identifier)) FROM contacts c"
                 + (" WHERE c.blocked_at IS NOT NULL" if blocked_only else "")
@@ -1688,7 +1706,12 @@ class Store:
         Before a send, what must come first: a recipient's conversation pre-check (a `Read`, made
         when the send itself could go), or a profile lookup for one given by its URL (a `Read`,
         within the account's daily budget of lookups). `deadline`: the longest a request takes."""
-        with self._transaction() as db:
+        with self._transaction(account_id) as db:
+            if self.database_clock:  # every host's claims in the one clock the windows are kept in
+                now = self._engine.database_now(db) or now
+            taken = self._one("SELECT taken_at FROM runs WHERE id = ?", (run_id,))
+            if taken is not None and taken[0] is not None:
+                raise RunTakenError(RUN_TAKEN)
             # Only campaigns whose file still lists the account (another process may have
             # reloaded one without it since this run started).
             marks = ",".join("?" * len(campaigns))
@@ -1740,15 +1763,15 @@ class Store:
                 " run_id = ?, updated_at = ? WHERE id = ?",
                 (account_id, run_id, now, recipient_id),
             )
-            cursor = db.execute(
+            (attempt_id,) = self._one(
                 "INSERT INTO attempts (recipient_id, run_id, account_id, endpoint, started_at, slot_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (recipient_id, run_id, account_id, endpoint, now, IN_FLIGHT),
             )
             tat, gap_until = after_send(pacing, state.tat, now, draw)
             db.execute(
                 "INSERT INTO accounts (id, tat, gap_until, first_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
-                " SET tat = excluded.tat, gap_until = excluded.gap_until, first_at = coalesce(first_at,"
+                " SET tat = excluded.tat, gap_until = excluded.gap_until, first_at = coalesce(accounts.first_at,"
                 "  (SELECT min(started_at) FROM attempts WHERE account_id = ?), ?)",
                 (account_id, tat, gap_until, now, account_id, now),
             )
@@ -1760,7 +1783,7 @@ class Store:
             upcoming = next_after_send(pacing, state, tat, gap_until, now)
             return Claimed(
                 recipient_id=recipient_id,
-                attempt_id=int(cursor.lastrowid),
+                attempt_id=int(attempt_id),
                 run_id=run_id,
                 campaign=name,
                 profile_urn=urn,
@@ -1832,7 +1855,7 @@ class Store:
                 row = self._one(
                     "SELECT id, profile_urn, public_identifier, message, attempts, retries, requeued, step, replied_at"
                     " FROM recipients WHERE campaign = ? AND status = 'pending' AND step > 0 AND account_id = ?"
-                    " AND not_before <= ? AND removed = 0 ORDER BY not_before LIMIT 1",
+                    f" AND not_before <= ? AND removed = 0 ORDER BY not_before LIMIT 1{self._engine.skip_locked}",
                     (name, account_id, now),
                 )
                 if row is None:
@@ -1853,7 +1876,7 @@ class Store:
                     "SELECT id, profile_urn, public_identifier, message, attempts, retries, requeued, checked_by,"
                     " checked_at FROM recipients WHERE campaign = ? AND status = 'pending' AND step = 0"
                     " AND removed = 0 AND not_before <= ? AND profile_urn IS NOT NULL AND reading_until <= ?"
-                    " AND (public_identifier IS NOT NULL OR NOT ?) ORDER BY id LIMIT 1",
+                    f" AND (public_identifier IS NOT NULL OR ? = 0) ORDER BY id LIMIT 1{self._engine.skip_locked}",
                     (name, now, now, unsure),
                 )
                 if row is None:
@@ -1984,7 +2007,7 @@ class Store:
         ready = self._one(
             f"SELECT 1 FROM recipients WHERE campaign IN ({marks}) AND status = 'pending' AND step = 0"
             " AND not_before <= ? AND profile_urn IS NOT NULL AND reading_until <= ?"
-            " AND (public_identifier IS NOT NULL OR NOT ?) LIMIT 1",
+            " AND (public_identifier IS NOT NULL OR ? = 0) LIMIT 1",
             (*campaigns, now, now, unsure),
         )
         due = self._all(
@@ -2047,9 +2070,9 @@ class Store:
         with self._transaction() as db:
             row = db.execute(
                 "UPDATE recipients SET"
-                " status = CASE WHEN :pending AND removed THEN 'skipped' ELSE :status END,"
-                " error = CASE WHEN :pending AND removed THEN :removed ELSE :error END,"
-                " not_before = CASE WHEN :pending AND removed THEN 0 ELSE :not_before END,"
+                " status = CASE WHEN :pending = 1 AND removed = 1 THEN 'skipped' ELSE :status END,"
+                " error = CASE WHEN :pending = 1 AND removed = 1 THEN :removed ELSE :error END,"
+                " not_before = CASE WHEN :pending = 1 AND removed = 1 THEN 0 ELSE :not_before END,"
                 " http_status = :http_status, retries = :retries, sent_at = coalesce(:sent_at, sent_at),"
                 " run_id = NULL, updated_at = :now"
                 " WHERE id = :id AND ((status = 'in_flight' AND run_id = :run_id) OR (status = 'unknown'"
@@ -2106,8 +2129,9 @@ class Store:
             if hold is not None:
                 db.execute(
                     "INSERT INTO accounts (id, hold_until, hold_reason) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE"
-                    " SET hold_until = max(hold_until, excluded.hold_until), hold_reason = CASE"
-                    "  WHEN excluded.hold_until >= hold_until THEN excluded.hold_reason ELSE hold_reason END",
+                    " SET hold_until = max(accounts.hold_until, excluded.hold_until), hold_reason = CASE"
+                    "  WHEN excluded.hold_until >= accounts.hold_until THEN excluded.hold_reason"
+                    "  ELSE accounts.hold_reason END",
                     (claim.account_id, hold.until, hold.reason),
                 )
             remaining, reset = headers.remaining_count, settled.server_reset
@@ -2296,7 +2320,7 @@ class Store:
                 (old,) = row
                 if old not in (None, api) and not switch and self._has_started(name):
                     raise ChangeRefusedError(
-                        f"campaign {name!r} was sent to {_api_label(old)} in {self.path}, and this run sends to"
+                        f"campaign {name!r} was sent to {_api_label(old)} in {self.label}, and this run sends to"
                         f" {_api_label(api)}: its recipients count as done there. To start it afresh, give it a"
                         " new name or another --db; to go on with it here as it is, run again with --switch-api"
                     )
@@ -2361,7 +2385,7 @@ class Store:
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO accounts (id, replies_polled_at) VALUES (?, ?) ON CONFLICT (id) DO UPDATE"
-                " SET replies_polled_at = max(coalesce(replies_polled_at, 0), excluded.replies_polled_at)",
+                " SET replies_polled_at = max(coalesce(accounts.replies_polled_at, 0), excluded.replies_polled_at)",
                 (account_id, started_at),
             )
 
@@ -2424,9 +2448,10 @@ class Store:
         reply counts for the last step sent before it)."""
         with self._snapshot():
             rows = self._all(
-                "SELECT s.step, s.variant, count(*), sum(r.replied_at IS NOT NULL AND r.replied_at >= s.sent_at"
-                " AND NOT EXISTS (SELECT 1 FROM step_sends n WHERE n.recipient_id = s.recipient_id AND n.step > s.step"
-                "  AND n.sent_at <= r.replied_at))"
+                "SELECT s.step, s.variant, count(*), sum(CASE WHEN r.replied_at IS NOT NULL"
+                " AND r.replied_at >= s.sent_at AND NOT EXISTS (SELECT 1 FROM step_sends n"
+                "  WHERE n.recipient_id = s.recipient_id AND n.step > s.step"
+                "  AND n.sent_at <= r.replied_at) THEN 1 ELSE 0 END)"
                 " FROM step_sends s JOIN recipients r ON r.id = s.recipient_id WHERE r.campaign = ?"
                 " GROUP BY s.step, s.variant ORDER BY s.step, s.variant",
                 (name,),
@@ -2437,7 +2462,7 @@ class Store:
         """A sequence ended by a reply before its next step: it shows the step it was last sent."""
         self._conn.execute(
             "UPDATE recipients SET step = step - 1, not_before = 0,"
-            " message = coalesce(json_extract(messages, '$[' || (step - 1) || ']'), message) WHERE id = ? AND step > 0",
+            f" message = coalesce({self._engine.json_item('messages', 'step - 1')}, message) WHERE id = ? AND step > 0",
             (rid,),
         )
 
@@ -2477,9 +2502,16 @@ class Store:
 
     # --- the async face: one trip to the worker thread each ------------------------------------
 
-    async def begin_run(self, command: str, now: float, deadline: float) -> int:
+    async def begin_run(self, command: str, now: float, deadline: float, heartbeat: float = HEARTBEAT) -> int:
         """Record this process as a run; `deadline`: the longest one of its requests can take."""
-        return await self._run(self._begin_run, command, now, deadline)
+        return await self._run(self._begin_run, command, now, 3 * heartbeat + deadline)
+
+    async def renew(self, run_id: int, now: float) -> bool:
+        return await self._run(self._renew, run_id, now)
+
+    async def database_now(self) -> float | None:
+        """The database's clock (PostgreSQL), for every host to tell the time by; None for SQLite."""
+        return await self._run(self._engine.database_now, self._conn)
 
     async def end_run(self, run_id: int, now: float) -> None:
         await self._run(self._end_run, run_id, now)
@@ -2698,15 +2730,10 @@ class Store:
         return await self._run(self._retry, name, statuses, urns, now, render, not_found)
 
 
-def _create_private(path: Path) -> None:
-    """Create the database file readable by its owner only (it holds messages and outcomes)."""
-    if path.exists():
-        return
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    except OSError as exc:
-        raise StoreError(f"cannot create the database {path}: {exc.strerror}") from None
-    os.close(fd)
+def host_name() -> str:
+    """This host, as runs record it: CAMPAIGN_RUNNER_HOST when set (a container whose hostname
+    changes at each start, or several runners in a test, each its own host), else its hostname."""
+    return os.environ.get("CAMPAIGN_RUNNER_HOST") or socket.gethostname()
 
 
 def _process_stat(pid: int) -> list[str] | None:
@@ -2724,16 +2751,6 @@ def _process_start(pid: int) -> str | None:
     return fields[19] if fields else None  # field 22, counted after the command name
 
 
-def copy_database(db: Path, target: Path) -> None:
-    """A consistent copy of a database to `target` (for `plan` and forecasts), read through a
-    read-only connection: the original is never written."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            conn.execute("VACUUM INTO ?", (str(target),))
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read the database {db}: {exc}") from None
-
-
 def _is_dead(pid: int) -> bool:
     """A zombie (Z, killed but not yet reaped by its parent) or a dying process (X) is gone, though
     `kill(pid, 0)` still succeeds: under a supervisor or a container whose first process does not
@@ -2747,14 +2764,14 @@ def _claim_may_be_live(
     pid_start: str | None,
     host: str | None,
     ended_at: float | None,
-    stale_after: float | None,
+    lease_until: float | None,
     started: float | None,
     now: float,
 ) -> bool:
     if pid is None or ended_at is not None:
         return False
-    if host != socket.gethostname():
-        return started is None or stale_after is None or now < started + stale_after
+    if host != host_name():
+        return lease_until is None or now < lease_until
     if pid == os.getpid():
         return False  # this process has one run; an older run with our pid is a dead one's
     if not process_alive(pid):
