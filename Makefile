@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DB := .demo/demo.db
 
-.PHONY: install install-test install-bench browser demo test bench clean
+.PHONY: install install-test install-bench browser postgres demo demo-postgres test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
+
+$(VENV)/.installed-postgres: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[postgres]'
+	touch $@ $(VENV)/.installed
 
 $(VENV)/.installed-test: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
@@ -45,7 +49,25 @@ browser:
 		echo "warning: no chromium: the browser tests are skipped (sudo apt-get install chromium)"; \
 	fi
 
-test: install-test browser
+# Half of the suite runs on PostgreSQL: a throwaway server from the machine's own binaries (Debian's
+# postgresql package), installed here when missing, which needs root (as in CI); otherwise say how.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's postgresql for the PostgreSQL tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else \
+		echo "warning: no PostgreSQL: its tests are skipped (sudo apt-get install postgresql)"; \
+	fi
+
+# The demo on a throwaway PostgreSQL server (tests/pgserver.py starts it, and removes it after).
+demo-postgres: postgres $(VENV)/.installed-postgres
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/pgserver.py -- sh -c '\
+		campaign-runner run campaigns/demo.yaml --sandbox --db "$$CAMPAIGN_RUNNER_DB" && \
+		campaign-runner report demo --format json && \
+		campaign-runner status'
+
+test: install-test browser postgres
 	$(BIN)/ruff check campaign_runner tests bench
 	$(BIN)/ruff format --check campaign_runner tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

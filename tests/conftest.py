@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import random
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import yaml
 from hypothesis import strategies as st
@@ -21,12 +24,94 @@ from campaign_runner import events
 from campaign_runner.cli import run_cli
 from campaign_runner.client import ApiClient
 from campaign_runner.clock import Clock
+from campaign_runner.engines.postgres import translate
 from campaign_runner.sandbox import Sandbox, SandboxConfig, serve_in_thread
 from campaign_runner.scheduler import RunResult, Scheduler
 from campaign_runner.settings import Limit
 from campaign_runner.store import Store
 
+from pgserver import PgServer, find_bindir
+
 API_KEY = "test-key-0123456789"
+PG_PASSWORD = "pg-Secret-4b1d9e"  # must never appear in the database, a log, a report or a message
+ENGINES = ("sqlite", "postgresql")
+_TEMPLATE = "campaign_template"
+_databases = itertools.count(1)
+
+
+# --- both engines ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """A throwaway PostgreSQL server for the whole session (started the first time a test asks),
+    with a template database migrated as the runner would, for each test to copy."""
+    try:
+        find_bindir()
+    except RuntimeError as exc:
+        if os.environ.get("REQUIRE_POSTGRES"):  # CI: the PostgreSQL half of the suite must run
+            raise
+        pytest.skip(f"no PostgreSQL here ({exc}): `make postgres`, or apt-get install postgresql")
+    server = PgServer(password=PG_PASSWORD)
+    server.start()
+    try:
+        url = server.create_database(_TEMPLATE)
+        Store._open(url, 1.0)._conn.close()
+        yield server
+    finally:
+        server.stop()
+
+
+CLI_ENGINE = os.environ.get("CLI_ENGINE", "sqlite")
+
+
+@pytest.fixture
+def cli_postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with new_database(request, "postgresql", tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def database(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new, empty database of `engine`, as `--db` takes it: a file path, or a PostgreSQL URL."""
+    with new_database(request, engine, tmp_path) as where:
+        yield where
+
+
+@contextlib.contextmanager
+def new_database(request: pytest.FixtureRequest, engine: str, folder: Path) -> Iterator[str]:
+    """A new, empty database of `engine` (a file in `folder`), removed afterwards (for a test that
+    needs several, one per example of a property, say)."""
+    if engine == "sqlite":
+        yield str(folder / f"campaigns-{next(_databases)}.db")
+        return
+    server: PgServer = request.getfixturevalue("postgres")
+    name = f"test_{os.getpid()}_{next(_databases)}"
+    url = server.create_database(name, template=_TEMPLATE)
+    try:
+        yield url
+    finally:
+        server.drop_database(name)
+
+
+def query(db: str | Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement on a database of either engine, through a connection of the test's own
+    (as another process would), in SQLite's spelling; return its rows (none for a write)."""
+    where = str(db)
+    if where.startswith("postgresql://"):
+        with psycopg.connect(where, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+            cursor = conn.execute(translate(sql), params)
+            return cursor.fetchall() if cursor.description else []
+    conn = sqlite3.connect(where, isolation_level=None)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
 
 
 @pytest.fixture
@@ -92,10 +177,20 @@ def write_text(path: Path, text: str) -> Path:
 
 
 @pytest.fixture
-def cli(capsys, monkeypatch, tmp_path):
-    """Run the CLI in this process against one database: `cli(*args, base_url=...)` -> (code, out, err)."""
+def cli_engine() -> str:
+    """The engine of the `cli` fixture's database: SQLite, unless CLI_ENGINE=postgresql (to run
+    every CLI test on PostgreSQL, on demand). A module overrides it to run on both."""
+    return CLI_ENGINE
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path, request, cli_engine: str):
+    """Run the CLI in this process against one database: `cli(*args, base_url=...)` -> (code, out, err);
+    `cli.db` is that database, as `--db` takes it."""
     monkeypatch.setenv("CONNECTSAFELY_API_KEY", API_KEY)
     db = str(tmp_path / "runs.db")
+    if cli_engine == "postgresql":
+        db = request.getfixturevalue("cli_postgres")
 
     def invoke(*args: str, base_url: str | None = None) -> tuple[int, str, str]:
         extra = ["--db", db]
@@ -105,6 +200,7 @@ def cli(capsys, monkeypatch, tmp_path):
         out, err = capsys.readouterr()
         return code, out, err
 
+    invoke.db = db
     return invoke
 
 
@@ -198,8 +294,11 @@ async def run_campaigns(
 EXECUTABLE = str(Path(sys.executable).parent / "campaign-runner")
 
 
-def start(started: list, args: list[str], db: Path, url: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "CONNECTSAFELY_API_KEY": API_KEY, "CAMPAIGN_RUNNER_DB": str(db), "CONNECTSAFELY_BASE_URL": url}
+def start(
+    started: list, args: list[str], db: str | Path, url: str, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    env = {**os.environ, "CONNECTSAFELY_API_KEY": API_KEY, "CAMPAIGN_RUNNER_DB": str(db), "CONNECTSAFELY_BASE_URL": url,
+           **(env or {})}  # fmt: skip
     with log.open("ab") as out:
         process = subprocess.Popen([EXECUTABLE, *args], env=env, stdout=out, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL)  # fmt: skip
@@ -207,16 +306,13 @@ def start(started: list, args: list[str], db: Path, url: str, log: Path) -> subp
     return process
 
 
-def statuses(db: Path) -> dict[str, str]:
-    if not db.exists():
+def statuses(db: str | Path) -> dict[str, str]:
+    if not str(db).startswith("postgresql://") and not Path(db).exists():
         return {}
-    conn = sqlite3.connect(db)
     try:
-        return dict(conn.execute("SELECT profile_urn, status FROM recipients"))
-    except sqlite3.OperationalError:  # not migrated yet
+        return dict(query(db, "SELECT profile_urn, status FROM recipients"))
+    except (sqlite3.OperationalError, psycopg.errors.UndefinedTable):  # not migrated yet
         return {}
-    finally:
-        conn.close()
 
 
 @pytest.fixture

@@ -1,23 +1,26 @@
 """Every bad input: one clear error line, the right exit code, nothing sent, the database unchanged.
 
 Each case runs against a copy of a database that already holds a partly sent campaign, and
-compares a full dump of it before and after.
+compares a full dump of it before and after; on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from campaign_runner.cli import run_cli
 from campaign_runner.migrate import discover
 
-from conftest import API_KEY, urn, write_campaign, write_text
+from conftest import API_KEY, query, urn, write_campaign, write_text
+from pgserver import PgServer
 
 FILE = "c.yaml"
 UNKNOWN = "error: no campaign named 'nope' in {db} (its campaigns: test-campaign)"
@@ -62,10 +65,11 @@ def corrupt_db(db: Path) -> None:
     db.write_bytes(b"this is not a database, just some text that happens to be long enough" * 100)
 
 
-def newer_db(db: Path) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 0)")
-    conn.close()
+def newer_db(db: Path | str) -> None:
+    query(db, "INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 0)")
+
+
+FILE_ONLY = (corrupt_db, Path.unlink)  # what only a file can suffer
 
 
 @dataclass
@@ -263,19 +267,35 @@ CASES = [
 ]  # fmt: skip
 
 
+def fill(db: str, folder: Path) -> None:
+    """A campaign that has sent to some of its recipients."""
+    path = write_campaign(folder, FILE, **good())
+    assert run_cli(["run", str(path), "--sandbox", "--db", db]) == 0
+    path = write_campaign(folder, FILE, **good(recipients=good()["recipients"] + [{"profile_urn": urn(9)}]))
+    assert run_cli(["run", str(path), "--sandbox", "--db", db, "--no-wait"]) == 0
+
+
 @pytest.fixture(scope="module")
 def started_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A database holding a campaign that has sent to some of its recipients."""
     folder = tmp_path_factory.mktemp("started")
     db = folder / "start.db"
-    path = write_campaign(folder, FILE, **good())
-    assert run_cli(["run", str(path), "--sandbox", "--db", str(db)]) == 0
-    path = write_campaign(folder, FILE, **good(recipients=good()["recipients"] + [{"profile_urn": urn(9)}]))
-    assert run_cli(["run", str(path), "--sandbox", "--db", str(db), "--no-wait"]) == 0
+    fill(str(db), folder)
     return db
 
 
-def dump(db: Path) -> list[str] | bytes | None:
+@pytest.fixture(scope="module")
+def started_postgres(tmp_path_factory: pytest.TempPathFactory, postgres: PgServer) -> Iterator[str]:
+    name = f"started_{os.getpid()}"
+    fill(postgres.create_database(name), tmp_path_factory.mktemp("started-pg"))
+    yield name
+    postgres.drop_database(name)
+
+
+def dump(db: Path | str) -> list[Any] | bytes | None:
+    if str(db).startswith("postgresql://"):
+        tables = [t for (t,) in query(db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
+        return [(t, sorted(map(repr, query(db, f"SELECT * FROM {t}")))) for t in tables]
+    db = Path(db)
     if not db.exists():
         return None
     try:
@@ -285,12 +305,27 @@ def dump(db: Path) -> list[str] | bytes | None:
         return db.read_bytes()
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: Case, started_db: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+def _on_postgres(case: Case) -> bool:
+    return case.db_setup not in FILE_ONLY and "--db" not in case.args  # the others are about files
+
+
+ENGINE_CASES = [("sqlite", c) for c in CASES] + [("postgresql", c) for c in CASES if _on_postgres(c)]
+
+
+@pytest.mark.parametrize(("engine", "case"), ENGINE_CASES, ids=[f"{c.id}-{e}" for e, c in ENGINE_CASES])
+def test_bad_input(case: Case, engine: str, request, tmp_path: Path, monkeypatch, capsys) -> None:
     for name, value in case.env.items():
         monkeypatch.setenv(name, value)
-    db = tmp_path / "campaigns.db"
-    shutil.copy(started_db, db)
+    if engine == "sqlite":
+        db: Path | str = tmp_path / "campaigns.db"
+        shutil.copy(request.getfixturevalue("started_db"), db)
+        label = str(db)
+    else:
+        server: PgServer = request.getfixturevalue("postgres")
+        db = server.create_database(f"case_{os.getpid()}_{case.id.replace('-', '_')}",
+                                    template=request.getfixturevalue("started_postgres"))  # fmt: skip
+        request.addfinalizer(lambda: server.drop_database(db.rsplit("/", 1)[1]))
+        label = server.url_for(db.rsplit("/", 1)[1], hide_password=True)
     if case.db_setup:
         case.db_setup(db)
     if case.setup:
@@ -300,7 +335,8 @@ def test_bad_input(case: Case, started_db: Path, tmp_path: Path, monkeypatch, ca
     args = [a.format(dir=tmp_path) for a in case.args]
     code = run_cli([*args, "--db", str(db)] if case.db_option and "--db" not in args else args)
     out, err = capsys.readouterr()
-    message = case.message.format(file=FILE, db=db, dir=tmp_path, latest=discover()[-1].version)
+    latest = discover(engine="sqlite" if engine == "sqlite" else "postgres")[-1].version
+    message = case.message.format(file=FILE, db=label, dir=tmp_path, latest=latest)
     assert (code, err) == (case.code, message + "\n")
     assert "Traceback" not in out
     assert dump(db) == before

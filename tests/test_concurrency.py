@@ -1,17 +1,16 @@
-"""Two real runners on one database and one campaign at once: they share the work safely."""
+"""Two real runners on one database (each engine) and one campaign at once: they share the work safely."""
 
 from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 from collections import Counter
 from pathlib import Path
 
 from campaign_runner.sandbox import SEND_PATHS
 from campaign_runner.store import DIED_IN_FLIGHT
 
-from conftest import max_in_window, start, statuses, urn, wait_for, write_campaign
+from conftest import max_in_window, query, start, statuses, urn, wait_for, write_campaign
 
 ACCOUNTS, CAP, WINDOW = ["acc_1", "acc_2"], 10, 1.0
 
@@ -23,7 +22,7 @@ def campaign(tmp_path: Path, count: int) -> Path:
     )  # fmt: skip
 
 
-def check_shared_safely(box, db: Path, count: int) -> None:
+def check_shared_safely(box, db: str, count: int) -> None:
     delivered = Counter(d.recipient for d in box.log)
     assert [r for r, n in delivered.items() if n > 1] == []  # nobody twice
     final = statuses(db)
@@ -35,23 +34,22 @@ def check_shared_safely(box, db: Path, count: int) -> None:
     assert not [r for r in requests if r.status == 429]
 
 
-def test_two_runs_at_once_share_the_work(serve_sandbox, processes, tmp_path: Path) -> None:
+def test_two_runs_at_once_share_the_work(serve_sandbox, processes, tmp_path: Path, database: str) -> None:
     box, url = serve_sandbox(typing_delay=0.05, quota=CAP, quota_window=WINDOW)
-    path, db, log = campaign(tmp_path, 60), tmp_path / "shared.db", tmp_path / "runner.log"
+    path, db, log = campaign(tmp_path, 60), database, tmp_path / "runner.log"
     first = start(processes, ["run", str(path)], db, url, log)
     second = start(processes, ["run", str(path)], db, url, log)
     assert first.wait(60) == 0, log.read_text()
     assert second.wait(60) == 0, log.read_text()
     check_shared_safely(box, db, 60)
     assert set(statuses(db).values()) == {"sent"}
-    with sqlite3.connect(db) as conn:
-        runs = [row[0] for row in conn.execute("SELECT DISTINCT run_id FROM attempts")]
+    runs = [row[0] for row in query(db, "SELECT DISTINCT run_id FROM attempts")]
     assert len(runs) == 2  # both did part of the work
 
 
-def test_a_run_killed_beside_another_is_taken_over(serve_sandbox, processes, tmp_path: Path) -> None:
+def test_a_run_killed_beside_another_is_taken_over(serve_sandbox, processes, tmp_path: Path, database: str) -> None:
     box, url = serve_sandbox(typing_delay=0.2, quota=CAP, quota_window=WINDOW)
-    path, db, log = campaign(tmp_path, 30), tmp_path / "shared.db", tmp_path / "runner.log"
+    path, db, log = campaign(tmp_path, 30), database, tmp_path / "runner.log"
     doomed = start(processes, ["run", str(path)], db, url, log)
     wait_for(lambda: "in_flight" in statuses(db).values(), 30)
     survivor = start(processes, ["run", str(path)], db, url, log)
@@ -63,12 +61,13 @@ def test_a_run_killed_beside_another_is_taken_over(serve_sandbox, processes, tmp
     check_shared_safely(box, db, 30)
     final = statuses(db)
     assert set(final.values()) <= {"sent", "unknown"}
-    with sqlite3.connect(db) as conn:
-        died = conn.execute("SELECT count(*) FROM recipients WHERE error = ?", (DIED_IN_FLIGHT,)).fetchone()[0]
+    [(died,)] = query(db, "SELECT count(*) FROM recipients WHERE error = ?", (DIED_IN_FLIGHT,))
     assert died == list(final.values()).count("unknown") <= len(ACCOUNTS)
 
 
-def test_the_keys_limit_holds_across_processes_whose_files_differ(serve_sandbox, processes, tmp_path: Path) -> None:
+def test_the_keys_limit_holds_across_processes_whose_files_differ(
+    serve_sandbox, processes, tmp_path: Path, database: str
+) -> None:
     """A strict campaign in one process, a loose one in another: the strictest limit of every
     campaign with work left binds both, because each claim reads it from the database."""
     box, url = serve_sandbox(typing_delay=0.02)
@@ -80,7 +79,7 @@ def test_the_keys_limit_holds_across_processes_whose_files_differ(serve_sandbox,
         tmp_path, "loose.yaml", name="loose", accounts=["acc_l1", "acc_l2"], api_limit="1000/1s",
         recipients=[{"profile_urn": urn(i)} for i in range(100, 106)],
     )  # fmt: skip
-    db, log = tmp_path / "shared.db", tmp_path / "runner.log"
+    db, log = database, tmp_path / "runner.log"
     first = start(processes, ["run", str(strict)], db, url, log)
     wait_for(lambda: "sent" in statuses(db).values(), 30)  # the strict campaign is in the database
     second = start(processes, ["run", str(loose)], db, url, log)

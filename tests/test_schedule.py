@@ -21,7 +21,7 @@ from campaign_runner.schedule import Schedule, parse_hours
 from campaign_runner.settings import Limit
 from campaign_runner.store import Store
 
-from conftest import API_KEY, max_in_window, run_campaigns, urn, write_campaign
+from conftest import API_KEY, max_in_window, new_database, run_campaigns, urn, write_campaign
 
 BERLIN, NEW_YORK = "Europe/Berlin", "America/New_York"
 EXAMPLES = int(os.environ.get("SCHEDULE_EXAMPLES", "25"))  # more for a deeper search, e.g. 500
@@ -151,7 +151,9 @@ scenarios = st.fixed_dictionaries({
 # A send exactly one window after the last must wait EPSILON more: once found here, kept.
 @example(scenario={"tz": "UTC", "start_hour": 4, "length": 2, "days": {0, 1}, "cap": 1, "delay": None,
                    "warmup": None, "start_offset": 0.0, "restart_after": 1, "downtime": 0.0, "seed": 0})  # fmt: skip
-async def test_days_of_sending_keep_every_rule_and_use_what_they_allow(tmp_path_factory, scenario: dict) -> None:
+async def test_days_of_sending_keep_every_rule_and_use_what_they_allow(
+    tmp_path_factory, request: pytest.FixtureRequest, engine: str, scenario: dict
+) -> None:
     s = scenario
     start, end = s["start_hour"] * 60, (s["start_hour"] + s["length"]) % 24 * 60
     if start == end:
@@ -173,18 +175,19 @@ async def test_days_of_sending_keep_every_rule_and_use_what_they_allow(tmp_path_
     begin = 1_800_000_000.0 + s["start_offset"]
     clock = VirtualClock(begin)
     box = Sandbox(SandboxConfig(api_key=API_KEY, quota=10**6, quota_window=1.0), clock)
-    store = await Store.open(folder / "days.db", begin)
-    try:
-        await store.load([load_campaign(path)], begin)
-        first = (await run_campaigns(store, clock, box, seed=s["seed"], stop_after=s["restart_after"]))[0].reason
-        restart = clock.now() + s["downtime"]
-        if first != "done":
-            clock = VirtualClock(restart)  # a new process, later: only the database remembers
-            box.clock = clock
-            assert (await run_campaigns(store, clock, box, seed=s["seed"] + 1))[0].reason == "done"
-        assert (await store.counts("test-campaign"))["sent"] == recipients
-    finally:
-        await store.close()
+    with new_database(request, engine, folder) as database:
+        store = await Store.open(database, begin)
+        try:
+            await store.load([load_campaign(path)], begin)
+            first = (await run_campaigns(store, clock, box, seed=s["seed"], stop_after=s["restart_after"]))[0].reason
+            restart = clock.now() + s["downtime"]
+            if first != "done":
+                clock = VirtualClock(restart)  # a new process, later: only the database remembers
+                box.clock = clock
+                assert (await run_campaigns(store, clock, box, seed=s["seed"] + 1))[0].reason == "done"
+            assert (await store.counts("test-campaign"))["sent"] == recipients
+        finally:
+            await store.close()
 
     times = sorted(r.at for r in box.sends)
     assert len(times) == recipients

@@ -1,4 +1,4 @@
-"""Days of sending in seconds: the real scheduler, store and sandbox on a virtual clock."""
+"""Days of sending in seconds: the real scheduler, store (each engine) and sandbox on a virtual clock."""
 
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ START = 1_800_000_000.0  # a Friday in January 2027, UTC
 DAY = 86400.0
 
 
-async def test_150_a_day_for_days_across_a_restart(tmp_path: Path) -> None:
+async def test_150_a_day_for_days_across_a_restart(tmp_path: Path, database: str) -> None:
     clock = VirtualClock(START)
     box = Sandbox(SandboxConfig(api_key=API_KEY, quota=150, quota_window=DAY), clock)
     path = write_campaign(tmp_path, accounts=["acc_1", "acc_2"], limit="150/day",
                           recipients=[{"profile_urn": urn(i)} for i in range(700)])  # fmt: skip
-    store = await Store.open(tmp_path / "days.db", clock.now())
+    store = await Store.open(database, clock.now())
     try:
         await store.load([load_campaign(path)], clock.now())
         result, _ = await run_campaigns(store, clock, box, stop_after=250)
@@ -38,7 +38,7 @@ async def test_150_a_day_for_days_across_a_restart(tmp_path: Path) -> None:
     # A new process some hours later: only the database remembers.
     clock = VirtualClock(clock.now() + 3 * 3600)
     box.clock = clock
-    store = await Store.open(tmp_path / "days.db", clock.now())
+    store = await Store.open(database, clock.now())
     try:
         result, seen = await run_campaigns(store, clock, box)
         assert result.reason == "done"
@@ -58,13 +58,13 @@ async def test_150_a_day_for_days_across_a_restart(tmp_path: Path) -> None:
     assert elapsed == pytest.approx(349 * DAY / 150 + 3 * 3600, rel=0.02)
 
 
-async def test_output_that_fails_never_stops_sending(tmp_path: Path) -> None:
+async def test_output_that_fails_never_stops_sending(tmp_path: Path, database: str) -> None:
     """A closed pipe under `run | head` must not cancel requests in flight into `unknown`."""
     clock = VirtualClock(START)
     box = Sandbox(SandboxConfig(api_key=API_KEY), clock)
     path = write_campaign(tmp_path, accounts=["acc_1", "acc_2"], limit="10/1m",
                           recipients=[{"profile_urn": urn(i)} for i in range(20)])  # fmt: skip
-    store = await Store.open(tmp_path / "pipe.db", clock.now())
+    store = await Store.open(database, clock.now())
     try:
         await store.load([load_campaign(path)], clock.now())
         campaigns = [await store.campaign("test-campaign")]
@@ -91,7 +91,7 @@ async def test_output_that_fails_never_stops_sending(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_what_a_request_carries_is_read_with_its_claim_not_cached_at_start(tmp_path: Path) -> None:
+async def test_what_a_request_carries_is_read_with_its_claim_not_cached_at_start(tmp_path: Path, database: str) -> None:
     """Another process loads the campaign with --accept-changes while this one runs: the very next
     request goes to the new group, through the new endpoint, with the new message, and its answer
     is judged by the new retry policy."""
@@ -99,12 +99,12 @@ async def test_what_a_request_carries_is_read_with_its_claim_not_cached_at_start
     box = Sandbox(SandboxConfig(api_key=API_KEY, fail_500={urn(3): 5}), clock)
     fields = {"limit": "1/1s", "recipients": [{"profile_urn": urn(i)} for i in range(4)]}
     path = write_campaign(tmp_path, **fields)
-    store = await Store.open(tmp_path / "changes.db", START)
+    store = await Store.open(database, START)
     changed = write_campaign(
         tmp_path, "changed.yaml", group_id="99999", endpoint="send-group-with-ack", message="New text",
         retry={"attempts": 1, "backoff": "50ms"}, **fields,
     )  # fmt: skip
-    other = Store._open(store.path, START, False)  # another process's connection to the same file
+    other = Store._open(store.target, START, False)  # another process's connection to the same file
 
     def reload_after_first_send(event: events.Event) -> None:
         if isinstance(event, events.Attempted) and event.profile_urn == urn(0):

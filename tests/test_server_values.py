@@ -12,7 +12,6 @@ import itertools
 import json
 import math
 import os
-import sqlite3
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +29,7 @@ from campaign_runner.policy import settle
 from campaign_runner.sandbox import Scripted
 from campaign_runner.store import Claimed, Store
 
-from conftest import by_urn, report, urn, write_campaign
+from conftest import ENGINES, by_urn, query, report, urn, write_campaign
 
 LIMITED = {"error": "Rate limit exceeded for MESSAGE: 150/150 used", "success": False}
 FAR_FUTURE = "9999-12-31T23:59:59Z"
@@ -50,12 +49,13 @@ def campaign(tmp_path: Path, n: int = 3) -> Path:
     )
 
 
-def stored_holds(tmp_path: Path) -> list[tuple]:
-    conn = sqlite3.connect(tmp_path / "runs.db")
-    try:
-        return conn.execute("SELECT hold_until, server_reset, server_remaining FROM accounts").fetchall()
-    finally:
-        conn.close()
+@pytest.fixture(params=ENGINES)
+def cli_engine(request: pytest.FixtureRequest) -> str:
+    return request.param  # what the server says reaches each engine's column types alike
+
+
+def stored_holds(db: str) -> list[tuple]:
+    return query(db, "SELECT hold_until, server_reset, server_remaining FROM accounts")
 
 
 def test_a_hold_until_the_end_of_time_stops_the_account_and_every_command_still_works(
@@ -71,7 +71,7 @@ def test_a_hold_until_the_end_of_time_stops_the_account_and_every_command_still_
         " exceeded for MESSAGE: 150/150 used); held for 7 days (see `campaign-runner hold list`)."
     )
     assert out.splitlines()[-1] == "test-campaign: 3 pending"
-    [(hold, _, _)] = stored_holds(tmp_path)
+    [(hold, _, _)] = stored_holds(cli.db)
     assert before + MAX_HOLD - 5 < hold <= time.time() + MAX_HOLD  # bounded, not year 9999
 
     # Every command still works on this database, and the hold can be seen and lifted.
@@ -127,7 +127,7 @@ def test_absurd_times_in_a_429_never_crash_a_command_nor_get_stored(
     start = time.time()
     code, _, err = cli("run", str(campaign(tmp_path, 2)), "--no-wait", base_url=url)
     assert code in (0, 1), err
-    for hold, server_reset, _ in stored_holds(tmp_path):
+    for hold, server_reset, _ in stored_holds(cli.db):
         assert hold <= time.time() + MAX_HOLD
         assert server_reset is None or server_reset <= time.time() + MAX_HOLD
         assert hold >= start + MIN_HOLD  # never straight back after a 429, whatever it said

@@ -1,4 +1,5 @@
-"""The store's transactions on a real SQLite file, with explicit times."""
+"""The store's transactions on a real database of each engine (a SQLite file, a PostgreSQL server),
+with explicit times."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import contextlib
 import dataclasses
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +16,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from campaign_runner.config import load_campaign
+from campaign_runner.errors import RunTakenError
 from campaign_runner.guard import Judgement, Refused
 from campaign_runner.outcome import Kind, Outcome
 from campaign_runner.policy import settle
 from campaign_runner.settings import CampaignSettings
 from campaign_runner.store import DIED_IN_FLIGHT, Claimed, Drained, Store, Waiting
 
-from conftest import LIMIT_TEXTS, parsed_or_none, urn, write_campaign
+from conftest import LIMIT_TEXTS, parsed_or_none, query, urn, write_campaign
 
 pytestmark = pytest.mark.anyio
 
@@ -30,8 +31,8 @@ T0 = 1_800_000_000.0
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    store = await Store.open(tmp_path / "store.db", T0)
+async def store(tmp_path: Path, database: str):
+    store = await Store.open(database, T0)
     path = write_campaign(tmp_path, limit="10/1s", recipients=[{"profile_urn": urn(i)} for i in range(3)])
     await store.load([load_campaign(path)], T0)
     yield store
@@ -40,13 +41,13 @@ async def store(tmp_path: Path):
 
 async def run_of(store: Store, pid: int, host: str, started: float = T0) -> int:
     """A run of another process, written as that process would: through its own connection."""
-    with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as db:
-        cursor = db.execute(
-            "INSERT INTO runs (pid, pid_start, host, command, stale_after, started_at)"
-            " VALUES (?, NULL, ?, 'test', 120, ?)",
-            (pid, host, started),
-        )
-        return int(cursor.lastrowid)
+    [(run_id,)] = query(
+        store.target.text,
+        "INSERT INTO runs (pid, pid_start, host, command, stale_after, started_at)"
+        " VALUES (?, NULL, ?, 'test', 120, ?) RETURNING id",
+        (pid, host, started),
+    )
+    return int(run_id)
 
 
 async def claim(store: Store, run_id: int, now: float = T0) -> Claimed:
@@ -98,6 +99,24 @@ async def test_claims_from_another_host_are_given_up_only_when_stale(store: Stor
     ours = await store.begin_run("test", T0 + 1, 60)
     assert await store.recover(ours, T0 + 100) == []
     assert [r.profile_urn for r in await store.recover(ours, T0 + 121)] == [remote.profile_urn]
+
+
+async def test_a_run_whose_lease_lapsed_is_taken_and_stops_claiming(store: Store, monkeypatch) -> None:
+    monkeypatch.setenv("CAMPAIGN_RUNNER_HOST", "host-a")
+    theirs = await store.begin_run("test", T0, 60, heartbeat=1)  # a lease of 63 s
+    claimed = await claim(store, theirs)
+    assert await store.renew(theirs, T0 + 30)  # alive: its lease now lasts until T0 + 93
+    monkeypatch.setenv("CAMPAIGN_RUNNER_HOST", "host-b")
+    ours = await store.begin_run("test", T0 + 31, 60)
+    assert await store.recover(ours, T0 + 92) == []
+    assert [r.profile_urn for r in await store.recover(ours, T0 + 94)] == [claimed.profile_urn]
+    assert query(store.target.text, "SELECT taken_by FROM runs WHERE id = ?", (theirs,)) == [("host-b",)]
+    # The run that was cut off (paused, or away from the database) finds out, and sends no more.
+    monkeypatch.setenv("CAMPAIGN_RUNNER_HOST", "host-a")
+    assert not await store.renew(theirs, T0 + 95)
+    with pytest.raises(RunTakenError, match="another runner took this run's claims"):
+        await store.claim(theirs, "acc_1", ["test-campaign"], T0 + 96)
+    assert isinstance(await store.claim(ours, "acc_1", ["test-campaign"], T0 + 96), Claimed)
 
 
 async def test_a_late_answer_replaces_the_unknown_of_a_recovery(store: Store) -> None:
@@ -190,7 +209,9 @@ def test_recovery_reason_is_stable() -> None:
     backoff=st.sampled_from(["50ms", "2s", "1.5m", 0.25]),
     delay=st.sampled_from([None, "45s-180s", "0.5s"]),
 )
-def test_every_setting_round_trips_through_the_database(tmp_path: Path, limit, account_limit, api, backoff, delay):
+def test_every_setting_round_trips_through_the_database(
+    tmp_path: Path, database: str, limit, account_limit, api, backoff, delay
+):
     assume(all(parsed_or_none(text) for text in [limit, account_limit, *api]))
     other = {"id": "acc_2", "limit": account_limit, "hours": "09:00-17:00", "timezone": "Asia/Kolkata"}
     path = write_campaign(
@@ -204,7 +225,7 @@ def test_every_setting_round_trips_through_the_database(tmp_path: Path, limit, a
         breaker={"failures": 4, "cooldown": "1.5s", "pauses": 1, "forbidden": 7},
     )
     loaded = load_campaign(path)
-    store = Store._open(tmp_path / f"round-{os.urandom(4).hex()}.db", T0, True)
+    store = Store._open(database, T0, True)
     try:
         store._load([loaded], T0)
         read = store._campaign(loaded.name)
