@@ -51,6 +51,16 @@ def host(name: str, **more: str) -> dict[str, str]:
     return {"CAMPAIGN_RUNNER_HOST": name, "CAMPAIGN_RUNNER_HEARTBEAT": HEARTBEAT, **more}
 
 
+def in_flight(db: str, pid: int) -> int:
+    """Requests on the wire of the runner with that pid."""
+    return query(
+        db,
+        "SELECT count(*) FROM recipients r JOIN runs ON runs.id = r.run_id"
+        " WHERE r.status = 'in_flight' AND runs.pid = ?",
+        (pid,),
+    )[0][0]
+
+
 def check_windows(box, accounts: list[str], context: str) -> None:
     """No account over its cap in any window, nor the key over its own, by the sandbox's clock."""
     requests = [r for r in box.sends if r.endpoint in SEND_PATHS.values()]
@@ -88,6 +98,8 @@ def test_three_hosts_killed_at_random_message_nobody_twice(
         time.sleep(rng.uniform(0, 0.5))
         name = rng.choice([n for n, p in runners.items() if p.poll() is None] or list(runners))
         victim = runners[name]
+        if len(killed) == KILLS // 2:  # the one left dead past its lease: kill it while it sends
+            wait_for(lambda: in_flight(db, victim.pid) > 0 or victim.poll() is not None, 60)
         if victim.poll() is None:
             os.kill(victim.pid, signal.SIGKILL)
             victim.wait(10)

@@ -143,3 +143,19 @@ def _answers(url: str) -> bool:
     except httpx.HTTPError:
         time.sleep(0.1)
         return False
+
+
+def test_runners_starting_at_once_on_a_new_database_migrate_it_once(postgres, cli_postgres: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from campaign_runner.store import Store
+
+    def open_and_close(_: int) -> bool:
+        store = Store._open(cli_postgres, 1.0)
+        store._conn.close()
+        return store.created
+
+    with ThreadPoolExecutor(4) as pool:
+        created = list(pool.map(open_and_close, range(4)))
+    assert created.count(True) == 1
+    assert query(cli_postgres, "SELECT version FROM schema_migrations") == [(1,)]
