@@ -159,3 +159,35 @@ def test_runners_starting_at_once_on_a_new_database_migrate_it_once(postgres, cl
         created = list(pool.map(open_and_close, range(4)))
     assert created.count(True) == 1
     assert query(cli_postgres, "SELECT version FROM schema_migrations") == [(1,)]
+
+
+@pytest.mark.anyio
+async def test_a_connection_dropped_between_operations_is_opened_again(cli_postgres: str, tmp_path) -> None:
+    from campaign_runner.config import load_campaign
+    from campaign_runner.errors import StoreError
+    from campaign_runner.store import Store
+
+    store = await Store.open(cli_postgres, 1.0)
+    try:
+        await store.load([load_campaign(write_campaign(tmp_path, recipients=[{"profile_urn": urn(1)}]))], 1.0)
+        run = await store.begin_run("test", 2.0, 60)
+        for _ in range(2):  # the server ends our session, as a restart or a proxy would
+            query(cli_postgres, "SELECT pg_terminate_backend(?)", (store._conn._pg.info.backend_pid,))
+            assert await store.campaign_names() == ["test-campaign"]
+        query(cli_postgres, "SELECT pg_terminate_backend(?)", (store._conn._pg.info.backend_pid,))
+        assert await store.renew(run, 3.0)  # a write transaction: its BEGIN found the session gone
+        # Lost inside a transaction, the operation fails whole; the next one goes on.
+        original = store._engine.begin_write
+
+        def begin_then_drop(conn, account_id=None) -> None:
+            original(conn, account_id)
+            query(cli_postgres, "SELECT pg_terminate_backend(?)", (conn._pg.info.backend_pid,))
+
+        store._engine.begin_write = begin_then_drop
+        with pytest.raises(StoreError):
+            await store.claim(run, "acc_1", ["test-campaign"], 4.0)
+        store._engine.begin_write = original
+        assert query(cli_postgres, "SELECT status FROM recipients") == [("pending",)]
+        assert (await store.claim(run, "acc_1", ["test-campaign"], 5.0)).profile_urn == urn(1)
+    finally:
+        await store.close()

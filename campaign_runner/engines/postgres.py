@@ -38,10 +38,6 @@ MIGRATION_LOCK = 0x63726D67  # pg_advisory_xact_lock key: one process migrates a
 CONNECT_TIMEOUT = 10  # seconds
 
 
-def available() -> bool:
-    return psycopg is not None
-
-
 # --- SQL as SQLite reads it, for PostgreSQL ---------------------------------------------------
 
 _TOKENS = re.compile(
@@ -136,6 +132,7 @@ class Connection:
     def __init__(self, url: str, read_only: bool = False):
         self._url = url
         self._read_only = read_only
+        self._began = False  # a transaction of ours is open
         self._pg = self._connect()
 
     def _connect(self) -> Any:
@@ -157,9 +154,26 @@ class Connection:
         return pg
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
-        if self._pg.closed and not self.in_transaction:
-            self._pg = self._connect()  # the server restarted, or a proxy dropped us between trips
-        return self._pg.execute(translate(sql), params)
+        """Run one statement. A connection lost between operations (the server restarted, a proxy
+        dropped it) is opened again for the next one's first statement, a BEGIN or a lone read,
+        which then runs as if nothing happened: nothing of ours was under way. Lost inside a
+        transaction, it fails that transaction (the server rolls it back): never resumed."""
+        if sql.startswith(("COMMIT", "ROLLBACK")):
+            self._began = False
+            return self._pg.execute(sql)
+        first = not self._began and sql.startswith(("BEGIN", "SELECT"))
+        if first and self._pg.closed:
+            self._pg = self._connect()
+        try:
+            cursor = self._pg.execute(translate(sql), params)
+        except psycopg.OperationalError:
+            if not (first and self._pg.closed):
+                raise
+            self._pg = self._connect()
+            cursor = self._pg.execute(translate(sql), params)
+        if sql.startswith("BEGIN"):
+            self._began = True
+        return cursor
 
     def executemany(self, sql: str, rows: Any) -> Any:
         cursor = self._pg.cursor()
@@ -171,6 +185,8 @@ class Connection:
 
     @property
     def in_transaction(self) -> bool:
+        if self._pg.closed:
+            return self._began
         return self._pg.info.transaction_status != TransactionStatus.IDLE
 
     def close(self) -> None:
