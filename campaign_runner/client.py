@@ -254,7 +254,11 @@ def make_http_client(
         base_url=check_base_url(base_url, allow_insecure) + "/",
         headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
         timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
-        limits=httpx.Limits(max_connections=max(connections, 1), max_keepalive_connections=max(connections, 1)),
+        limits=httpx.Limits(
+            max_connections=max(connections, 1),
+            max_keepalive_connections=max(connections, 1),
+            keepalive_expiry=KEEPALIVE,
+        ),
         follow_redirects=False,  # a redirected POST could be replayed elsewhere: treat as misrouted
         verify=verify,
     )
@@ -296,6 +300,13 @@ class AccountClients:
 
     def __repr__(self) -> str:  # never the key
         return f"AccountClients(base_url={self._base_url!r}, clients={len(self._clients)})"
+
+
+# Seconds an idle connection is kept for the next request. Well under the servers' own idle
+# timeouts (5 s for uvicorn, the sandbox's server; 60 s and more for most proxies): a request sent
+# on a connection the server is closing at that moment fails after it may have left, and becomes
+# `unknown`. An account that sends more rarely than this opens a new connection, at no risk.
+KEEPALIVE = 2.0
 
 
 def deadline_for(timeout: float) -> float:
