@@ -582,11 +582,12 @@ async def _renderer(clock: SystemClock) -> AsyncIterator[Callable[..., None]]:
 async def _open_store(
     db: str | None, clock: SystemClock, *, create: bool, sandbox: bool = False, err: bool = False
 ) -> AsyncIterator[Store]:
-    """The database (see `database_path`); `err`: say that it was created on standard error,
-    for a command whose standard output is data."""
+    """The database (see `database_target`); `err`: say that it was created on standard error,
+    for a command whose standard output is data. `create`: make it (its tables, on PostgreSQL)
+    when it is not there yet."""
     where = database_target(db, sandbox)
     if where.is_postgres:
-        store = await Store.open(where, clock.now())
+        store = await Store.open(where, clock.now(), create=create)
         if store.created:
             click.echo(f"created the campaign-runner tables in {where.label}", err=err)
         await _follow_database_clock(store, clock)

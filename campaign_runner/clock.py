@@ -40,7 +40,10 @@ class SystemClock:
     this host's monotonic clock, which no setting of the wall clock moves."""
 
     def __init__(self) -> None:
-        self._skew = float(os.environ.get(SKEW) or 0)
+        try:
+            self._skew = float(os.environ.get(SKEW) or 0)
+        except ValueError:
+            raise ValueError(f"{SKEW}: a number of seconds, not {os.environ[SKEW]!r}") from None
         self._anchor: tuple[float, float] | None = None  # (the other clock's time, our monotonic time then)
 
     def now(self) -> float:

@@ -459,18 +459,25 @@ class Store:
         return cls(await anyio.to_thread.run_sync(engine.connect_read_only), engine, where)
 
     @classmethod
-    async def open(cls, where: str | os.PathLike[str] | Target, now: float, *, scratch: bool = False) -> Store:
+    async def open(
+        cls, where: str | os.PathLike[str] | Target, now: float, *, scratch: bool = False, create: bool = True
+    ) -> Store:
         """Open (creating and migrating) the database: a path is a SQLite file, a postgresql:// URL
         a PostgreSQL database. `scratch` is for a throwaway SQLite copy that one task uses alone
         (`plan`): commits skip the fsync that makes them survive a power cut, and operations run on
-        the event loop's own thread, which is faster when nothing else waits."""
-        return await anyio.to_thread.run_sync(cls._open, where, now, scratch)
+        the event loop's own thread, which is faster when nothing else waits. `create`: a
+        PostgreSQL database without the tables gets them (else it is an error; for a SQLite file,
+        the caller looks whether it exists)."""
+        return await anyio.to_thread.run_sync(cls._open, where, now, scratch, create)
 
     @classmethod
-    def _open(cls, where: str | os.PathLike[str] | Target, now: float, scratch: bool = False) -> Store:
+    def _open(
+        cls, where: str | os.PathLike[str] | Target, now: float, scratch: bool = False, create: bool = True
+    ) -> Store:
         where = target(where)
         engine = _engine(where)
-        return cls(engine.connect(now, not scratch), engine, where, scratch and engine.name == "sqlite")
+        conn = engine.connect(now, not scratch, create)
+        return cls(conn, engine, where, scratch and engine.name == "sqlite")
 
     async def close(self) -> None:
         await self._run(self._conn.close)

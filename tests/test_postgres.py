@@ -191,3 +191,11 @@ async def test_a_connection_dropped_between_operations_is_opened_again(cli_postg
         assert (await store.claim(run, "acc_1", ["test-campaign"], 5.0)).profile_urn == urn(1)
     finally:
         await store.close()
+
+
+def test_a_reading_command_on_an_empty_database_makes_nothing(cli, capsys) -> None:
+    code = run_cli(["status", "--db", cli.db])
+    err = capsys.readouterr().err
+    label = cli.db.replace(PG_PASSWORD, "***")
+    assert (code, err) == (2, f"error: no campaign-runner tables in {label} (run a campaign on it first)\n")
+    assert query(cli.db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]

@@ -206,9 +206,12 @@ class PostgresEngine:
         self.created = False  # whether connecting made the tables
         self.errors: tuple[type[BaseException], ...] = (psycopg.Error,)
 
-    def connect(self, now: float, durable: bool = True) -> Connection:
+    def connect(self, now: float, durable: bool = True, create: bool = True) -> Connection:
+        """Connect, and migrate; `create`: make the tables in a database that has none yet."""
         conn = Connection(self.url)
         try:
+            if not create and _newest(conn) == 0:
+                raise StoreError(f"no campaign-runner tables in {self.label} (run a campaign on it first)")
             self.created = 1 in migrate(conn, now)
         except psycopg.Error as exc:
             conn.close()

@@ -23,8 +23,8 @@ class SqliteEngine:
         self.path = path
         self.label = str(path)
 
-    def connect(self, now: float, durable: bool) -> sqlite3.Connection:
-        """Open (creating and migrating) the database."""
+    def connect(self, now: float, durable: bool, create: bool = True) -> sqlite3.Connection:
+        """Open (creating and migrating) the database. (`create`: the caller looks whether the file exists.)"""
         path = self.path
         _create_private(path)
         try:
