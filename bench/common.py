@@ -6,6 +6,7 @@ and peak RSS are its own (not a sum or a maximum over every child this process e
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -28,6 +29,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
+TESTS = ROOT / "tests"  # holds pgserver.py, the throwaway PostgreSQL server
 BIN = Path(sys.executable).parent
 RUNNER = str(BIN / "campaign-runner")
 API_KEY = "bench-key"
@@ -105,20 +107,22 @@ def write_campaign(
     return path
 
 
-def preload(campaign_file: Path, db: Path) -> None:
+def preload(campaign_file: Path, db: Path | str) -> None:
     """Load a campaign into a fresh database with the runner's own code (what `run` does before it
-    sends), so a later `resume` times the sending phase alone."""
+    sends), so a later `resume` times the sending phase alone. `db`: a SQLite file (replaced), or
+    the postgresql:// URL of an empty database."""
     import anyio
 
     anyio.run(preload_async, campaign_file, db)
 
 
-async def preload_async(campaign_file: Path, db: Path) -> None:
+async def preload_async(campaign_file: Path, db: Path | str) -> None:
     from campaign_runner.config import load_campaign
     from campaign_runner.store import Store
 
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    if isinstance(db, Path):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
     store = await Store.open(db, time.time())
     try:
         await store.load([load_campaign(campaign_file)], time.time())
@@ -175,6 +179,34 @@ def run_child(
         err.seek(0)
         cpu = usage.ru_utime + usage.ru_stime
         return Usage(wall, cpu, _peak_mb(peak.name, usage), status, out.read(), err.read())
+
+
+def run_children(commands: Sequence[tuple[Sequence[str], dict[str, str]]], *, timeout: float = 600) -> list[Usage]:
+    """Start every (argv, env) child at once, stdout to /dev/null; reap each and measure it alone.
+    A child's wall time runs to when it is reaped, in order: only the largest is exact."""
+    with contextlib.ExitStack() as files:
+        started = time.perf_counter()
+        running = []
+        for argv, env in commands:
+            err = files.enter_context(tempfile.TemporaryFile("w+"))
+            peak = files.enter_context(tempfile.NamedTemporaryFile("r", suffix=".time"))
+            proc = subprocess.Popen(_timed(argv, peak.name), env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                    stderr=err, text=True)  # fmt: skip
+            running.append((proc, err, peak))
+        usages = []
+        try:
+            for proc, err, peak in running:
+                _, status, usage = _wait4(proc, max(timeout - (time.perf_counter() - started), 0.0))
+                err.seek(0)
+                cpu = usage.ru_utime + usage.ru_stime
+                wall = time.perf_counter() - started
+                usages.append(Usage(wall, cpu, _peak_mb(peak.name, usage), status, "", err.read()))
+        finally:
+            for proc, _, _ in running:
+                if proc.returncode is None:
+                    proc.kill()
+                    proc.wait()
+    return usages
 
 
 def _timed(argv: Sequence[str], output: str) -> list[str]:
@@ -308,6 +340,77 @@ def runner_env(url: str) -> dict[str, str]:
     return {"CONNECTSAFELY_API_KEY": API_KEY, "CONNECTSAFELY_BASE_URL": url}
 
 
+# --- a throwaway PostgreSQL server --------------------------------------------------------------
+
+
+def _pgserver() -> Any:
+    """tests/pgserver.py, as a module."""
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    import pgserver
+
+    return pgserver
+
+
+def pg_server() -> Any:
+    """A `PgServer` of tests/pgserver.py, not started yet: a private server from the machine's own
+    PostgreSQL binaries, in a temporary directory. Raises RuntimeError when there are none."""
+    pgserver = _pgserver()
+    return pgserver.PgServer(bindir=pgserver.find_bindir())  # no binaries: fails here, with its advice
+
+
+def postgres_version() -> str:
+    """The version of the PostgreSQL binaries pg_server() runs, e.g. `15.18 (Debian 15.18-0+deb12u1)`."""
+    try:
+        postgres = _pgserver().find_bindir() / "postgres"
+        answer = subprocess.run([str(postgres), "--version"], capture_output=True, text=True, check=True).stdout
+    except (RuntimeError, OSError, subprocess.CalledProcessError):
+        return "none"
+    return answer.split(")", 1)[-1].strip()
+
+
+def _proc_times(pid: int) -> tuple[int, int]:
+    """(own, reaped children's) CPU clock ticks of a process, user + system."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def pg_cpu(server: Any, settle: float = 5.0) -> float:
+    """CPU seconds the PostgreSQL server has used so far: the postmaster's own, its live children's
+    (background processes, backends) and those of the children it has reaped (Linux adds them to its
+    own at reaping). Waits up to `settle` s for backends whose client has gone to exit and be reaped
+    first, so that their time is counted once, and not lost with them."""
+    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    deadline = time.monotonic() + settle
+    while any(_is_backend(c) for c in _children(postmaster)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    own, reaped = _proc_times(postmaster)
+    total = own + reaped
+    for child in _children(postmaster):
+        try:
+            total += _proc_times(child)[0]
+        except (OSError, IndexError, ValueError):
+            pass  # it ended meanwhile: its time is in the postmaster's reaped share, or about to be
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _is_backend(pid: int) -> bool:
+    """Whether a child of the postmaster serves a client: its title names the client's address,
+    `postgres: user db 127.0.0.1(51592) idle` or `... [local] ...`."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return re.search(r"\(\d+\)|\[local\]", title) is not None
+
+
 # --- figures -----------------------------------------------------------------------------------
 
 
@@ -341,4 +444,5 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
         "kernel": platform.release(),
+        "postgresql": postgres_version(),
     }

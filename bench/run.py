@@ -16,7 +16,9 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,8 @@ class Send:
     cpu: float  # the contender's CPU seconds
     rss_mb: float
     sandbox_cpu: float  # the sandbox's CPU seconds meanwhile
+    server_cpu: float = 0.0  # on PostgreSQL: the server's CPU seconds meanwhile
+    hosts: str = ""  # on PostgreSQL: how the sends split over the runners' hosts, from the attempts table
 
     @property
     def rate(self) -> float:
@@ -84,27 +88,147 @@ class Send:
         return self.cpu / self.sent * 1000 if self.sent else float("inf")
 
     @property
+    def server_cpu_per_1000(self) -> float:
+        return self.server_cpu / self.sent * 1000 if self.sent else float("inf")
+
+    @property
     def sandbox_busy(self) -> float:
         """Share of the sending span the sandbox spent on the CPU: near 1.0, it is the bottleneck."""
         return self.sandbox_cpu / self.span if self.span > 0 else 0.0
 
 
-def send_once(s: Settings, contender: str, template_db: Path, count: int, accounts: int, delay: float) -> Send:
-    with common.sandbox(delay) as box:
-        before = box.cpu()
-        if contender == "runner":
-            db = common.copy_db(template_db, s.work / "sending.db")
-            argv = [common.RUNNER, "resume", "bench", "--db", str(db), "--base-url", box.url]
-            usage = common.run_child(argv, env={"CONNECTSAFELY_API_KEY": common.API_KEY}, stdout_to_null=True)
-        else:
-            argv = [sys.executable, BARE, box.url, "--count", str(count), "--accounts", str(accounts),
-                    "--mode", contender, "--api-key", common.API_KEY]  # fmt: skip
-            usage = common.run_child(argv)
-        sandbox_cpu = box.cpu() - before
-        deliveries = box.log()
-    if usage.code != 0 or len(deliveries) != count:
-        raise RuntimeError(f"{contender}: exit {usage.code}, {len(deliveries)} of {count} delivered: {usage.stderr}")
-    return Send(contender, count, common.send_span(deliveries), usage.wall, usage.cpu, usage.rss_mb, sandbox_cpu)
+PG_HOSTS = {"runner-pg": 1, "runner-pg-3": 3}  # the runner on PostgreSQL: contender -> runners at once
+
+
+@dataclass
+class Postgres:
+    """The throwaway PostgreSQL server of a benchmark, and the preloaded database each round copies."""
+
+    server: Any  # tests/pgserver.py's PgServer, started
+    template: str
+    copies: int = 0
+
+    def copy(self) -> tuple[str, str]:
+        """A fresh copy of the template (CREATE DATABASE ... TEMPLATE): its name and URL."""
+        self.copies += 1
+        name = f"{self.template}_{self.copies}"
+        return name, self.server.create_database(name, template=self.template)
+
+    def sends_per_host(self, url: str) -> str:
+        """The sent attempts per run host, e.g. `host-a 6,702 / host-b 6,650 / ...`."""
+        import psycopg
+
+        query = ("SELECT r.host, count(*) FROM attempts a JOIN runs r ON r.id = a.run_id WHERE a.outcome = 'sent'"
+                 " GROUP BY r.host ORDER BY r.host")  # fmt: skip
+        try:
+            with psycopg.connect(url) as con:
+                return " / ".join(f"{host} {n:,}" for host, n in con.execute(query))
+        except psycopg.Error as error:
+            return f"? ({error})"
+
+    def diagnose(self, url: str, missing: list[str]) -> str:
+        """What the database says of recipients the sandbox never received: recipients per status,
+        then for some of them their row, their attempts, and how long their account had been idle
+        before (its connection to the API, that is: one per account)."""
+        import psycopg
+
+        lines = []
+        try:
+            with psycopg.connect(url) as con:
+                counts = con.execute("SELECT status, count(*) FROM recipients GROUP BY status ORDER BY status")
+                lines.append("recipients: " + ", ".join(f"{status} {n:,}" for status, n in counts))
+                for urn in missing[:5]:
+                    row = con.execute("SELECT id, status, account_id, error FROM recipients WHERE profile_urn = %s",
+                                      (urn,)).fetchone()  # fmt: skip
+                    lines.append(f"{urn}: (id, status, account, error) = {row}")
+                    tried = con.execute(
+                        "SELECT a.run_id, a.outcome, a.error, a.started_at - (SELECT max(b.finished_at) FROM attempts b"
+                        " WHERE b.account_id = a.account_id AND b.finished_at <= a.started_at) FROM attempts a"
+                        " WHERE a.recipient_id = %s ORDER BY a.id", (row[0] if row else None,))  # fmt: skip
+                    lines += [f"  attempt of run {r}: {outcome}, {error!r}, account idle {idle or 0:.2f} s before"
+                              for r, outcome, error, idle in tried]  # fmt: skip
+        except psycopg.Error as error:
+            lines.append(f"? ({error})")
+        return "\n".join(lines)
+
+
+@contextmanager
+def postgres_server() -> Iterator[Any]:
+    """A started throwaway PostgreSQL server, stopped on the way out whatever happens; None, with a
+    word on stderr, when the machine has no PostgreSQL binaries."""
+    try:
+        server = common.pg_server()
+    except RuntimeError as error:
+        log(f"no PostgreSQL rows: {error}")
+        yield None
+        return
+    with server:
+        log(f"PostgreSQL {server.version} at {server.url_for('postgres', hide_password=True)}")
+        yield server
+
+
+def send_once(
+    s: Settings, contender: str, template_db: Path, count: int, accounts: int, delay: float, pg: Postgres | None = None
+) -> Send:
+    copy = pg.copy() if contender in PG_HOSTS and pg is not None else None
+    try:
+        with common.sandbox(delay) as box:
+            before = box.cpu()
+            server_before = common.pg_cpu(pg.server) if copy and pg else 0.0
+            if contender == "runner":
+                db = common.copy_db(template_db, s.work / "sending.db")
+                argv = [common.RUNNER, "resume", "bench", "--db", str(db), "--base-url", box.url]
+                usage = common.run_child(argv, env={"CONNECTSAFELY_API_KEY": common.API_KEY}, stdout_to_null=True)
+            elif contender in PG_HOSTS:
+                if copy is None:
+                    raise RuntimeError(f"{contender}: no PostgreSQL server")
+                argv = [common.RUNNER, "resume", "bench", "--db", copy[1], "--base-url", box.url]
+                timeout = max(600, count / 10)  # slower than SQLite: allow down to 10 sends/s
+                if PG_HOSTS[contender] == 1:
+                    env = {"CONNECTSAFELY_API_KEY": common.API_KEY}
+                    usage = common.run_child(argv, env=env, stdout_to_null=True, timeout=timeout)
+                else:
+                    usage = together(argv, PG_HOSTS[contender], timeout)
+            else:
+                argv = [sys.executable, BARE, box.url, "--count", str(count), "--accounts", str(accounts),
+                        "--mode", contender, "--api-key", common.API_KEY]  # fmt: skip
+                usage = common.run_child(argv)
+            sandbox_cpu = box.cpu() - before
+            server_cpu = common.pg_cpu(pg.server) - server_before if copy and pg else 0.0
+            deliveries = box.log()
+        if usage.stderr.strip():
+            log(f"{contender} said on stderr (exit {usage.code}):\n{usage.stderr[-4000:]}")
+        # Each recipient delivered exactly once, or the figure means nothing.
+        times = Counter(d["recipient"] for d in deliveries)
+        twice = sorted(r for r, n in times.items() if n > 1)
+        never = [common.urn(n) for n in range(count) if common.urn(n) not in times]
+        if usage.code != 0 or twice or never:
+            state = f"\n{pg.diagnose(copy[1], never)}" if copy and pg else ""
+            raise RuntimeError(f"{contender}: exit {usage.code}, {len(deliveries)} deliveries for {count} recipients:"
+                               f" {len(twice)} delivered more than once {twice[:5]}, {len(never)} never {never[:5]};"
+                               f" {usage.stderr}{state}")  # fmt: skip
+        hosts = pg.sends_per_host(copy[1]) if copy and pg else ""
+    finally:
+        if copy and pg:
+            pg.server.drop_database(copy[0])
+    span = common.send_span(deliveries)
+    sent = len(deliveries)
+    return Send(contender, sent, span, usage.wall, usage.cpu, usage.rss_mb, sandbox_cpu, server_cpu, hosts)
+
+
+def together(argv: list[str], hosts: int, timeout: float) -> common.Usage:
+    """`hosts` runners started at once, each with a host name of its own (`CAMPAIGN_RUNNER_HOST`): as
+    one contender, the longest wall time, the sum of their CPU, the largest peak RSS."""
+    names = [f"host-{chr(ord('a') + h)}" for h in range(hosts)]
+    env = {"CONNECTSAFELY_API_KEY": common.API_KEY}
+    usages = common.run_children([(argv, {**env, "CAMPAIGN_RUNNER_HOST": name}) for name in names], timeout=timeout)
+    failed = [(name, u) for name, u in zip(names, usages, strict=True) if u.code != 0]
+    return common.Usage(
+        max(u.wall for u in usages), sum(u.cpu for u in usages), max(u.rss_mb for u in usages),
+        failed[0][1].code if failed else 0,
+        stderr="".join(f"\n[{name}, exit {u.code}]\n{u.stderr}" for name, u in zip(names, usages, strict=True)
+                       if u.code != 0 or u.stderr.strip()),
+    )  # fmt: skip
 
 
 def compare(
@@ -115,20 +239,27 @@ def compare(
     delay: float,
     contenders: list[str],
     references: tuple[str, ...] = (),
+    server: Any = None,
 ) -> dict[str, list[Send]]:
     """`contenders` alternate, `s.rounds` times; `references` (figures quoted for context, not
-    judged) run once, in the first round."""
+    judged) run once, in the first round. `server`: a started PostgreSQL server, for the contenders
+    of PG_HOSTS; the campaign is preloaded into a database of its own there too."""
     campaign = common.write_campaign(s.work / name, "bench", count, accounts)
     template = s.work / name / "template.db"
     common.preload(campaign, template)
+    pg = None
+    if server is not None:
+        pg = Postgres(server, f"{name}_template")
+        common.preload(campaign, server.create_database(pg.template))
     results: dict[str, list[Send]] = {c: [] for c in [*contenders, *references]}
     for round_ in range(s.rounds):
         order = contenders if round_ % 2 == 0 else list(reversed(contenders))
         for contender in [*order, *(references if round_ == 0 else ())]:
-            result = send_once(s, contender, template, count, accounts, delay)
+            result = send_once(s, contender, template, count, accounts, delay, pg)
+            on_pg = f", server cpu {result.server_cpu:.2f}s, sends per host: {result.hosts}" if result.hosts else ""
             log(f"{name} round {round_ + 1} {contender}: {result.rate:,.0f}/s, span {result.span:.2f}s,"
                 f" wall {result.wall:.2f}s, cpu {result.cpu:.2f}s, rss {result.rss_mb:.0f} MB,"
-                f" sandbox busy {result.sandbox_busy:.0%}")  # fmt: skip
+                f" sandbox busy {result.sandbox_busy:.0%}{on_pg}")  # fmt: skip
             results[contender].append(result)
     return results
 
@@ -142,6 +273,8 @@ LABELS = {
     "async": "bare loop, one shared `httpx.AsyncClient`",
     "async-per-account": "bare loop, one `httpx.AsyncClient` per account",
     "sync": "naive synchronous `httpx.Client` loop",
+    "runner-pg": "`campaign-runner resume` on PostgreSQL, one host",
+    "runner-pg-3": "three `campaign-runner resume` at once on one PostgreSQL database, one host name each",
 }
 
 
@@ -173,6 +306,32 @@ def b1(s: Settings) -> list[Row]:
             f"ceiling seen {fmt(rate[ceiling], 0)}/s ({ceiling})",
             verdict(busy["runner"] < 0.9 and busy["async"] < 0.9))
     )  # fmt: skip
+    return rows
+
+
+def b1_postgres(s: Settings) -> list[Row]:
+    """B1's campaign on PostgreSQL, one host and three, beside the SQLite runner of the same session.
+    Not in the default set: at full size it takes about half an hour (`bench/run.py b1pg`)."""
+    count, accounts = s.size(20_000), min(s.size(200), 200)
+    with postgres_server() as server:
+        if server is None:
+            return [
+                Row("B1", "`campaign-runner resume` on PostgreSQL", "(reference)", "not run: no PostgreSQL", "", "")
+            ]
+        r = compare(s, "b1pg", count, accounts, 0.0, ["runner", *PG_HOSTS], server=server)
+    rate = {c: med(sends, lambda x: x.rate) for c, sends in r.items()}
+    cpu = {c: med(sends, lambda x: x.cpu_per_1000) for c, sends in r.items()}
+    rows = [
+        Row("B1", f"{count:,} recipients over {accounts} accounts: SQLite runner of the same session, sends/s;"
+            " CPU s per 1,000", "(reference)", f"{fmt(rate['runner'], 0)}/s; {fmt(cpu['runner'])} s", "", "")
+    ]  # fmt: skip
+    for c in PG_HOSTS:
+        server_cpu = med(r[c], lambda x: x.server_cpu_per_1000)
+        rows.append(
+            Row("B1", f"{LABELS[c]}: sends/s; CPU s per 1,000 sends (the runners'; the PostgreSQL server's)",
+                "(reference)", f"{fmt(rate[c], 0)}/s; {fmt(cpu[c])} s; server {fmt(server_cpu)} s",
+                f"{rate[c] / rate['runner']:.2f}×; {cpu[c] / cpu['runner']:.2f}× SQLite runner", "")
+        )  # fmt: skip
     return rows
 
 
@@ -437,7 +596,7 @@ def sandbox_ceiling(s: Settings) -> list[Row]:
 BENCHES: dict[str, Callable[[Settings], list[Row]]] = {
     "txn": txn, "b1": b1, "b2": b2, "b3": b3, "b4": b4, "b5": b5, "plan": plan,
 }  # fmt: skip
-EXTRA: dict[str, Callable[[Settings], list[Row]]] = {"sandbox": sandbox_ceiling}
+EXTRA: dict[str, Callable[[Settings], list[Row]]] = {"sandbox": sandbox_ceiling, "b1pg": b1_postgres}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -465,7 +624,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     machine = common.machine()
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']},"
-          f" SQLite {machine['sqlite']}, Linux {machine['kernel']}; {args.rounds} rounds;"
+          f" SQLite {machine['sqlite']}, PostgreSQL {machine['postgresql']}, Linux {machine['kernel']};"
+          f" {args.rounds} rounds;"
           f" {'quick sizes; ' if args.quick else ''}took {elapsed:.0f} s\n")  # fmt: skip
     print(HEADER)
     for row in rows:
