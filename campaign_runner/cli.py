@@ -394,6 +394,7 @@ class _Sending:
 
 def _sending(flags: _SendingFlags) -> _Sending:
     """Check the sending options, and read the API key."""
+    _heartbeat()  # checked before anything is written
     api_limit, switch_api = flags.api_limit, flags.switch_api
     api_limits = None
     if api_limit is not None:

@@ -147,7 +147,7 @@ class LogLines:
             case events.Recovered(campaign=campaign, profile_urn=urn):
                 return (
                     f"{campaign}: {urn} was in flight when an earlier run stopped; marked unknown"
-                    " (see `retry --status unknown`)"
+                    " (`reconcile` looks for it in the conversation)"
                 )
             case events.Forecast(campaign=campaign, problem=str(problem)):
                 return f"{campaign}: no forecast: {problem}"

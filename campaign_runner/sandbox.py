@@ -651,7 +651,7 @@ async def serve(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(run, tg.cancel_scope)
-            if sandbox.config.webhook_url:
+            if getattr(getattr(sandbox, "config", None), "webhook_url", None):  # the sandbox's, not another app's
                 tg.start_soon(_send_webhooks, sandbox)
             task_status.started(f"http://{url_host}:{bound_port}{PREFIX}")
             try:

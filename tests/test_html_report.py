@@ -234,3 +234,24 @@ def test_the_dashboard_refuses_a_wrong_token_and_needs_one_beyond_this_machine(p
             answer.status_code == 200 and token not in answer.text and str(answer.url) == url + "campaign/test-campaign"
         )
         assert browser_like.post(url + "api/status").status_code == 405  # read-only
+
+
+@pytest.mark.parametrize("command", ["dashboard", "webhook"])
+def test_a_server_on_any_free_port_says_where_and_stops_at_the_first_ctrl_c(cli, tmp_path: Path, command) -> None:
+    import signal
+
+    assert cli("block", urn(1))[0] == 0  # a database to serve
+    env = {**os.environ, "CONNECTSAFELY_WEBHOOK_SECRET": "0123456789abcdef0123"}
+    server = subprocess.Popen([EXECUTABLE, command, "--db", cli.db, "--port", "0"], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        first = server.stdout.readline()
+        url = first.split(" at ")[-1].split()[0]
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0/"), first
+        assert httpx.get(url, timeout=5).status_code in (200, 401, 404, 405)
+        server.send_signal(signal.SIGINT)
+        out, _ = server.communicate(timeout=15)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode in (0, 130) and "Traceback" not in out, out

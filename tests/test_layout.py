@@ -25,3 +25,14 @@ def test_the_pure_modules_load_no_parser_template_engine_http_client_or_database
 def test_the_formatter_decides_the_layout_almost_everywhere() -> None:
     skips = {path.name: path.read_text(encoding="utf-8").count("# fmt: skip") for path in PACKAGE.glob("*.py")}
     assert sum(skips.values()) <= 5, {name: count for name, count in skips.items() if count}
+
+
+def test_every_package_of_the_source_is_installed() -> None:
+    """A folder of modules left out of pyproject's packages works in the editable install every
+    make target uses, and breaks every command of a plain `pip install .`."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(root).parts) for init in (root / "campaign_runner").rglob("__init__.py")}
+    assert found <= listed, found - listed

@@ -109,12 +109,30 @@ def test_a_database_that_cannot_be_reached_is_one_clear_line(capsys) -> None:
     assert len(err.splitlines()) == 1 and PG_PASSWORD not in err
 
 
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("mysql://ann:s3cret-pw@db/runs", "--db mysql://ann:***@db/runs: not a PostgreSQL URL"),
+        ("jdbc:postgresql://db/runs?password=s3cret-pw", "--db jdbc:postgresql://db/runs?password=***: not a"),
+        ("host=db password=s3cret-pw dbname=runs", "--db host=db password=*** dbname=runs: give PostgreSQL as a URL"),
+        ("postgresql://ann:s3c@ret-pw@db/runs", "--db postgresql://ann:***@db/runs: a character of the password"),
+        ("postgresql://ann:s3c#ret-pw@db/runs", "--db postgresql://ann:***@db/runs: a character of the password"),
+    ],
+)
+def test_a_database_named_any_other_way_is_refused_without_its_password(given, said, capsys) -> None:
+    assert run_cli(["status", "--db", given]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {said}") and len(err.splitlines()) == 1, err
+    assert "s3c" not in err
+
+
 def test_the_password_is_hidden_wherever_a_url_is_shown() -> None:
     assert redact("postgresql://ann:s3cret@db.example:5432/runs") == "postgresql://ann:***@db.example:5432/runs"
     assert redact("postgres://ann@db/runs?password=s3cret&sslmode=require") == (
         "postgres://ann@db/runs?password=***&sslmode=require"
     )
     assert redact("postgresql://db/runs") == "postgresql://db/runs"
+    assert redact("postgresql:///runs") == "postgresql:///runs"
     assert scrub("could not connect to postgresql://ann:s3cret@db/x (s3cret)", "postgresql://ann:s3cret@db/x") == (
         "could not connect to postgresql://ann:***@db/x (***)"
     )

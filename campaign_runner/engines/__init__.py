@@ -12,9 +12,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
+
+from ..errors import ConfigError
 
 SCHEMES = ("postgresql://", "postgres://")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.:-]*):(?=//)")  # jdbc:postgresql: too
+# The userinfo of a PostgreSQL URL: everything up to the last "@" before the path, so that a
+# password with an unencoded "@", ":" or "/" in it is still hidden whole.
+_USERINFO = re.compile(r"(?i)^(postgres(?:ql)?://)(.*)@(?=[^@]*$)")
+_URL_IN_TEXT = re.compile(r"(?i)(postgres(?:ql)?://[^:/@\s]*:)\S*@")
+_ENCODE = "percent-encode it (@ as %40, : as %3A, / as %2F, # as %23, ? as %3F)"
 
 
 @dataclass(frozen=True)
@@ -25,7 +33,7 @@ class Target:
 
     @property
     def is_postgres(self) -> bool:
-        return self.text.startswith(SCHEMES)
+        return self.text.lower().startswith(SCHEMES)
 
     @property
     def path(self) -> Path:
@@ -46,36 +54,60 @@ class Target:
 
 
 def target(where: str | os.PathLike[str] | Target) -> Target:
-    return where if isinstance(where, Target) else Target(os.fspath(where))
-
-
-_PASSWORD_IN_TEXT = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@")
+    """`where` as a database: a postgresql:// URL (any case of the scheme), or a file path. What
+    looks like another kind of URL, or like a libpq keyword string, is refused rather than taken
+    for a file name (which every message would then show, password and all)."""
+    if isinstance(where, Target):
+        return where
+    text = os.fspath(where)
+    scheme = _SCHEME.match(text)
+    if scheme:
+        if not text.lower().startswith(SCHEMES):
+            raise ConfigError(
+                f"--db {redact_any(text)}: not a PostgreSQL URL (postgresql://user:password@host:5432/dbname)"
+                " nor a file path"
+            )
+        text = text[: scheme.end()].lower() + text[scheme.end() :]
+        userinfo = _USERINFO.match(text)
+        secret = userinfo.group(2).partition(":")[2] if userinfo else ""
+        if "#" in text or (userinfo and ("/" in userinfo.group(2) or "?" in userinfo.group(2))) or ("@" in secret):
+            raise ConfigError(f"--db {redact(text)}: a character of the password needs encoding: {_ENCODE}")
+        return Target(text)
+    if " " in text and re.search(r"(?i)(^|\s)(password|host|dbname|user)\s*=", text):  # libpq's key=value form
+        raise ConfigError(
+            f"--db {redact_any(text)}: give PostgreSQL as a URL, postgresql://user:password@host:5432/dbname"
+        )
+    return Target(text)
 
 
 def redact(text: str) -> str:
-    """`postgresql://user:***@host/db`: a URL's password (and any in a query string) hidden."""
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return _PASSWORD_IN_TEXT.sub(r"\1***@", text)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}@{host}"
-    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    """`postgresql://user:***@host/db`: a URL's password (and any in its query string) hidden."""
+    userinfo = _USERINFO.match(text)
+    if userinfo and ":" in userinfo.group(2):
+        user = userinfo.group(2).partition(":")[0]
+        text = f"{userinfo.group(1)}{user}:***@{text[userinfo.end() :]}"
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", text)
+
+
+def redact_any(text: str) -> str:
+    """What may be shown of a --db value that is not a PostgreSQL URL: any password in it hidden."""
+    text = re.sub(r"^([A-Za-z][A-Za-z0-9+.:-]*://[^:/@\s]*:).*@(?=[^@]*$)", r"\1***@", text)
+    return re.sub(r"(?i)(password\s*=\s*)\S+", r"\1***", redact(text))
 
 
 def scrub(message: str, secret_source: str) -> str:
-    """`message` with the password of `secret_source` (a URL) removed wherever it appears."""
-    try:
-        password = urlsplit(secret_source).password
-    except ValueError:
-        password = None
-    message = _PASSWORD_IN_TEXT.sub(r"\1***@", message)
-    return message.replace(password, "***") if password else message
+    """`message` with any PostgreSQL URL in it redacted, and the password of `secret_source` (a
+    URL) wherever it appears, when it is long enough not to be mistaken for ordinary text."""
+    message = _URL_IN_TEXT.sub(r"\1***@", message)
+    userinfo = _USERINFO.match(secret_source)
+    password = userinfo.group(2).partition(":")[2] if userinfo else ""
+    for form in {password, unquote(password)}:
+        if len(form) >= MIN_SCRUBBED:
+            message = message.replace(form, "***")
+    return message
+
+
+MIN_SCRUBBED = 6  # a shorter password is not looked for in text (it would blank out words)
 
 
 class Engine(Protocol):
