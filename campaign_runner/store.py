@@ -435,7 +435,6 @@ class Store:
         self._engine = engine
         self.target = where  # prints without its password
         self.label = where.label  # where the data is, fit to print: a path, or a URL without its password
-        self.path: Path | None = getattr(engine, "path", None)  # the SQLite file, if it is one
         self.engine = engine.name
         self.created = getattr(engine, "created", False)  # PostgreSQL: this open made the tables
         self._scratch = scratch

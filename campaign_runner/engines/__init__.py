@@ -119,6 +119,9 @@ class Engine(Protocol):
     errors: tuple[type[BaseException], ...]
     skip_locked: str  # appended to a SELECT that picks one row to claim
 
+    def connect(self, now: float, durable: bool, create: bool = True) -> Any: ...  # migrated
+    def connect_read_only(self) -> Any: ...
+
     def begin_write(self, conn: Any, account_id: str | None = None) -> None: ...
     def begin_read(self, conn: Any) -> None: ...
     def said(self, exc: BaseException) -> str: ...  # an error of the engine's, on one line, fit to print

@@ -202,7 +202,6 @@ class PostgresEngine:
             raise StoreError(INSTALL)
         self.url = url
         self.label = label
-        self.path = None
         self.created = False  # whether connecting made the tables
         self.errors: tuple[type[BaseException], ...] = (psycopg.Error,)
 
@@ -237,9 +236,11 @@ class PostgresEngine:
 
     def begin_write(self, conn: Connection, account_id: str | None = None) -> None:
         conn.execute("BEGIN")
-        if account_id is not None:  # a claim: the account's row, then the key's
-            conn.execute("INSERT INTO accounts (id) VALUES (?) ON CONFLICT (id) DO NOTHING", (account_id,))
-            conn.execute("SELECT id FROM accounts WHERE id = ? FOR UPDATE", (account_id,))
+        if account_id is not None:  # a claim: the account's row (made at its first claim), then the key's
+            lock = "SELECT id FROM accounts WHERE id = ? FOR UPDATE"
+            if conn.execute(lock, (account_id,)).fetchone() is None:
+                conn.execute("INSERT INTO accounts (id) VALUES (?) ON CONFLICT (id) DO NOTHING", (account_id,))
+                conn.execute(lock, (account_id,))
         conn.execute("SELECT id FROM api_key WHERE id = 1 FOR UPDATE")
 
     def begin_read(self, conn: Connection) -> None:
