@@ -90,6 +90,7 @@ def test_three_hosts_killed_at_random_message_nobody_twice(
     for name in HOSTS[1:]:
         runners[name] = start(processes, ["resume", *args], db, url, log, host(name))
     killed: list[int] = []  # pids
+    lease_taken = False
     while len(killed) < KILLS:
         before = done()
         wait_for(lambda: done() > before + 10 or all(p.poll() is not None for p in runners.values()), 60)
@@ -98,14 +99,19 @@ def test_three_hosts_killed_at_random_message_nobody_twice(
         time.sleep(rng.uniform(0, 0.5))
         name = rng.choice([n for n, p in runners.items() if p.poll() is None] or list(runners))
         victim = runners[name]
-        if len(killed) == KILLS // 2:  # the one left dead past its lease: kill it while it sends
+        # Once, half-way: a runner killed while it has requests on the wire is left dead until its
+        # lease lapses and another host takes its claims.
+        left_dead = not lease_taken and len(killed) >= KILLS // 2
+        if left_dead:
             wait_for(lambda: in_flight(db, victim.pid) > 0 or victim.poll() is not None, 60)
         if victim.poll() is None:
             os.kill(victim.pid, signal.SIGKILL)
             victim.wait(10)
             killed.append(victim.pid)
-        if len(killed) == KILLS // 2:
-            time.sleep(3 * float(HEARTBEAT) + 12)  # its lease lapses: the other hosts take its claims
+            if left_dead and in_flight(db, victim.pid) > 0:
+                taken = "SELECT count(*) FROM runs WHERE pid = ? AND taken_by IS NOT NULL AND taken_by != host"
+                wait_for(lambda: query(db, taken, (victim.pid,))[0][0] > 0, 60)
+                lease_taken = True
         runners[name] = start(processes, ["resume", *args], db, url, log, host(name))
     for _ in range(6):  # a paused or stopped account ends a run with work left: resume again
         codes = {name: process.wait(120) for name, process in runners.items()}
